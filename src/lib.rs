@@ -5,3 +5,4 @@
 //! `eval` evaluates; `model` holds the types; `metrics`, `config`, `shutdown` are leaves.
 
 pub mod model;
+pub mod eval;

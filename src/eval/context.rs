@@ -1,0 +1,256 @@
+//! The evaluation context: a user id plus multi-valued attributes (spec §6), and its construction
+//! from the two wire shapes the relay receives (a Featureflow user, an OFREP context).
+//!
+//! Invariants:
+//! - Every attribute value stored by the constructors is a JSON **string or number**; booleans are
+//!   turned into the strings `"true"` / `"false"` (rule values can only be strings or numbers, so
+//!   this is the only way a boolean can be targeted). `null`, objects and arrays nested inside an
+//!   array are **ignored** (not an error): SDKs send richer contexts than Featureflow rules can target.
+//!   An attribute left with no value is dropped, which behaves like a missing attribute.
+//! - A scalar attribute is stored as a one-element list; an array keeps its order.
+//! - The constructors never inject implicit attributes: the engine supplies `featureflow.user.id`
+//!   itself at evaluation time, and `featureflow.date` / `featureflow.hourofday` are the caller's
+//!   (see [`Context::inject_now`]).
+//! - Construction never panics on any JSON input and does not recurse into nested values.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SecondsFormat, Timelike, Utc};
+use serde_json::{Map, Value};
+
+use super::bucket::ANONYMOUS;
+
+/// Implicit attribute: the user id. Always supplied by the engine as the effective user key; an
+/// attribute of this name in the context is ignored.
+pub const USER_ID: &str = "featureflow.user.id";
+/// Implicit attribute: the current instant as an ISO-8601 string (caller-supplied).
+pub const DATE: &str = "featureflow.date";
+/// Implicit attribute: the hour of day 0..=23 as a number (caller-supplied).
+pub const HOUR_OF_DAY: &str = "featureflow.hourofday";
+
+/// Who is being evaluated. `id` may be empty (anonymous; buckets as `"anonymous"`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Context {
+    pub id: String,
+    pub attributes: HashMap<String, Vec<Value>>,
+}
+
+/// Why a JSON document is not a usable context.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContextError {
+    #[error("the {what} must be a JSON object, got {got}")]
+    NotAnObject { what: &'static str, got: &'static str },
+    #[error("\"{field}\" must be a string, got {got}")]
+    InvalidId { field: &'static str, got: &'static str },
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A string id field: absent or `null` gives `""`, a string is taken, anything else is an error.
+fn id_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<String>, ContextError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ContextError::InvalidId { field, got: kind(other) }),
+    }
+}
+
+/// A scalar attribute value in stored form, or `None` if it is ignored.
+fn scalar(v: &Value) -> Option<Value> {
+    match v {
+        Value::String(_) | Value::Number(_) => Some(v.clone()),
+        Value::Bool(b) => Some(Value::String(if *b { "true" } else { "false" }.to_string())),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+/// The stored values of one attribute (see the module invariants).
+fn attribute_values(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) => items.iter().filter_map(scalar).collect(),
+        other => scalar(other).into_iter().collect(),
+    }
+}
+
+impl Context {
+    /// A context with an id and no attributes.
+    pub fn new(id: impl Into<String>) -> Context {
+        Context { id: id.into(), attributes: HashMap::new() }
+    }
+
+    /// Appends one value to an attribute (builder style; attributes are multi-valued).
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<Value>) -> Context {
+        self.attributes.entry(name.into()).or_default().push(value.into());
+        self
+    }
+
+    /// The key used for bucketing and for `featureflow.user.id`: the id, or `"anonymous"` if empty.
+    pub fn effective_id(&self) -> &str {
+        if self.id.is_empty() {
+            ANONYMOUS
+        } else {
+            &self.id
+        }
+    }
+
+    /// The values of an attribute as stored (not including the engine's `featureflow.user.id`).
+    pub fn values(&self, name: &str) -> Option<&[Value]> {
+        self.attributes.get(name).map(Vec::as_slice)
+    }
+
+    /// Sets `featureflow.date` (`now` as RFC 3339 UTC with milliseconds, like node's `toISOString`)
+    /// and `featureflow.hourofday` (the **UTC** hour: the server does not know the user's zone) unless
+    /// the caller already supplied them.
+    pub fn inject_now(&mut self, now: DateTime<Utc>) {
+        if !self.attributes.contains_key(DATE) {
+            let iso = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+            self.attributes.insert(DATE.to_string(), vec![Value::String(iso)]);
+        }
+        if !self.attributes.contains_key(HOUR_OF_DAY) {
+            self.attributes.insert(HOUR_OF_DAY.to_string(), vec![Value::from(now.hour())]);
+        }
+    }
+
+    /// Reads a Featureflow user (the thin-client shape, spec §5.1/§6.1):
+    /// `{"id": string, "attributes": {name: string|number|bool|[..]}}`.
+    ///
+    /// Lenient where SDKs differ: the id may be under `key` (older SDKs; `id` wins when both are
+    /// present) or absent (anonymous); `attributes` may be absent or `null`, and the older misspelling
+    /// `attribute` is read when `attributes` is absent; `sessionAttributes` are merged over
+    /// `attributes` (Java semantics: a session attribute replaces a same-named attribute).
+    /// Rejected: a non-object user, a non-string id, non-object attributes.
+    pub fn from_featureflow_user(user: &Value) -> Result<Context, ContextError> {
+        let obj = user
+            .as_object()
+            .ok_or(ContextError::NotAnObject { what: "Featureflow user", got: kind(user) })?;
+        let id = match id_field(obj, "id")? {
+            Some(id) => id,
+            None => id_field(obj, "key")?.unwrap_or_default(),
+        };
+        let mut ctx = Context::new(id);
+        let primary = if obj.contains_key("attributes") { "attributes" } else { "attribute" };
+        for field in [primary, "sessionAttributes"] {
+            match obj.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(attrs)) => ctx.insert_all(attrs.iter()),
+                Some(other) => return Err(ContextError::NotAnObject { what: field_what(field), got: kind(other) }),
+            }
+        }
+        Ok(ctx)
+    }
+
+    /// Reads an OFREP evaluation context (a flat object, ofrep.md §1.3): `targetingKey` is the id
+    /// (absent or `null` is fine: anonymous); every other key is an attribute.
+    /// Rejected: a non-object context, a non-string `targetingKey`.
+    pub fn from_ofrep(context: &Value) -> Result<Context, ContextError> {
+        let obj = context
+            .as_object()
+            .ok_or(ContextError::NotAnObject { what: "OFREP context", got: kind(context) })?;
+        let mut ctx = Context::new(id_field(obj, "targetingKey")?.unwrap_or_default());
+        ctx.insert_all(obj.iter().filter(|(k, _)| k.as_str() != "targetingKey"));
+        Ok(ctx)
+    }
+
+    fn insert_all<'a>(&mut self, attrs: impl Iterator<Item = (&'a String, &'a Value)>) {
+        for (name, value) in attrs {
+            let values = attribute_values(value);
+            if values.is_empty() {
+                self.attributes.remove(name.as_str());
+            } else {
+                self.attributes.insert(name.clone(), values);
+            }
+        }
+    }
+}
+
+fn field_what(field: &'static str) -> &'static str {
+    match field {
+        "sessionAttributes" => "\"sessionAttributes\" of a Featureflow user",
+        "attribute" => "\"attribute\" of a Featureflow user",
+        _ => "\"attributes\" of a Featureflow user",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn featureflow_user_shapes() {
+        let c = Context::from_featureflow_user(&json!({"id": "alice", "attributes": {
+            "role": ["beta", 3, true, null, {"x": 1}, [1]], "tier": "gold", "age": 21, "vip": false,
+            "gone": null, "nested": {"a": 1}, "empty": []}}))
+        .unwrap();
+        assert_eq!(c.id, "alice");
+        assert_eq!(c.values("role").unwrap(), &[json!("beta"), json!(3), json!("true")]);
+        assert_eq!(c.values("tier").unwrap(), &[json!("gold")]);
+        assert_eq!(c.values("age").unwrap(), &[json!(21)]);
+        assert_eq!(c.values("vip").unwrap(), &[json!("false")]);
+        for absent in ["gone", "nested", "empty"] {
+            assert!(c.values(absent).is_none(), "{absent}");
+        }
+    }
+
+    #[test]
+    fn featureflow_user_lenient_fields() {
+        let c = Context::from_featureflow_user(&json!({"key": "bob"})).unwrap();
+        assert_eq!((c.id.as_str(), c.attributes.len()), ("bob", 0));
+        let c = Context::from_featureflow_user(&json!({"id": "a", "key": "b", "attributes": null})).unwrap();
+        assert_eq!(c.id, "a");
+        let c = Context::from_featureflow_user(&json!({})).unwrap();
+        assert_eq!(c.effective_id(), "anonymous");
+        let c = Context::from_featureflow_user(
+            &json!({"id": "a", "attribute": {"x": "1", "y": "1"}, "sessionAttributes": {"y": "2"}}),
+        )
+        .unwrap();
+        assert_eq!(c.values("x").unwrap(), &[json!("1")]);
+        assert_eq!(c.values("y").unwrap(), &[json!("2")]);
+    }
+
+    #[test]
+    fn featureflow_user_rejects_bad_shapes() {
+        let e = Context::from_featureflow_user(&json!("alice")).unwrap_err();
+        assert_eq!(e.to_string(), "the Featureflow user must be a JSON object, got a string");
+        let e = Context::from_featureflow_user(&json!({"id": 7})).unwrap_err();
+        assert_eq!(e.to_string(), "\"id\" must be a string, got a number");
+        let e = Context::from_featureflow_user(&json!({"id": "a", "attributes": [1]})).unwrap_err();
+        assert!(e.to_string().contains("\"attributes\""), "{e}");
+    }
+
+    #[test]
+    fn ofrep_context() {
+        let c = Context::from_ofrep(&json!({"targetingKey": "user-123", "email": "ada@example.com",
+            "age": 37, "beta": true, "org": {"id": "acme"}, "tags": ["a", 1]}))
+        .unwrap();
+        assert_eq!(c.id, "user-123");
+        assert!(c.values("targetingKey").is_none());
+        assert_eq!(c.values("beta").unwrap(), &[json!("true")]);
+        assert_eq!(c.values("tags").unwrap(), &[json!("a"), json!(1)]);
+        assert!(c.values("org").is_none());
+        assert_eq!(Context::from_ofrep(&json!({})).unwrap(), Context::default());
+        assert!(Context::from_ofrep(&json!({"targetingKey": 1})).is_err());
+        assert!(Context::from_ofrep(&json!(null)).is_err());
+    }
+
+    #[test]
+    fn inject_now_respects_caller_values() {
+        let now = DateTime::parse_from_rfc3339("2026-07-03T22:15:00.5+05:30").unwrap().with_timezone(&Utc);
+        let mut c = Context::new("a");
+        c.inject_now(now);
+        assert_eq!(c.values(DATE).unwrap(), &[json!("2026-07-03T16:45:00.500Z")]);
+        assert_eq!(c.values(HOUR_OF_DAY).unwrap(), &[json!(16)]);
+        let mut c = Context::new("a").with(DATE, "2000-01-01");
+        c.inject_now(now);
+        assert_eq!(c.values(DATE).unwrap(), &[json!("2000-01-01")]);
+    }
+}
