@@ -6,3 +6,13 @@
 
 pub mod model;
 pub mod eval;
+pub mod config;
+pub mod metrics;
+pub mod shutdown;
+pub mod store;
+pub mod upstream;
+pub mod fanout;
+pub mod http;
+pub mod admin;
+pub mod app;
+pub mod cli;

@@ -1,1 +1,74 @@
-fn main(){}
+//! The `flagrelay` binary: parse the command line, set up logging, and hand over to the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use flagrelay::cli::{Cli, Command};
+use flagrelay::config::{Config, LogFormat, ServeArgs};
+use flagrelay::shutdown::{self, Shutdown};
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| config.log_level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args)?;
+    init_logging(&config);
+    let api = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
+    let shutdown = Shutdown::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        tracing::info!("signal received");
+        trigger.trigger();
+        // A second signal exits at once.
+        shutdown::signal().await;
+        std::process::exit(130);
+    });
+    flagrelay::app::run(config, api, admin, shutdown).await?;
+    Ok(())
+}
+
+fn check_config(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args)?;
+    println!("{}", config.redacted());
+    println!("config OK");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::CheckConfig(args)) => check_config(args),
+        Some(Command::Serve(args)) => run_async(serve(args)),
+        None => run_async(serve(cli.serve)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flagrelay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(f)
+}

@@ -1,0 +1,229 @@
+//! Fan-out: per-client SSE streams (initial state, changes, heartbeats, lag policy, connection
+//! cap, maximum age, shutdown drain). No HTTP types here: a stream is a `Stream<Item = Bytes>`.
+//!
+//! Invariants:
+//! - Frames sent to many clients are encoded once (cached on the snapshot or change record).
+//! - One slow client never delays another: each stream is pulled by its own connection, and a
+//!   client that fell behind catches up with one coalesced frame, not a backlog.
+//! - A client that stays behind the environment for longer than `slow_client_timeout` is
+//!   disconnected by the reaper (through the connection's kill switch) and counted.
+//! - The number of open streams never exceeds `max_connections` (when set).
+
+pub mod frames;
+mod render;
+mod stream;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+use tokio_stream::wrappers::WatchStream;
+
+pub use render::{FeatureflowRenderer, Renderer};
+pub use stream::SseStream;
+
+use crate::config::SseConfig;
+use crate::metrics::Metrics;
+use crate::model::Revision;
+use crate::shutdown::Shutdown;
+use crate::store::{ChangeRecord, EnvStore};
+
+/// Per-connection state shared between a stream, the reaper and the HTTP connection task.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    pub delivered_seq: AtomicU64,
+    pub killed: AtomicBool,
+    /// Notified to make the HTTP layer drop the connection (a stalled client is never polled).
+    pub kill: Notify,
+    behind_target: AtomicU64,
+    behind_since_ms: AtomicU64,
+}
+
+impl ConnState {
+    pub fn new() -> Arc<ConnState> {
+        Arc::new(ConnState::default())
+    }
+}
+
+/// The connection cap was reached.
+#[derive(Debug, thiserror::Error)]
+#[error("too many SSE connections on this relay")]
+pub struct Rejected;
+
+/// What a new stream needs besides the environment.
+pub struct OpenOptions {
+    /// `Last-Event-ID` of a resuming client.
+    pub last_event_id: Option<Revision>,
+    /// Metrics label: `featureflow`, `js_legacy`, `ofrep`, `eval`.
+    pub protocol: &'static str,
+    /// The connection's kill switch (from the HTTP layer), so the reaper can drop it.
+    pub conn: Arc<ConnState>,
+}
+
+struct Registered {
+    env: Arc<EnvStore>,
+    conn: Arc<ConnState>,
+}
+
+pub struct Fanout {
+    cfg: SseConfig,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    retry_frame: Bytes,
+    heartbeat_tx: watch::Sender<Bytes>,
+    heartbeat_rx: watch::Receiver<Bytes>,
+    conns: Mutex<HashMap<u64, Registered>>,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+    env_clients: Mutex<HashMap<Arc<str>, Arc<AtomicI64>>>,
+    epoch: Instant,
+}
+
+fn unix_ms() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+}
+
+impl Fanout {
+    pub fn new(cfg: SseConfig, metrics: Arc<Metrics>, shutdown: Shutdown) -> Arc<Fanout> {
+        let (heartbeat_tx, heartbeat_rx) = watch::channel(frames::heartbeat_frame(unix_ms()));
+        Arc::new(Fanout {
+            retry_frame: frames::retry_frame(cfg.retry_ms),
+            cfg,
+            metrics,
+            shutdown,
+            heartbeat_tx,
+            heartbeat_rx,
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            env_clients: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn config(&self) -> &SseConfig {
+        &self.cfg
+    }
+
+    /// Open streams on this relay.
+    pub fn open_streams(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn env_counter(&self, env: &Arc<str>) -> Arc<AtomicI64> {
+        let mut m = self.env_clients.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(env.clone()).or_default().clone()
+    }
+
+    /// Opens a stream for `env`, rendered by `renderer`. Fails when the cap is reached.
+    pub fn open(
+        self: &Arc<Self>,
+        env: Arc<EnvStore>,
+        mut renderer: Box<dyn Renderer>,
+        opts: OpenOptions,
+    ) -> Result<SseStream, Rejected> {
+        let cap = self.cfg.max_connections;
+        let prev = self.open.fetch_add(1, Ordering::AcqRel);
+        if cap > 0 && prev >= cap {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.sse_rejected.with_label_values(&[&env.id]).inc();
+            return Err(Rejected);
+        }
+        let mut rx = env.subscribe();
+        let snap = rx.borrow_and_update().clone();
+        let initial = renderer.start(&env, &snap, opts.last_event_id, &self.metrics);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.metrics.sse_clients.with_label_values(&[&env.id, opts.protocol]).inc();
+        self.env_counter(&env.id).fetch_add(1, Ordering::Relaxed);
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Registered { env: env.clone(), conn: opts.conn.clone() });
+        Ok(SseStream::new(
+            self.clone(),
+            env,
+            renderer,
+            opts.protocol,
+            opts.conn,
+            id,
+            snap.seq,
+            initial,
+            WatchStream::from_changes(rx),
+        ))
+    }
+
+    fn unregister(&self, id: u64, env: &EnvStore, protocol: &'static str) {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.sse_clients.with_label_values(&[&env.id, protocol]).dec();
+        self.env_counter(&env.id).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts one delivery of `change`; the last connection to receive it records how long the
+    /// change took to reach every connection (and, with an upstream timestamp, the propagation).
+    fn delivered(&self, env: &EnvStore, change: &ChangeRecord) {
+        self.metrics.delivery_seconds.with_label_values(&[&env.id]).observe(change.at.elapsed().as_secs_f64());
+        if !change.deliveries_armed.swap(true, Ordering::AcqRel) {
+            let n = self.env_counter(&env.id).load(Ordering::Relaxed);
+            change.pending_deliveries.fetch_add(n, Ordering::AcqRel);
+        }
+        if change.pending_deliveries.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.metrics.change_delivery_seconds.with_label_values(&[&env.id]).observe(change.at.elapsed().as_secs_f64());
+            if let Some(ts) = change.upstream_ts_ms {
+                let now = unix_ms() as i128;
+                let secs = (now - ts as i128).max(0) as f64 / 1000.0;
+                self.metrics.propagation_seconds.with_label_values(&[&env.id]).observe(secs);
+            }
+        }
+    }
+
+    /// Heartbeats and the slow-client reaper, until shutdown.
+    pub async fn run(self: Arc<Self>) {
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        let reap_every = (self.cfg.slow_client_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut reaper = tokio::time::interval(reap_every);
+        reaper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.wait() => return,
+                _ = heartbeat.tick() => {
+                    self.heartbeat_tx.send_replace(frames::heartbeat_frame(unix_ms()));
+                }
+                _ = reaper.tick() => self.reap(),
+            }
+        }
+    }
+
+    /// Disconnects clients that stayed behind their environment for too long.
+    fn reap(&self) {
+        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        let timeout_ms = self.cfg.slow_client_timeout.as_millis() as u64;
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current: HashMap<&str, u64> = HashMap::new();
+        for r in conns.values() {
+            let env_seq = *current.entry(&r.env.id).or_insert_with(|| r.env.snapshot().seq);
+            let c = &r.conn;
+            let delivered = c.delivered_seq.load(Ordering::Relaxed);
+            if delivered >= env_seq {
+                c.behind_since_ms.store(0, Ordering::Relaxed);
+                continue;
+            }
+            let since = c.behind_since_ms.load(Ordering::Relaxed);
+            let target = c.behind_target.load(Ordering::Relaxed);
+            if since == 0 || delivered >= target {
+                // Newly behind, or made progress since last time: (re)start the clock.
+                c.behind_target.store(env_seq, Ordering::Relaxed);
+                c.behind_since_ms.store(now_ms, Ordering::Relaxed);
+            } else if now_ms.saturating_sub(since) > timeout_ms && !c.killed.swap(true, Ordering::Relaxed) {
+                self.metrics.sse_slow_disconnects.with_label_values(&[&r.env.id]).inc();
+                tracing::debug!(env = %r.env.id, delivered, env_seq, "slow SSE client disconnected");
+                c.kill.notify_one();
+            }
+        }
+    }
+}

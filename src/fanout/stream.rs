@@ -1,0 +1,188 @@
+//! One client's SSE stream: a hand-written `Stream<Item = Bytes>` that the HTTP layer turns into
+//! a response body.
+//!
+//! The stream is pulled, not pushed: it produces bytes only when the connection asks for more,
+//! which the HTTP layer does only when the client's socket has room. A client that falls behind
+//! therefore never builds a backlog here: when it is polled again it jumps straight to the
+//! current snapshot, with one coalesced frame for what it missed.
+//!
+//! Invariants: the stream ends on shutdown (after a random delay within the drain window, with a
+//! randomised `retry:` hint), at its maximum age, or when the reaper kills it; it never ends on its
+//! own otherwise. `ConnState::delivered_seq` is the seq of the last snapshot whose frames were
+//! handed to the connection.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use rand::Rng;
+use tokio::time::Sleep;
+use tokio_stream::wrappers::WatchStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::{frames, ConnState, Fanout, Renderer};
+use crate::store::{Catchup, EnvStore, Snapshot};
+
+pub struct SseStream {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    hub: Arc<Fanout>,
+    env: Arc<EnvStore>,
+    renderer: Box<dyn Renderer>,
+    protocol: &'static str,
+    conn: Arc<ConnState>,
+    id: u64,
+    seq: u64,
+    queue: VecDeque<Bytes>,
+    changes: WatchStream<Arc<Snapshot>>,
+    heartbeats: WatchStream<Bytes>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    drain: Option<Pin<Box<Sleep>>>,
+    max_age: Option<Pin<Box<Sleep>>>,
+    finished: bool,
+}
+
+impl SseStream {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        hub: Arc<Fanout>,
+        env: Arc<EnvStore>,
+        renderer: Box<dyn Renderer>,
+        protocol: &'static str,
+        conn: Arc<ConnState>,
+        id: u64,
+        seq: u64,
+        initial: Vec<Bytes>,
+        changes: WatchStream<Arc<Snapshot>>,
+    ) -> SseStream {
+        let heartbeats = WatchStream::from_changes(hub.heartbeat_rx.clone());
+        let shutdown = Box::pin(hub.shutdown.wait_owned());
+        let max_age = hub.cfg.max_connection_age.map(|age| {
+            // ±10 % jitter so connections opened together do not all close together.
+            let jitter = rand::thread_rng().gen_range(0.9..1.1);
+            Box::pin(tokio::time::sleep(age.mul_f64(jitter)))
+        });
+        let mut queue = VecDeque::with_capacity(initial.len() + 1);
+        queue.push_back(hub.retry_frame.clone());
+        queue.extend(initial);
+        conn.delivered_seq.store(seq, Ordering::Relaxed);
+        SseStream {
+            inner: Box::new(Inner {
+                hub,
+                env,
+                renderer,
+                protocol,
+                conn,
+                id,
+                seq,
+                queue,
+                changes,
+                heartbeats,
+                shutdown,
+                drain: None,
+                max_age,
+                finished: false,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn emit(&mut self, b: Bytes, event: &'static str) -> Poll<Option<Bytes>> {
+        let m = &self.hub.metrics;
+        m.sse_events.with_label_values(&[&self.env.id, event]).inc();
+        m.sse_bytes.with_label_values(&[&self.env.id]).inc_by(b.len() as u64);
+        Poll::Ready(Some(b))
+    }
+
+    fn finish(&mut self, b: Bytes) -> Poll<Option<Bytes>> {
+        self.finished = true;
+        self.emit(b, "retry")
+    }
+
+    /// Frames that bring the client from `self.seq` to `snap`.
+    fn catch_up(&mut self, snap: &Arc<Snapshot>) -> Option<Bytes> {
+        let catchup = self.env.catchup_seq(self.seq, snap);
+        if let Catchup::Changes(changes) = &catchup {
+            if changes.len() > 1 {
+                self.hub.metrics.sse_lagged.with_label_values(&[&self.env.id]).inc();
+            }
+            for c in changes {
+                self.hub.delivered(&self.env, c);
+            }
+        }
+        let out = self.renderer.catch_up(&self.env, catchup, snap, &self.hub.metrics);
+        self.seq = snap.seq;
+        self.conn.delivered_seq.store(snap.seq, Ordering::Relaxed);
+        out
+    }
+}
+
+impl Stream for SseStream {
+    type Item = Bytes;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let me = &mut *self.get_mut().inner;
+        if me.finished || me.conn.killed.load(Ordering::Relaxed) {
+            return Poll::Ready(None);
+        }
+        if let Some(b) = me.queue.pop_front() {
+            return me.emit(b, "initial");
+        }
+        if me.drain.is_none() && me.shutdown.as_mut().poll(cx).is_ready() {
+            let window = me.hub.cfg.drain_window;
+            let delay = if window.is_zero() { Duration::ZERO } else { window.mul_f64(rand::thread_rng().gen_range(0.0..1.0)) };
+            me.drain = Some(Box::pin(tokio::time::sleep(delay)));
+        }
+        if let Some(d) = me.drain.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                me.hub.metrics.sse_drained.with_label_values(&[&me.env.id]).inc();
+                // Spread the reconnects of a fleet: a random retry hint within the window.
+                let base = me.hub.cfg.retry_ms;
+                let spread = me.hub.cfg.drain_window.as_millis() as u64;
+                let hint = base + if spread > 0 { rand::thread_rng().gen_range(0..=spread) } else { 0 };
+                return me.finish(frames::retry_frame(hint));
+            }
+        }
+        if let Some(a) = me.max_age.as_mut() {
+            if a.as_mut().poll(cx).is_ready() {
+                me.hub.metrics.sse_max_age_closes.with_label_values(&[&me.env.id]).inc();
+                let hint = me.hub.cfg.retry_ms.min(1000);
+                return me.finish(frames::retry_frame(hint));
+            }
+        }
+        loop {
+            match Pin::new(&mut me.changes).poll_next(cx) {
+                Poll::Ready(Some(snap)) => {
+                    if let Some(b) = me.catch_up(&snap) {
+                        return me.emit(b, "change");
+                    }
+                }
+                Poll::Ready(None) => {
+                    me.finished = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => break,
+            }
+        }
+        match Pin::new(&mut me.heartbeats).poll_next(cx) {
+            Poll::Ready(Some(b)) => me.emit(b, "heartbeat"),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for SseStream {
+    fn drop(&mut self) {
+        let me = &self.inner;
+        me.hub.unregister(me.id, &me.env, me.protocol);
+    }
+}

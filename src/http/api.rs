@@ -1,0 +1,83 @@
+//! The API listener: routing, per-request metrics, and the shared state handlers use.
+//!
+//! Invariant: every response, error or not, is counted once under a bounded route template.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use tokio::sync::mpsc;
+
+use super::auth::Keys;
+use super::body::ResBody;
+use super::error::ApiError;
+use super::server::Handler;
+use super::featureflow;
+use crate::config::HttpConfig;
+use crate::fanout::{ConnState, Fanout};
+use crate::metrics::{status_class, Metrics};
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+use crate::upstream::EventBatch;
+
+pub struct Api {
+    pub store: Arc<Store>,
+    pub keys: Keys,
+    pub fanout: Arc<Fanout>,
+    pub metrics: Arc<Metrics>,
+    pub http: HttpConfig,
+    /// Where accepted SDK events go (forwarded upstream in Redis mode).
+    pub events: Option<mpsc::Sender<EventBatch>>,
+    pub shutdown: Shutdown,
+}
+
+/// Route templates: the only values of the `route` label.
+pub mod routes {
+    pub const FEATURES: &str = "/api/sdk/v1/features";
+    pub const REGISTER: &str = "/api/sdk/v1/register";
+    pub const EVENTS: &str = "/api/sdk/v1/events";
+    pub const UNKNOWN: &str = "unmatched";
+}
+
+impl Api {
+    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, conn: Arc<ConnState>) -> (&'static str, Result<Response<ResBody>, ApiError>) {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        match path.as_str() {
+            routes::FEATURES => (routes::FEATURES, match method {
+                Method::GET | Method::HEAD => featureflow::features(self, req, conn),
+                m => Err(ApiError::MethodNotAllowed(m.to_string())),
+            }),
+            routes::REGISTER => (routes::REGISTER, match method {
+                Method::PUT | Method::POST => featureflow::accept_batch(self, req, "register").await,
+                m => Err(ApiError::MethodNotAllowed(m.to_string())),
+            }),
+            routes::EVENTS => (routes::EVENTS, match method {
+                Method::POST => featureflow::accept_batch(self, req, "events").await,
+                m => Err(ApiError::MethodNotAllowed(m.to_string())),
+            }),
+            _ => (routes::UNKNOWN, Err(ApiError::NotFound(path))),
+        }
+    }
+}
+
+impl Handler for Api {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Arc<ConnState>) -> Response<ResBody> {
+        let start = Instant::now();
+        let (route, result) = self.dispatch(req, conn).await;
+        let resp = result.unwrap_or_else(ApiError::into_response);
+        let m = &self.metrics;
+        m.http_requests.with_label_values(&[route, status_class(resp.status().as_u16())]).inc();
+        m.http_duration.with_label_values(&[route]).observe(start.elapsed().as_secs_f64());
+        resp
+    }
+
+    fn connection_opened(&self) {
+        self.metrics.http_connections.inc();
+    }
+
+    fn connection_closed(&self) {
+        self.metrics.http_connections.dec();
+    }
+}

@@ -1,0 +1,73 @@
+//! SDK keys: which environment a key opens and whether it is a server or a client key.
+//!
+//! Keys are opaque strings (spec §1); several per environment so a key can rotate with overlap.
+//! A key never appears in logs or metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hyper::header::{HeaderMap, AUTHORIZATION};
+
+use super::error::ApiError;
+use crate::config::EnvironmentConfig;
+use crate::store::{EnvStore, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Server,
+    Client,
+}
+
+#[derive(Default)]
+pub struct Keys {
+    map: HashMap<String, (Arc<EnvStore>, KeyKind)>,
+}
+
+impl Keys {
+    pub fn new(envs: &[EnvironmentConfig], store: &Store) -> Keys {
+        let mut map = HashMap::new();
+        for e in envs {
+            let Some(env) = store.get(&e.id) else { continue };
+            for k in &e.server_keys {
+                map.insert(k.0.clone(), (env.clone(), KeyKind::Server));
+            }
+            for k in &e.client_keys {
+                map.insert(k.0.clone(), (env.clone(), KeyKind::Client));
+            }
+        }
+        Keys { map }
+    }
+
+    pub fn lookup(&self, key: &str) -> Option<(&Arc<EnvStore>, KeyKind)> {
+        self.map.get(key).map(|(e, k)| (e, *k))
+    }
+
+    /// A server key from `Authorization: Bearer <key>` (scheme case-insensitive).
+    pub fn server_env(&self, headers: &HeaderMap) -> Result<&Arc<EnvStore>, ApiError> {
+        let key = bearer(headers).ok_or(ApiError::MissingKey)?;
+        match self.lookup(key) {
+            Some((env, KeyKind::Server)) => Ok(env),
+            Some((_, KeyKind::Client)) => Err(ApiError::ClientKeyOnServerEndpoint),
+            None => Err(ApiError::UnknownKey),
+        }
+    }
+
+    /// Any key of an environment (client or server), e.g. from a URL path.
+    pub fn any_env(&self, key: &str) -> Result<(&Arc<EnvStore>, KeyKind), ApiError> {
+        if key.is_empty() {
+            return Err(ApiError::MissingKey);
+        }
+        self.lookup(key).ok_or(ApiError::UnknownKey)
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, scheme matched case-insensitively.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}

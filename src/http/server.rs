@@ -1,0 +1,122 @@
+//! The accept loop shared by the API and admin listeners: one task per TCP connection, HTTP/1.1
+//! via hyper, graceful shutdown, and a per-connection kill switch for the slow-client reaper.
+//!
+//! Invariants: after shutdown is triggered no connection is accepted; idle keep-alive connections
+//! close at once and in-flight requests finish (SSE bodies end themselves on shutdown);
+//! [`Server::wait`] returns when every connection task has ended.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use super::body::ResBody;
+use crate::fanout::ConnState;
+use crate::shutdown::Shutdown;
+
+/// Something that answers requests. Errors are already responses here.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Arc<ConnState>) -> impl Future<Output = Response<ResBody>> + Send;
+
+    /// Called when a connection opens/closes (for a gauge).
+    fn connection_opened(&self) {}
+    fn connection_closed(&self) {}
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// hyper's write (and read) buffer bound: the per-connection send budget for SSE.
+    pub max_buf_size: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions { max_buf_size: 64 * 1024, header_read_timeout: Duration::from_secs(30) }
+    }
+}
+
+pub struct Server {
+    tracker: TaskTracker,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts accepting on `listener` until `shutdown`.
+    pub fn start<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: Shutdown, opts: ServerOptions) -> Server {
+        let tracker = TaskTracker::new();
+        let t = tracker.clone();
+        let accept = tokio::spawn(accept_loop(listener, handler, shutdown, opts, t));
+        Server { tracker, accept }
+    }
+
+    /// Waits until the accept loop stopped and every connection ended.
+    pub async fn wait(self) {
+        let _ = self.accept.await;
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: Shutdown, opts: ServerOptions, tracker: TaskTracker) {
+    let mut builder = http1::Builder::new();
+    builder
+        .title_case_headers(true)
+        .writev(true)
+        .max_buf_size(opts.max_buf_size.max(8192))
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = shutdown.wait() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_state = ConnState::new();
+        let h = handler.clone();
+        let cs = conn_state.clone();
+        let service = service_fn(move |req| {
+            let h = h.clone();
+            let cs = cs.clone();
+            async move { Ok::<_, std::convert::Infallible>(h.handle(req, cs).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        let handler = handler.clone();
+        handler.connection_opened();
+        tracker.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                _ = conn_state.kill.notified() => {}
+                _ = shutdown.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = conn_state.kill.notified() => {}
+                    }
+                }
+            }
+            handler.connection_closed();
+        });
+    }
+}

@@ -1,0 +1,152 @@
+//! Every Prometheus metric the relay exports, registered once on a registry that is passed in.
+//!
+//! Invariant: label values are bounded: environment ids (from the config), route templates,
+//! status classes, protocol and reason names. Never keys, paths, user agents or feature keys.
+//! The catalogue with meanings and alerts is `docs/metrics.md`.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    // fan-out
+    pub sse_clients: IntGaugeVec,
+    pub sse_events: IntCounterVec,
+    pub sse_bytes: IntCounterVec,
+    pub sse_lagged: IntCounterVec,
+    pub sse_coalesced: IntCounterVec,
+    pub sse_slow_disconnects: IntCounterVec,
+    pub sse_resumes: IntCounterVec,
+    pub sse_rejected: IntCounterVec,
+    pub sse_drained: IntCounterVec,
+    pub sse_max_age_closes: IntCounterVec,
+    pub delivery_seconds: HistogramVec,
+    pub change_delivery_seconds: HistogramVec,
+    // store and sources
+    pub features: IntGaugeVec,
+    pub revision: IntGaugeVec,
+    pub data_age_seconds: prometheus::GaugeVec,
+    pub source_errors: IntCounterVec,
+    pub invalid_features: IntCounterVec,
+    // http
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub sdk_events: IntCounterVec,
+    pub http_connections: IntGauge,
+    // upstream (Redis)
+    pub upstream_connected: IntGaugeVec,
+    pub upstream_reconnects: IntCounterVec,
+    pub upstream_resyncs: IntCounterVec,
+    pub upstream_messages: IntCounterVec,
+    pub propagation_seconds: HistogramVec,
+    pub events_forwarded: IntCounterVec,
+    // evaluation
+    pub evaluations: IntCounterVec,
+    pub evaluation_errors: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+/// Latency buckets from 100 µs to 10 s, for deliveries and propagation.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        2.5, 5.0, 10.0,
+    ]
+}
+
+impl Metrics {
+    /// Registers every metric on `registry`. Fails only if a name is registered twice.
+    pub fn new(registry: Registry) -> prometheus::Result<Metrics> {
+        let r = &registry;
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        let m = Metrics {
+            sse_clients: gauge(r, "flagrelay_sse_clients", "Open SSE connections.", &["env", "protocol"])?,
+            sse_events: counter(r, "flagrelay_sse_events_total", "SSE events written, by event type.", &["env", "event"])?,
+            sse_bytes: counter(r, "flagrelay_sse_bytes_total", "Bytes of SSE frames handed to client connections.", &["env"])?,
+            sse_lagged: counter(r, "flagrelay_sse_lagged_total", "Times a client was found behind the environment revision when it could write again.", &["env"])?,
+            sse_coalesced: counter(r, "flagrelay_sse_coalesced_total", "Coalesced catch-up frames sent instead of a backlog (lagging or resuming clients).", &["env"])?,
+            sse_slow_disconnects: counter(r, "flagrelay_sse_slow_disconnects_total", "Clients disconnected for staying over their send budget too long.", &["env"])?,
+            sse_resumes: counter(r, "flagrelay_sse_resumes_total", "SSE reconnects with Last-Event-ID, by outcome (replayed, full_state, ahead, current).", &["env", "outcome"])?,
+            sse_rejected: counter(r, "flagrelay_sse_rejected_total", "SSE connections refused by the connection cap.", &["env"])?,
+            sse_drained: counter(r, "flagrelay_sse_drained_total", "SSE connections closed by the shutdown drain.", &["env"])?,
+            sse_max_age_closes: counter(r, "flagrelay_sse_max_age_closes_total", "SSE connections closed at their maximum age.", &["env"])?,
+            delivery_seconds: histogram(r, "flagrelay_sse_delivery_seconds", "Time from a change entering the store to its frame being handed to a client connection.", &["env"], latency_buckets())?,
+            change_delivery_seconds: histogram(r, "flagrelay_sse_change_delivery_seconds", "Time from a change entering the store until it was handed to every SSE connection of its environment.", &["env"], latency_buckets())?,
+            features: gauge(r, "flagrelay_features", "Features currently served, per environment.", &["env"])?,
+            revision: gauge(r, "flagrelay_environment_revision", "Current environment revision.", &["env"])?,
+            data_age_seconds: {
+                let g = prometheus::GaugeVec::new(Opts::new("flagrelay_data_age_seconds", "Seconds since the environment's data was last confirmed current by its source."), &["env"])?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            source_errors: counter(r, "flagrelay_source_reload_errors_total", "Failed reloads of a source (unreadable or unparsable flags file, failed Redis snapshot).", &["env", "source"])?,
+            invalid_features: counter(r, "flagrelay_invalid_features_total", "Feature controls rejected by validation.", &["env"])?,
+            http_requests: counter(r, "flagrelay_http_requests_total", "HTTP requests by route template and status class.", &["route", "status"])?,
+            http_duration: histogram(r, "flagrelay_http_request_duration_seconds", "HTTP request handling time (until headers), by route template.", &["route"], latency_buckets())?,
+            sdk_events: counter(r, "flagrelay_sdk_events_received_total", "Event and registration batches accepted from SDKs.", &["env", "kind"])?,
+            http_connections: {
+                let g = IntGauge::new("flagrelay_http_connections", "Open TCP connections on the API listener.")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            upstream_connected: gauge(r, "flagrelay_upstream_connected", "1 while the upstream subscription is connected and synced.", &["env"])?,
+            upstream_reconnects: counter(r, "flagrelay_upstream_reconnects_total", "Upstream reconnects.", &["env"])?,
+            upstream_resyncs: counter(r, "flagrelay_upstream_resyncs_total", "Upstream resyncs by reason.", &["env", "reason"])?,
+            upstream_messages: counter(r, "flagrelay_upstream_messages_total", "Upstream change messages by result (applied, stale, malformed).", &["env", "result"])?,
+            propagation_seconds: histogram(r, "flagrelay_propagation_seconds", "Time from the upstream publish (message ts) until the change was written to every SDK connection of the environment.", &["env"], latency_buckets())?,
+            events_forwarded: counter(r, "flagrelay_events_forwarded_total", "SDK event batches forwarded upstream, by result (sent, dropped).", &["env", "result"])?,
+            evaluations: counter(r, "flagrelay_evaluations_total", "Evaluation requests by API (ofrep, ofrep_bulk, thin_client, stream).", &["env", "api"])?,
+            evaluation_errors: counter(r, "flagrelay_evaluation_errors_total", "Evaluation errors by code.", &["env", "code"])?,
+            registry,
+        };
+        Ok(m)
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        use prometheus::Encoder;
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let enc = prometheus::TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        buf
+    }
+}
+
+/// `2xx`, `4xx`... for the status label.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,503 @@
+//! The current flag data of every environment: an immutable [`Snapshot`] behind `Arc`, swapped
+//! atomically, plus a bounded ring of recent [`ChangeRecord`]s and tombstones for resumes.
+//!
+//! Invariants:
+//! - Readers never block writers: a reader clones the current `Arc<Snapshot>` out of a `watch`
+//!   channel and works on it without locks; a writer builds the next snapshot and swaps it in.
+//! - `seq` is local to this process and goes up by exactly one per published change; the fan-out
+//!   keys on it. `revision` is what clients see (`id:`, `/status`); it increases with every change
+//!   in file mode, and follows the upstream `rev` in Redis mode, where a resync may lower it (a
+//!   failover). A revision that does not go up breaks the history: the ring is cleared so no
+//!   resume can mix two lineages.
+//! - A change that changes nothing is not published. A feature is upserted only when its JSON
+//!   differs from the stored one.
+//! - Encoded forms (the JSON body and ETag, SSE frames) are built at most once per snapshot or
+//!   change, lazily, in the `OnceLock` slots, and shared by every reader.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::model::{Feature, Revision};
+
+pub type FeatureMap = BTreeMap<String, Arc<Feature>>;
+
+/// One environment's data at one point in time.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub env: Arc<str>,
+    pub seq: u64,
+    pub revision: Revision,
+    pub features: Arc<FeatureMap>,
+    /// True once the source has delivered data for this environment.
+    pub loaded: bool,
+    /// When this snapshot was published.
+    pub published_at: SystemTime,
+    /// The change that produced this snapshot (`None` for the initial, empty one and for
+    /// revision-only updates).
+    pub last_change: Option<Arc<ChangeRecord>>,
+    body: OnceLock<Encoded>,
+    /// Slots for full-state frames of each stream kind, filled by the fan-out.
+    pub full_frames: [OnceLock<Bytes>; FRAME_SLOTS],
+}
+
+/// How many kinds of stream may cache encoded frames on a snapshot or change.
+pub const FRAME_SLOTS: usize = 4;
+
+/// The JSON map and its strong ETag.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub body: Bytes,
+    pub etag: Arc<str>,
+}
+
+impl Snapshot {
+    fn empty(env: Arc<str>) -> Snapshot {
+        Snapshot {
+            env,
+            seq: 0,
+            revision: 0,
+            features: Arc::new(FeatureMap::new()),
+            loaded: false,
+            published_at: SystemTime::now(),
+            last_change: None,
+            body: OnceLock::new(),
+            full_frames: Default::default(),
+        }
+    }
+
+    /// The bare JSON map `{key: control, ...}` (sorted by key) and its ETag, encoded once.
+    pub fn encoded(&self) -> &Encoded {
+        self.body.get_or_init(|| {
+            let body = encode_map(self.features.values());
+            let etag = etag_of(&body);
+            Encoded { body, etag: etag.into() }
+        })
+    }
+}
+
+/// `{"k1":{...},"k2":{...}}` from already-encoded features.
+pub fn encode_map<'a>(features: impl Iterator<Item = &'a Arc<Feature>>) -> Bytes {
+    let mut out = Vec::with_capacity(1024);
+    out.push(b'{');
+    for (i, f) in features.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Serializing a String cannot fail.
+        let _ = serde_json::to_writer(&mut out, &f.key);
+        out.push(b':');
+        out.extend_from_slice(&f.json);
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// A strong ETag: the quoted hex of the content's SHA-1 (deterministic, changes exactly when the
+/// body does).
+pub fn etag_of(body: &[u8]) -> String {
+    use sha1::{Digest, Sha1};
+    let d = Sha1::digest(body);
+    format!("\"{}\"", hex::encode(&d[..12]))
+}
+
+/// What one revision changed.
+#[derive(Debug)]
+pub struct ChangeRecord {
+    pub seq: u64,
+    pub revision: Revision,
+    pub upserts: Vec<Arc<Feature>>,
+    pub deletes: Vec<String>,
+    /// Upstream publish time (Unix ms), for the propagation metric.
+    pub upstream_ts_ms: Option<u64>,
+    pub at: Instant,
+    /// Increments whenever the revision fails to go up (failover, restore).
+    pub lineage: u64,
+    /// Slots for the encoded frames of this change, one per stream kind, filled by the fan-out.
+    pub frames: [OnceLock<Bytes>; FRAME_SLOTS],
+    /// Fan-out bookkeeping: connections that have yet to receive this change (armed by the first
+    /// delivery), for the "written to every connection" measurement.
+    pub pending_deliveries: std::sync::atomic::AtomicI64,
+    pub deliveries_armed: std::sync::atomic::AtomicBool,
+}
+
+/// A change to apply. `revision: None` means "the next revision".
+#[derive(Debug, Default)]
+pub struct Update {
+    pub upserts: Vec<Arc<Feature>>,
+    pub deletes: Vec<String>,
+    pub revision: Option<Revision>,
+    pub upstream_ts_ms: Option<u64>,
+}
+
+/// The state of an environment's source, for `/status` and readiness.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    /// e.g. `loading`, `ok`, `error`, `connected`, `resyncing`, `disconnected`.
+    pub state: &'static str,
+    pub since: SystemTime,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<SystemTime>,
+    /// Free-form note (e.g. "environment missing from the flags file").
+    pub detail: Option<String>,
+    pub epoch: Option<String>,
+    /// True while serving data not confirmed by the source (warm start, upstream not initialised).
+    pub stale: bool,
+    /// When the source last confirmed the data current (a sync, a message, a file read).
+    pub confirmed_at: Option<SystemTime>,
+}
+
+impl Default for SourceStatus {
+    fn default() -> Self {
+        SourceStatus {
+            state: "loading",
+            since: SystemTime::now(),
+            last_error: None,
+            last_error_at: None,
+            detail: None,
+            epoch: None,
+            stale: false,
+            confirmed_at: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreLimits {
+    pub replay_revisions: usize,
+    pub tombstones_max: usize,
+    pub tombstone_ttl: Duration,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits { replay_revisions: 1024, tombstones_max: 10_000, tombstone_ttl: Duration::from_secs(86_400) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tombstone {
+    pub key: String,
+    pub seq: u64,
+    pub revision: Revision,
+    pub at: Instant,
+}
+
+/// Recent changes. The ring covers every change after `base_seq`; resumes by revision are exact
+/// from `rev_base` on, within the current lineage (see the module invariants).
+#[derive(Debug, Default)]
+struct History {
+    ring: VecDeque<Arc<ChangeRecord>>,
+    tombstones: VecDeque<Tombstone>,
+    base_seq: u64,
+    rev_base: Revision,
+    lineage: u64,
+}
+
+/// One environment.
+pub struct EnvStore {
+    pub id: Arc<str>,
+    tx: watch::Sender<Arc<Snapshot>>,
+    write: Mutex<()>,
+    history: Mutex<History>,
+    status: Mutex<SourceStatus>,
+    limits: StoreLimits,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half-written (every critical
+    // section only assigns whole values), so a poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a resume from a client's last seen position needs.
+#[derive(Debug)]
+pub enum Catchup {
+    /// Nothing missed.
+    Current,
+    /// The changes after the client's position, oldest first.
+    Changes(Vec<Arc<ChangeRecord>>),
+    /// History does not reach back far enough: send full state plus these deletions.
+    FullState { tombstones: Vec<String> },
+}
+
+impl EnvStore {
+    pub fn new(id: &str, limits: StoreLimits, metrics: Arc<Metrics>) -> EnvStore {
+        let id: Arc<str> = id.into();
+        let (tx, _) = watch::channel(Arc::new(Snapshot::empty(id.clone())));
+        EnvStore {
+            id,
+            tx,
+            write: Mutex::new(()),
+            history: Mutex::new(History::default()),
+            status: Mutex::new(SourceStatus::default()),
+            limits,
+            metrics,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// A receiver that wakes on every published snapshot (intermediate ones may be skipped).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    pub fn status(&self) -> SourceStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Changes the source status; `state` changes reset `since`.
+    pub fn update_status(&self, f: impl FnOnce(&mut SourceStatus)) {
+        let mut s = lock(&self.status);
+        let before = s.state;
+        f(&mut s);
+        if s.state != before {
+            s.since = SystemTime::now();
+        }
+    }
+
+    /// Records a source error (the data keeps being served).
+    pub fn record_error(&self, source: &str, error: &str) {
+        self.metrics.source_errors.with_label_values(&[&self.id, source]).inc();
+        self.update_status(|s| {
+            s.last_error = Some(error.to_string());
+            s.last_error_at = Some(SystemTime::now());
+        });
+    }
+
+    /// Notes that the source confirmed the data current now.
+    pub fn confirm(&self) {
+        self.update_status(|s| s.confirmed_at = Some(SystemTime::now()));
+    }
+
+    /// Applies upserts and deletes as one revision. Returns the published change, or `None` when
+    /// nothing changed (a differing `revision` is still recorded, without a change event).
+    pub fn apply(&self, update: Update) -> Option<Arc<ChangeRecord>> {
+        let _w = lock(&self.write);
+        let cur = self.snapshot();
+        let mut features: FeatureMap = (*cur.features).clone();
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for f in update.upserts {
+            match features.get(&f.key) {
+                Some(old) if old.json == f.json => {}
+                _ => {
+                    features.insert(f.key.clone(), f.clone());
+                    upserts.push(f);
+                }
+            }
+        }
+        for k in update.deletes {
+            if features.remove(&k).is_some() && !deletes.contains(&k) {
+                upserts.retain(|f: &Arc<Feature>| f.key != k);
+                deletes.push(k);
+            }
+        }
+        self.publish(&cur, features, upserts, deletes, update.revision, update.upstream_ts_ms)
+    }
+
+    /// Replaces the whole data set, publishing only the difference as one revision.
+    pub fn replace(&self, new: FeatureMap, revision: Option<Revision>, upstream_ts_ms: Option<u64>) -> Option<Arc<ChangeRecord>> {
+        let _w = lock(&self.write);
+        let cur = self.snapshot();
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for (k, f) in &new {
+            match cur.features.get(k) {
+                Some(old) if old.json == f.json => {}
+                _ => upserts.push(f.clone()),
+            }
+        }
+        for k in cur.features.keys() {
+            if !new.contains_key(k) {
+                deletes.push(k.clone());
+            }
+        }
+        self.publish(&cur, new, upserts, deletes, revision, upstream_ts_ms)
+    }
+
+    fn publish(
+        &self,
+        cur: &Arc<Snapshot>,
+        features: FeatureMap,
+        upserts: Vec<Arc<Feature>>,
+        deletes: Vec<String>,
+        revision: Option<Revision>,
+        upstream_ts_ms: Option<u64>,
+    ) -> Option<Arc<ChangeRecord>> {
+        let changed = !upserts.is_empty() || !deletes.is_empty();
+        let revision = match revision {
+            Some(r) => r,
+            None if changed => cur.revision + 1,
+            None => cur.revision,
+        };
+        self.metrics.features.with_label_values(&[&self.id]).set(features.len() as i64);
+        self.metrics.revision.with_label_values(&[&self.id]).set(revision as i64);
+        if !changed {
+            if revision != cur.revision || !cur.loaded {
+                // Same content, new revision (or first load of an empty set): swap silently.
+                if revision < cur.revision || !cur.loaded {
+                    let mut h = lock(&self.history);
+                    h.lineage += 1;
+                    h.rev_base = revision;
+                }
+                self.tx.send_replace(Arc::new(Snapshot {
+                    env: self.id.clone(),
+                    seq: cur.seq,
+                    revision,
+                    features: cur.features.clone(),
+                    loaded: true,
+                    published_at: SystemTime::now(),
+                    last_change: cur.last_change.clone(),
+                    body: cur.body.get().cloned().map(OnceLock::from).unwrap_or_default(),
+                    full_frames: Default::default(),
+                }));
+            }
+            return None;
+        }
+        let seq = cur.seq + 1;
+        let record = {
+            let mut h = lock(&self.history);
+            // The first load has no history before it; later, a revision that did not go up
+            // starts a new lineage too.
+            let new_lineage = !cur.loaded || revision <= cur.revision;
+            if new_lineage {
+                // The revision did not go up: a new lineage. Revision resumes restart from here.
+                h.lineage += 1;
+                h.rev_base = revision;
+            }
+            let record = Arc::new(ChangeRecord {
+                seq,
+                revision,
+                upserts,
+                deletes,
+                upstream_ts_ms,
+                at: Instant::now(),
+                lineage: h.lineage,
+                frames: Default::default(),
+                pending_deliveries: std::sync::atomic::AtomicI64::new(0),
+                deliveries_armed: std::sync::atomic::AtomicBool::new(false),
+            });
+            h.ring.push_back(record.clone());
+            while h.ring.len() > self.limits.replay_revisions.max(1) {
+                if let Some(old) = h.ring.pop_front() {
+                    h.base_seq = old.seq;
+                    if old.lineage == h.lineage {
+                        h.rev_base = h.rev_base.max(old.revision);
+                    }
+                }
+            }
+            for k in &record.deletes {
+                h.tombstones.push_back(Tombstone { key: k.clone(), seq, revision, at: record.at });
+            }
+            let ttl = self.limits.tombstone_ttl;
+            while h.tombstones.len() > self.limits.tombstones_max
+                || h.tombstones.front().is_some_and(|t| t.at.elapsed() > ttl)
+            {
+                h.tombstones.pop_front();
+            }
+            record
+        };
+        self.tx.send_replace(Arc::new(Snapshot {
+            env: self.id.clone(),
+            seq,
+            revision,
+            features: Arc::new(features),
+            loaded: true,
+            published_at: SystemTime::now(),
+            last_change: Some(record.clone()),
+            body: OnceLock::new(),
+            full_frames: Default::default(),
+        }));
+        Some(record)
+    }
+
+    /// What a client that has everything up to `from_seq` needs to reach `to`.
+    pub fn catchup_seq(&self, from_seq: u64, to: &Snapshot) -> Catchup {
+        if from_seq >= to.seq {
+            return Catchup::Current;
+        }
+        if let Some(c) = &to.last_change {
+            if c.seq == to.seq && from_seq + 1 == to.seq {
+                return Catchup::Changes(vec![c.clone()]);
+            }
+        }
+        let h = lock(&self.history);
+        if from_seq >= h.base_seq {
+            return Catchup::Changes(h.ring.iter().filter(|c| c.seq > from_seq && c.seq <= to.seq).cloned().collect());
+        }
+        let tombstones = h
+            .tombstones
+            .iter()
+            .filter(|t| t.seq > from_seq && t.seq <= to.seq && !to.features.contains_key(&t.key))
+            .map(|t| t.key.clone())
+            .collect();
+        Catchup::FullState { tombstones }
+    }
+
+    /// What a client resuming with `Last-Event-ID: last_revision` needs to reach `to`. `None`
+    /// when the id is ahead of this relay (the caller sends full state and counts it).
+    pub fn catchup_revision(&self, last_revision: Revision, to: &Snapshot) -> Option<Catchup> {
+        if last_revision > to.revision {
+            return None;
+        }
+        if last_revision == to.revision {
+            return Some(Catchup::Current);
+        }
+        let h = lock(&self.history);
+        if last_revision >= h.rev_base {
+            let lineage = h.lineage;
+            return Some(Catchup::Changes(
+                h.ring
+                    .iter()
+                    .filter(|c| c.lineage == lineage && c.revision > last_revision && c.seq <= to.seq)
+                    .cloned()
+                    .collect(),
+            ));
+        }
+        let tombstones = h
+            .tombstones
+            .iter()
+            .filter(|t| t.revision > last_revision && t.seq <= to.seq && !to.features.contains_key(&t.key))
+            .map(|t| t.key.clone())
+            .collect();
+        Some(Catchup::FullState { tombstones })
+    }
+}
+
+/// Every configured environment.
+pub struct Store {
+    envs: Vec<Arc<EnvStore>>,
+    by_id: HashMap<String, Arc<EnvStore>>,
+}
+
+impl Store {
+    pub fn new<'a>(ids: impl IntoIterator<Item = &'a str>, limits: StoreLimits, metrics: Arc<Metrics>) -> Store {
+        let envs: Vec<Arc<EnvStore>> =
+            ids.into_iter().map(|id| Arc::new(EnvStore::new(id, limits.clone(), metrics.clone()))).collect();
+        let by_id = envs.iter().map(|e| (e.id.to_string(), e.clone())).collect();
+        Store { envs, by_id }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<EnvStore>> {
+        self.by_id.get(id)
+    }
+
+    pub fn envs(&self) -> &[Arc<EnvStore>] {
+        &self.envs
+    }
+
+    /// True once every environment has loaded data.
+    pub fn all_loaded(&self) -> bool {
+        self.envs.iter().all(|e| e.snapshot().loaded)
+    }
+}

@@ -1,0 +1,162 @@
+//! The watched flags file: `{ "<env id>": { "<feature key>": <control>, ... }, ... }`.
+//!
+//! The file's metadata (mtime, size, inode) is polled; when it changes the file is re-read, each
+//! environment is diffed against its current snapshot and only what changed is published, as one
+//! new revision per environment.
+//!
+//! Invariants:
+//! - A file that cannot be read or parsed changes nothing: it is logged, counted and shown in
+//!   `/status`, and the last good data keeps being served.
+//! - An invalid feature is rejected alone: the previous valid version of it (if any) stays.
+//! - An environment of the config that the file lacks serves an empty set, and `/status` says so.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::config::FileUpstream;
+use crate::metrics::Metrics;
+use crate::model::Feature;
+use crate::shutdown::Shutdown;
+use crate::store::{EnvStore, FeatureMap, Store};
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    let m = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Ok(Stamp { modified: m.modified().ok(), len: m.len(), ino })
+}
+
+/// Loads the file once, then watches it until shutdown.
+pub async fn run(cfg: FileUpstream, store: Arc<Store>, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    let span = tracing::info_span!("file_source", path = %cfg.path.display());
+    watch(cfg, store, metrics, shutdown).instrument(span).await
+}
+
+async fn watch(cfg: FileUpstream, store: Arc<Store>, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    let mut last: Option<Stamp> = None;
+    let mut last_error: Option<String> = None;
+    let mut tick = tokio::time::interval(cfg.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let now = match stamp(&cfg.path) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("cannot read {}: {e}", cfg.path.display());
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!("{msg}; serving the last good data");
+                    fail_all(&store, &msg);
+                    last_error = Some(msg);
+                }
+                last = None;
+                continue;
+            }
+        };
+        if last == Some(now) {
+            continue;
+        }
+        last = Some(now);
+        match tokio::fs::read(&cfg.path).await {
+            Ok(bytes) => match load(&bytes, &store, &metrics) {
+                Ok(()) => last_error = None,
+                Err(msg) => {
+                    tracing::warn!(error = %msg, "flags file rejected; serving the last good data");
+                    fail_all(&store, &msg);
+                    last_error = Some(msg);
+                }
+            },
+            Err(e) => {
+                let msg = format!("cannot read {}: {e}", cfg.path.display());
+                tracing::warn!("{msg}");
+                fail_all(&store, &msg);
+                last_error = Some(msg);
+                last = None;
+            }
+        }
+    }
+}
+
+fn fail_all(store: &Store, msg: &str) {
+    for env in store.envs() {
+        env.record_error("file", msg);
+        env.update_status(|s| s.state = "error");
+    }
+}
+
+/// Parses the whole file and applies it to every environment. Errors only for a file-level
+/// problem (bad JSON, wrong shape); invalid features are handled per feature.
+pub fn load(bytes: &[u8], store: &Store, metrics: &Metrics) -> Result<(), String> {
+    let root: Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(mut envs) = root else {
+        return Err("the flags file must be a JSON object of environment id -> features".into());
+    };
+    for (id, v) in &envs {
+        if !v.is_object() {
+            return Err(format!("environment {id:?}: expected an object of feature key -> control"));
+        }
+        if store.get(id).is_none() {
+            tracing::warn!(env = %id, "the flags file has an environment the config does not list; ignored");
+        }
+    }
+    for env in store.envs() {
+        match envs.remove(env.id.as_ref()) {
+            Some(Value::Object(features)) => {
+                apply_env(env, features, metrics);
+                env.update_status(|s| {
+                    s.state = "ok";
+                    s.detail = None;
+                });
+            }
+            _ => {
+                env.replace(FeatureMap::new(), None, None);
+                env.update_status(|s| {
+                    s.state = "ok";
+                    s.detail = Some("environment missing from the flags file; serving an empty set".into());
+                });
+            }
+        }
+        env.confirm();
+    }
+    Ok(())
+}
+
+fn apply_env(env: &EnvStore, features: serde_json::Map<String, Value>, metrics: &Metrics) {
+    let current = env.snapshot();
+    let mut next: FeatureMap = BTreeMap::new();
+    for (key, raw) in features {
+        match Feature::from_value(&key, raw) {
+            Ok(f) => {
+                next.insert(key, f);
+            }
+            Err(e) => {
+                metrics.invalid_features.with_label_values(&[&env.id]).inc();
+                let kept = current.features.get(&key).cloned();
+                tracing::warn!(env = %env.id, feature = %key, reason = %e.reason, kept_previous = kept.is_some(), "invalid feature rejected");
+                env.record_error("file", &e.to_string());
+                if let Some(old) = kept {
+                    next.insert(key, old);
+                }
+            }
+        }
+    }
+    if let Some(change) = env.replace(next, None, None) {
+        tracing::info!(env = %env.id, revision = change.revision, upserts = change.upserts.len(), deletes = change.deletes.len(), "flags file change published");
+    }
+}

@@ -1,0 +1,42 @@
+//! Sources that feed the [`store`](crate::store): the watched flags file (the default) and Redis.
+//!
+//! Invariant: a source only ever publishes valid features; anything it cannot parse is counted,
+//! logged and skipped, and the last good data keeps being served.
+
+pub mod file;
+
+use std::sync::Arc;
+
+use crate::config::Upstream;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+
+/// A batch of SDK events or registrations accepted by the API, on its way upstream.
+#[derive(Debug, Clone)]
+pub struct EventBatch {
+    pub env: Arc<str>,
+    /// `events`, `register` or `client_events`.
+    pub kind: &'static str,
+    pub body: bytes::Bytes,
+}
+
+/// The queue SDK event batches go to, if the upstream takes them (Redis mode). In file mode
+/// there is none: batches are accepted and counted only.
+pub fn event_sink(upstream: &Upstream, _metrics: Arc<Metrics>, _shutdown: Shutdown) -> Option<tokio::sync::mpsc::Sender<EventBatch>> {
+    match upstream {
+        Upstream::File(_) => None,
+        Upstream::Redis(_) => None,
+    }
+}
+
+/// Runs the configured source until shutdown.
+pub async fn run(upstream: Upstream, store: Arc<Store>, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    match upstream {
+        Upstream::File(cfg) => file::run(cfg, store, metrics, shutdown).await,
+        Upstream::Redis(_) => {
+            tracing::error!("the Redis upstream is not built yet");
+            shutdown.wait().await
+        }
+    }
+}
