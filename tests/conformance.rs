@@ -1,0 +1,194 @@
+//! Runs the Featureflow SDK testbed (spec §8) against `flagrelay::eval`.
+//!
+//! The testbed lives beside the checkout at `../shared/conformance/featureflow-testbed`. Every
+//! `.feature` file is parsed (own Gherkin reader in `conformance/gherkin.rs`); every scenario row is
+//! either run or listed as not applicable with the reason. Unknown step text is a failure, so a new
+//! testbed row cannot be skipped silently.
+//!
+//! The date rows are run again in child processes of this binary with `TZ=America/New_York` and
+//! `TZ=Asia/Kolkata` (POSIX `TZ` strings if the zone database is missing), and the child proves the
+//! zone took effect by reporting a non-zero local offset.
+
+#[path = "conformance/gherkin.rs"]
+mod gherkin;
+#[path = "conformance/steps.rs"]
+mod steps;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use steps::{run_row, Outcome};
+
+const CHILD_ENV: &str = "FLAGRELAY_CONFORMANCE_TZ_CHILD";
+
+/// File-level reasons for testbed files that describe SDK behaviour a server-side evaluator lacks.
+const NOT_APPLICABLE_FILES: [(&str, &str); 4] = [
+    ("events.feature", "SDK-side analytics event queueing/summarising; the rule engine emits no events"),
+    ("goals.feature", "SDK-side goal tracking events; not rule evaluation"),
+    ("sdk_config.feature", "SDK HTTP client behaviour (401/403/429, server-driven config); not rule evaluation"),
+    ("tracked_exposures.feature", "SDK-side exposure events; not rule evaluation"),
+];
+
+fn testbed_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/featureflow-testbed");
+    assert!(
+        dir.is_dir(),
+        "conformance testbed not found at {} (CI must check out `shared/` beside the crate)",
+        dir.display()
+    );
+    dir
+}
+
+fn feature_files() -> Vec<(String, gherkin::FeatureFile)> {
+    let dir = testbed_dir();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".feature"))
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no .feature files in {}", dir.display());
+    names
+        .into_iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(dir.join(&n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+            let parsed = gherkin::parse(&text).unwrap_or_else(|e| panic!("{n}: {e}"));
+            (n, parsed)
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Tally {
+    ran: usize,
+    passed: usize,
+    date_ran: usize,
+    failures: Vec<String>,
+    not_applicable: Vec<String>,
+}
+
+/// Runs every row (or only the date rows); prints per-file summaries; returns the totals.
+fn run_all(only_dates: bool) -> Tally {
+    let mut total = Tally::default();
+    for (name, file) in feature_files() {
+        let rows = file.rows();
+        if let Some((_, why)) = NOT_APPLICABLE_FILES.iter().find(|(n, _)| *n == name) {
+            if !only_dates {
+                println!("{name}: 0 ran, {} rows not applicable: {why}", rows.len());
+                for s in &file.scenarios {
+                    println!("    n/a line {}: {}", s.line, s.name);
+                }
+                total.not_applicable.extend(rows.iter().map(|r| format!("{name}:{}", r.line)));
+            }
+            continue;
+        }
+        let mut t = Tally::default();
+        for row in rows.iter().filter(|r| !only_dates || steps::is_date_row(r)) {
+            let label = format!("{name}:{} {}", row.line, row.scenario);
+            match run_row(row) {
+                Outcome::Pass => {
+                    t.ran += 1;
+                    t.passed += 1;
+                    t.date_ran += usize::from(steps::is_date_row(row));
+                }
+                Outcome::Fail(why) => {
+                    t.ran += 1;
+                    t.date_ran += usize::from(steps::is_date_row(row));
+                    t.failures.push(format!("FAIL {label}: {why}"));
+                }
+                Outcome::NotApplicable(why) => t.not_applicable.push(format!("n/a {label}: {why}")),
+            }
+        }
+        println!(
+            "{name}: {} ran, {} passed, {} failed, {} not applicable{}",
+            t.ran,
+            t.passed,
+            t.failures.len(),
+            t.not_applicable.len(),
+            if only_dates { " (date rows only)" } else { "" }
+        );
+        for line in t.not_applicable.iter().chain(&t.failures) {
+            println!("    {line}");
+        }
+        total.ran += t.ran;
+        total.passed += t.passed;
+        total.date_ran += t.date_ran;
+        total.failures.extend(t.failures);
+        total.not_applicable.extend(t.not_applicable);
+    }
+    println!(
+        "TOTAL: {} ran, {} passed, {} failed, {} not applicable ({} date rows)",
+        total.ran,
+        total.passed,
+        total.failures.len(),
+        total.not_applicable.len(),
+        total.date_ran
+    );
+    total
+}
+
+#[test]
+fn testbed_conformance() {
+    println!("testbed: {}", testbed_dir().display());
+    let t = run_all(false);
+    assert!(t.ran > 0 && t.date_ran > 0, "nothing ran");
+    assert!(t.failures.is_empty(), "{} testbed rows failed:\n{}", t.failures.len(), t.failures.join("\n"));
+}
+
+/// The local UTC offset in seconds at the instant the date rows are about (July 2026).
+fn local_offset() -> i32 {
+    use chrono::{Offset, TimeZone};
+    let probe = chrono::NaiveDate::from_ymd_opt(2026, 7, 3).and_then(|d| d.and_hms_opt(0, 0, 0)).unwrap();
+    chrono::Local.offset_from_utc_datetime(&probe).fix().local_minus_utc()
+}
+
+/// In a child process only: runs the date rows under the `TZ` the parent set.
+#[test]
+fn tz_child() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let t = run_all(true);
+    println!("TZCHILD offset={} ran={} passed={}", local_offset(), t.ran, t.passed);
+    assert!(t.failures.is_empty(), "{}", t.failures.join("\n"));
+}
+
+fn run_child(tz: &str) -> (bool, i32, String) {
+    let exe = std::env::current_exe().expect("current test binary");
+    let out = Command::new(exe)
+        .args(["tz_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .env("TZ", tz)
+        .output()
+        .expect("re-run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let offset = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TZCHILD offset="))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    (out.status.success(), offset, stdout + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn date_rows_under_non_utc_time_zones() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    // (IANA name, POSIX equivalent used when the zone database is not installed)
+    for (zone, posix) in [("America/New_York", "EST5EDT,M3.2.0,M11.1.0"), ("Asia/Kolkata", "IST-5:30")] {
+        let (mut ok, mut offset, mut output) = run_child(zone);
+        let mut used = zone;
+        if offset == 0 {
+            (ok, offset, output) = run_child(posix);
+            used = posix;
+        }
+        println!("--- TZ={used} (local offset {offset:+} s) ---");
+        for line in output.lines().filter(|l| l.contains(".feature:") || l.starts_with("TOTAL") || l.contains("FAIL")) {
+            println!("{line}");
+        }
+        assert!(ok, "date rows failed under TZ={used}:\n{output}");
+        assert_ne!(offset, 0, "TZ={used} did not change the local offset, so the run proves nothing");
+    }
+}
