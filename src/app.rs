@@ -31,6 +31,8 @@ pub enum AppError {
 /// Runs the relay on already-bound listeners until `shutdown` is triggered and the drain ends.
 pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpListener, shutdown: Shutdown) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new(Registry::new())?);
+    let api_addr = api_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let admin_addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let limits = StoreLimits {
         replay_revisions: config.sse.replay_revisions,
         tombstones_max: config.sse.tombstones_max,
@@ -69,7 +71,7 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
         upstream_kind,
     });
     let admin_server = Server::start(admin_listener, admin, admin_shutdown.clone(), opts);
-    tracing::info!(listen = %config.listen, admin = %config.admin_listen, upstream = upstream_kind, "flagrelay serving");
+    tracing::info!(listen = %api_addr, admin = %admin_addr, upstream = upstream_kind, "flagrelay serving");
 
     shutdown.wait().await;
     tracing::info!(deadline_secs = config.shutdown_timeout.as_secs_f64(), "shutting down");

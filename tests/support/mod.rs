@@ -2,6 +2,7 @@
 //! Every network await has a timeout so nothing hangs.
 #![allow(dead_code)]
 
+pub mod node;
 pub mod sse;
 
 use std::path::PathBuf;
