@@ -22,10 +22,13 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::eval::CompiledFeature;
 use crate::metrics::Metrics;
 use crate::model::{Feature, Revision};
 
 pub type FeatureMap = BTreeMap<String, Arc<Feature>>;
+/// Every feature compiled for evaluation, keyed like [`FeatureMap`].
+pub type CompiledMap = BTreeMap<String, Arc<CompiledFeature>>;
 
 /// One environment's data at one point in time.
 #[derive(Debug)]
@@ -34,6 +37,8 @@ pub struct Snapshot {
     pub seq: u64,
     pub revision: Revision,
     pub features: Arc<FeatureMap>,
+    /// The same features compiled for evaluation (each compiled once, when it changed).
+    pub compiled: Arc<CompiledMap>,
     /// True once the source has delivered data for this environment.
     pub loaded: bool,
     /// When this snapshot was published.
@@ -63,6 +68,7 @@ impl Snapshot {
             seq: 0,
             revision: 0,
             features: Arc::new(FeatureMap::new()),
+            compiled: Arc::new(CompiledMap::new()),
             loaded: false,
             published_at: SystemTime::now(),
             last_change: None,
@@ -355,6 +361,7 @@ impl EnvStore {
                     seq: cur.seq,
                     revision,
                     features: cur.features.clone(),
+                    compiled: cur.compiled.clone(),
                     loaded: true,
                     published_at: SystemTime::now(),
                     last_change: cur.last_change.clone(),
@@ -363,6 +370,13 @@ impl EnvStore {
                 }));
             }
             return None;
+        }
+        let mut compiled: CompiledMap = (*cur.compiled).clone();
+        for f in &upserts {
+            compiled.insert(f.key.clone(), Arc::new(CompiledFeature::compile(f)));
+        }
+        for k in &deletes {
+            compiled.remove(k);
         }
         let seq = cur.seq + 1;
         let record = {
@@ -412,6 +426,7 @@ impl EnvStore {
             seq,
             revision,
             features: Arc::new(features),
+            compiled: Arc::new(compiled),
             loaded: true,
             published_at: SystemTime::now(),
             last_change: Some(record.clone()),
