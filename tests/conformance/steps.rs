@@ -338,7 +338,7 @@ pub fn run_row(row: &Row) -> Outcome {
             .unwrap_or_default();
         if let Err(o) = handler(&mut w, &caps, step) {
             return match o {
-                Outcome::Fail(m) => Outcome::Fail(format!("line {} {:?}: {m}", step.line, step.text)),
+                Outcome::Fail(m) => Outcome::Fail(format!("line {} {} {:?}: {m}", step.line, step.keyword, step.text)),
                 other => other,
             };
         }
