@@ -38,6 +38,10 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
         tombstones_max: config.sse.tombstones_max,
         tombstone_ttl: config.sse.tombstone_ttl,
     };
+    for e in &config.environments {
+        metrics.init_env(&e.id);
+    }
+    metrics.init_routes(crate::http::api::routes::ALL);
     let store = Arc::new(Store::new(config.environments.iter().map(|e| e.id.as_str()), limits, metrics.clone()));
     let fanout = Fanout::new(config.sse.clone(), metrics.clone(), shutdown.clone());
     let upstream_kind = match &config.upstream {

@@ -8,6 +8,9 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// Values of the `protocol` label of `flagrelay_sse_clients`.
+pub const PROTOCOLS: [&str; 4] = ["featureflow", "js_legacy", "ofrep", "eval"];
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -126,6 +129,71 @@ impl Metrics {
             registry,
         };
         Ok(m)
+    }
+
+    /// Creates every series of one environment with its known label values at zero, so every
+    /// catalogued metric is present from the first scrape and `rate()` has a starting point.
+    pub fn init_env(&self, env: &str) {
+        for p in PROTOCOLS {
+            self.sse_clients.with_label_values(&[env, p]);
+        }
+        for e in ["initial", "change", "heartbeat", "retry"] {
+            self.sse_events.with_label_values(&[env, e]);
+        }
+        for c in [
+            &self.sse_bytes,
+            &self.sse_lagged,
+            &self.sse_coalesced,
+            &self.sse_slow_disconnects,
+            &self.sse_rejected,
+            &self.sse_drained,
+            &self.sse_max_age_closes,
+            &self.invalid_features,
+            &self.upstream_reconnects,
+        ] {
+            c.with_label_values(&[env]);
+        }
+        for o in ["replayed", "full_state", "ahead", "current"] {
+            self.sse_resumes.with_label_values(&[env, o]);
+        }
+        for h in [&self.delivery_seconds, &self.change_delivery_seconds, &self.propagation_seconds] {
+            h.with_label_values(&[env]);
+        }
+        for g in [&self.features, &self.revision, &self.upstream_connected] {
+            g.with_label_values(&[env]);
+        }
+        self.data_age_seconds.with_label_values(&[env]);
+        for s in ["file", "redis"] {
+            self.source_errors.with_label_values(&[env, s]);
+        }
+        for k in ["events", "register", "client_events"] {
+            self.sdk_events.with_label_values(&[env, k]);
+        }
+        for r in ["initial", "gap", "probe_ahead", "probe_behind", "epoch", "reset", "reconnect", "overflow"] {
+            self.upstream_resyncs.with_label_values(&[env, r]);
+        }
+        for r in ["applied", "stale", "malformed"] {
+            self.upstream_messages.with_label_values(&[env, r]);
+        }
+        for r in ["sent", "dropped"] {
+            self.events_forwarded.with_label_values(&[env, r]);
+        }
+        for a in ["ofrep", "ofrep_bulk", "thin_client", "stream"] {
+            self.evaluations.with_label_values(&[env, a]);
+        }
+        for c in ["FLAG_NOT_FOUND", "PARSE_ERROR", "INVALID_CONTEXT", "GENERAL"] {
+            self.evaluation_errors.with_label_values(&[env, c]);
+        }
+    }
+
+    /// Creates the request series of the given route templates.
+    pub fn init_routes(&self, routes: &[&str]) {
+        for r in routes {
+            self.http_duration.with_label_values(&[r]);
+            for s in ["2xx", "4xx", "5xx"] {
+                self.http_requests.with_label_values(&[r, s]);
+            }
+        }
     }
 
     /// Renders the Prometheus text exposition.

@@ -38,6 +38,8 @@ pub mod routes {
     pub const REGISTER: &str = "/api/sdk/v1/register";
     pub const EVENTS: &str = "/api/sdk/v1/events";
     pub const UNKNOWN: &str = "unmatched";
+    /// Every template, for initialising the request metrics.
+    pub const ALL: &[&str] = &[FEATURES, REGISTER, EVENTS, UNKNOWN];
 }
 
 impl Api {
