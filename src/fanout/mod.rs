@@ -136,6 +136,7 @@ impl Fanout {
         let snap = rx.borrow_and_update().clone();
         let initial = renderer.start(&env, &snap, opts.last_event_id, &self.metrics);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(stream = id, env = %env.id, protocol = opts.protocol, revision = snap.revision, resume = ?opts.last_event_id, "SSE stream opened");
         self.metrics.sse_clients.with_label_values(&[&env.id, opts.protocol]).inc();
         self.env_counter(&env.id).fetch_add(1, Ordering::Relaxed);
         self.conns

@@ -48,6 +48,9 @@ struct Inner {
     drain: Option<Pin<Box<Sleep>>>,
     max_age: Option<Pin<Box<Sleep>>>,
     finished: bool,
+    opened: std::time::Instant,
+    /// Why the stream ended, for the lifecycle log line.
+    end: &'static str,
 }
 
 impl SseStream {
@@ -90,6 +93,8 @@ impl SseStream {
                 drain: None,
                 max_age,
                 finished: false,
+                opened: std::time::Instant::now(),
+                end: "client_closed",
             }),
         }
     }
@@ -103,8 +108,9 @@ impl Inner {
         Poll::Ready(Some(b))
     }
 
-    fn finish(&mut self, b: Bytes) -> Poll<Option<Bytes>> {
+    fn finish(&mut self, b: Bytes, why: &'static str) -> Poll<Option<Bytes>> {
         self.finished = true;
+        self.end = why;
         self.emit(b, "retry")
     }
 
@@ -131,7 +137,12 @@ impl Stream for SseStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let me = &mut *self.get_mut().inner;
-        if me.finished || me.conn.killed.load(Ordering::Relaxed) {
+        if me.finished {
+            return Poll::Ready(None);
+        }
+        if me.conn.killed.load(Ordering::Relaxed) {
+            me.finished = true;
+            me.end = "slow_client";
             return Poll::Ready(None);
         }
         if let Some(b) = me.queue.pop_front() {
@@ -149,14 +160,14 @@ impl Stream for SseStream {
                 let base = me.hub.cfg.retry_ms;
                 let spread = me.hub.cfg.drain_window.as_millis() as u64;
                 let hint = base + if spread > 0 { rand::thread_rng().gen_range(0..=spread) } else { 0 };
-                return me.finish(frames::retry_frame(hint));
+                return me.finish(frames::retry_frame(hint), "drained");
             }
         }
         if let Some(a) = me.max_age.as_mut() {
             if a.as_mut().poll(cx).is_ready() {
                 me.hub.metrics.sse_max_age_closes.with_label_values(&[&me.env.id]).inc();
                 let hint = me.hub.cfg.retry_ms.min(1000);
-                return me.finish(frames::retry_frame(hint));
+                return me.finish(frames::retry_frame(hint), "max_age");
             }
         }
         loop {
@@ -168,6 +179,7 @@ impl Stream for SseStream {
                 }
                 Poll::Ready(None) => {
                     me.finished = true;
+                    me.end = "store_closed";
                     return Poll::Ready(None);
                 }
                 Poll::Pending => break,
@@ -183,6 +195,8 @@ impl Stream for SseStream {
 impl Drop for SseStream {
     fn drop(&mut self) {
         let me = &self.inner;
+        let end = if me.conn.killed.load(Ordering::Relaxed) { "slow_client" } else { me.end };
+        tracing::debug!(stream = me.id, env = %me.env.id, protocol = me.protocol, seq = me.seq, secs = me.opened.elapsed().as_secs_f64(), end, "SSE stream closed");
         me.hub.unregister(me.id, &me.env, me.protocol);
     }
 }
