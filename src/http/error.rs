@@ -28,6 +28,79 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("shutting down")]
     ShuttingDown,
+    /// OFREP endpoints answer in OFREP's own shapes (see [`OfrepError`]).
+    #[error("{0}")]
+    Ofrep(OfrepError),
+}
+
+/// An OFREP error code (ofrep.md §1.5, §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfrepCode {
+    FlagNotFound,
+    ParseError,
+    TargetingKeyMissing,
+    InvalidContext,
+    General,
+}
+
+impl OfrepCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfrepCode::FlagNotFound => "FLAG_NOT_FOUND",
+            OfrepCode::ParseError => "PARSE_ERROR",
+            OfrepCode::TargetingKeyMissing => "TARGETING_KEY_MISSING",
+            OfrepCode::InvalidContext => "INVALID_CONTEXT",
+            OfrepCode::General => "GENERAL",
+        }
+    }
+}
+
+/// OFREP's error responses differ from the relay's generic `{"error","message"}` (ofrep.md §0.5):
+/// auth failures have no body, a single-flag failure names the flag, a bulk failure does not.
+#[derive(Debug, thiserror::Error)]
+pub enum OfrepError {
+    /// 401 without a body.
+    #[error("missing or unknown key")]
+    Unauthorized,
+    /// 403 without a body.
+    #[error("this key may not evaluate here")]
+    Forbidden,
+    /// Single flag: 404 `FLAG_NOT_FOUND` or 400 with another code; `{"key","errorCode","errorDetails"}`.
+    #[error("{details}")]
+    Flag { key: String, code: OfrepCode, details: String },
+    /// Bulk request: 400 `{"errorCode","errorDetails"}`.
+    #[error("{details}")]
+    Bulk { code: OfrepCode, details: String },
+}
+
+impl OfrepError {
+    fn status(&self) -> StatusCode {
+        match self {
+            OfrepError::Unauthorized => StatusCode::UNAUTHORIZED,
+            OfrepError::Forbidden => StatusCode::FORBIDDEN,
+            OfrepError::Flag { code: OfrepCode::FlagNotFound, .. } => StatusCode::NOT_FOUND,
+            OfrepError::Flag { .. } | OfrepError::Bulk { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn into_response(self) -> Response<ResBody> {
+        let body = match &self {
+            OfrepError::Unauthorized | OfrepError::Forbidden => None,
+            OfrepError::Flag { key, code, details } => {
+                Some(serde_json::json!({ "key": key, "errorCode": code.as_str(), "errorDetails": details }))
+            }
+            OfrepError::Bulk { code, details } => Some(serde_json::json!({ "errorCode": code.as_str(), "errorDetails": details })),
+        };
+        let mut b = Response::builder().status(self.status()).header(header::CACHE_CONTROL, "no-cache");
+        let body = match body {
+            None => ResBody::Empty,
+            Some(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                ResBody::full(serde_json::to_vec(&v).unwrap_or_default())
+            }
+        };
+        b.body(body).unwrap_or_else(|_| Response::new(ResBody::Empty))
+    }
 }
 
 impl ApiError {
@@ -42,6 +115,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Overloaded { .. } | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Ofrep(e) => e.status(),
         }
     }
 
@@ -58,11 +132,15 @@ impl ApiError {
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::Ofrep(_) => "ofrep",
         }
     }
 
     /// `{"error": code, "message": text}` with the right status and headers.
     pub fn into_response(self) -> Response<ResBody> {
+        if let ApiError::Ofrep(e) = self {
+            return e.into_response();
+        }
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut b = Response::builder()
             .status(self.status())
