@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use prometheus::{Histogram, IntCounter};
 use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::WatchStream;
 
@@ -63,6 +64,47 @@ pub struct OpenOptions {
     pub conn: Arc<ConnState>,
 }
 
+/// One environment's hot-path metric handles and client count, resolved once so that no label
+/// is hashed per frame.
+pub(crate) struct EnvHandles {
+    clients: AtomicI64,
+    ev_initial: IntCounter,
+    ev_change: IntCounter,
+    ev_heartbeat: IntCounter,
+    ev_retry: IntCounter,
+    bytes: IntCounter,
+    lagged: IntCounter,
+    delivery: Histogram,
+    change_delivery: Histogram,
+    propagation: Histogram,
+}
+
+impl EnvHandles {
+    fn new(m: &Metrics, env: &str) -> EnvHandles {
+        EnvHandles {
+            clients: AtomicI64::new(0),
+            ev_initial: m.sse_events.with_label_values(&[env, "initial"]),
+            ev_change: m.sse_events.with_label_values(&[env, "change"]),
+            ev_heartbeat: m.sse_events.with_label_values(&[env, "heartbeat"]),
+            ev_retry: m.sse_events.with_label_values(&[env, "retry"]),
+            bytes: m.sse_bytes.with_label_values(&[env]),
+            lagged: m.sse_lagged.with_label_values(&[env]),
+            delivery: m.delivery_seconds.with_label_values(&[env]),
+            change_delivery: m.change_delivery_seconds.with_label_values(&[env]),
+            propagation: m.propagation_seconds.with_label_values(&[env]),
+        }
+    }
+}
+
+/// Kinds of frame, for the events counter.
+#[derive(Clone, Copy)]
+pub(crate) enum FrameKind {
+    Initial,
+    Change,
+    Heartbeat,
+    Retry,
+}
+
 struct Registered {
     env: Arc<EnvStore>,
     conn: Arc<ConnState>,
@@ -78,7 +120,7 @@ pub struct Fanout {
     conns: Mutex<HashMap<u64, Registered>>,
     next_id: AtomicU64,
     open: AtomicUsize,
-    env_clients: Mutex<HashMap<Arc<str>, Arc<AtomicI64>>>,
+    envs: Mutex<HashMap<Arc<str>, Arc<EnvHandles>>>,
     epoch: Instant,
 }
 
@@ -99,7 +141,7 @@ impl Fanout {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
-            env_clients: Mutex::new(HashMap::new()),
+            envs: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         })
     }
@@ -113,9 +155,9 @@ impl Fanout {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn env_counter(&self, env: &Arc<str>) -> Arc<AtomicI64> {
-        let mut m = self.env_clients.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(env.clone()).or_default().clone()
+    fn env_handles(&self, env: &Arc<str>) -> Arc<EnvHandles> {
+        let mut m = self.envs.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(env.clone()).or_insert_with(|| Arc::new(EnvHandles::new(&self.metrics, env))).clone()
     }
 
     /// Opens a stream for `env`, rendered by `renderer`. Fails when the cap is reached.
@@ -138,7 +180,8 @@ impl Fanout {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(stream = id, env = %env.id, protocol = opts.protocol, revision = snap.revision, resume = ?opts.last_event_id, "SSE stream opened");
         self.metrics.sse_clients.with_label_values(&[&env.id, opts.protocol]).inc();
-        self.env_counter(&env.id).fetch_add(1, Ordering::Relaxed);
+        let handles = self.env_handles(&env.id);
+        handles.clients.fetch_add(1, Ordering::Relaxed);
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -146,6 +189,7 @@ impl Fanout {
         Ok(SseStream::new(
             self.clone(),
             env,
+            handles,
             renderer,
             opts.protocol,
             opts.conn,
@@ -156,27 +200,28 @@ impl Fanout {
         ))
     }
 
-    fn unregister(&self, id: u64, env: &EnvStore, protocol: &'static str) {
+    fn unregister(&self, id: u64, env: &EnvStore, handles: &EnvHandles, protocol: &'static str) {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         self.open.fetch_sub(1, Ordering::AcqRel);
         self.metrics.sse_clients.with_label_values(&[&env.id, protocol]).dec();
-        self.env_counter(&env.id).fetch_sub(1, Ordering::Relaxed);
+        handles.clients.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Counts one delivery of `change`; the last connection to receive it records how long the
     /// change took to reach every connection (and, with an upstream timestamp, the propagation).
-    fn delivered(&self, env: &EnvStore, change: &ChangeRecord) {
-        self.metrics.delivery_seconds.with_label_values(&[&env.id]).observe(change.at.elapsed().as_secs_f64());
+    fn delivered(h: &EnvHandles, change: &ChangeRecord) {
+        let elapsed = change.at.elapsed().as_secs_f64();
+        h.delivery.observe(elapsed);
         if !change.deliveries_armed.swap(true, Ordering::AcqRel) {
-            let n = self.env_counter(&env.id).load(Ordering::Relaxed);
+            let n = h.clients.load(Ordering::Relaxed);
             change.pending_deliveries.fetch_add(n, Ordering::AcqRel);
         }
         if change.pending_deliveries.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.metrics.change_delivery_seconds.with_label_values(&[&env.id]).observe(change.at.elapsed().as_secs_f64());
+            h.change_delivery.observe(elapsed);
             if let Some(ts) = change.upstream_ts_ms {
                 let now = unix_ms() as i128;
                 let secs = (now - ts as i128).max(0) as f64 / 1000.0;
-                self.metrics.propagation_seconds.with_label_values(&[&env.id]).observe(secs);
+                h.propagation.observe(secs);
             }
         }
     }

@@ -26,7 +26,7 @@ use tokio::time::Sleep;
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::{frames, ConnState, Fanout, Renderer};
+use super::{frames, ConnState, EnvHandles, Fanout, FrameKind, Renderer};
 use crate::store::{Catchup, EnvStore, Snapshot};
 
 pub struct SseStream {
@@ -36,6 +36,7 @@ pub struct SseStream {
 struct Inner {
     hub: Arc<Fanout>,
     env: Arc<EnvStore>,
+    handles: Arc<EnvHandles>,
     renderer: Box<dyn Renderer>,
     protocol: &'static str,
     conn: Arc<ConnState>,
@@ -58,6 +59,7 @@ impl SseStream {
     pub(super) fn new(
         hub: Arc<Fanout>,
         env: Arc<EnvStore>,
+        handles: Arc<EnvHandles>,
         renderer: Box<dyn Renderer>,
         protocol: &'static str,
         conn: Arc<ConnState>,
@@ -81,6 +83,7 @@ impl SseStream {
             inner: Box::new(Inner {
                 hub,
                 env,
+                handles,
                 renderer,
                 protocol,
                 conn,
@@ -101,17 +104,23 @@ impl SseStream {
 }
 
 impl Inner {
-    fn emit(&mut self, b: Bytes, event: &'static str) -> Poll<Option<Bytes>> {
-        let m = &self.hub.metrics;
-        m.sse_events.with_label_values(&[&self.env.id, event]).inc();
-        m.sse_bytes.with_label_values(&[&self.env.id]).inc_by(b.len() as u64);
+    fn emit(&mut self, b: Bytes, kind: FrameKind) -> Poll<Option<Bytes>> {
+        let h = &self.handles;
+        match kind {
+            FrameKind::Initial => &h.ev_initial,
+            FrameKind::Change => &h.ev_change,
+            FrameKind::Heartbeat => &h.ev_heartbeat,
+            FrameKind::Retry => &h.ev_retry,
+        }
+        .inc();
+        h.bytes.inc_by(b.len() as u64);
         Poll::Ready(Some(b))
     }
 
     fn finish(&mut self, b: Bytes, why: &'static str) -> Poll<Option<Bytes>> {
         self.finished = true;
         self.end = why;
-        self.emit(b, "retry")
+        self.emit(b, FrameKind::Retry)
     }
 
     /// Frames that bring the client from `self.seq` to `snap`.
@@ -119,10 +128,10 @@ impl Inner {
         let catchup = self.env.catchup_seq(self.seq, snap);
         if let Catchup::Changes(changes) = &catchup {
             if changes.len() > 1 {
-                self.hub.metrics.sse_lagged.with_label_values(&[&self.env.id]).inc();
+                self.handles.lagged.inc();
             }
             for c in changes {
-                self.hub.delivered(&self.env, c);
+                Fanout::delivered(&self.handles, c);
             }
         }
         let out = self.renderer.catch_up(&self.env, catchup, snap, &self.hub.metrics);
@@ -146,7 +155,7 @@ impl Stream for SseStream {
             return Poll::Ready(None);
         }
         if let Some(b) = me.queue.pop_front() {
-            return me.emit(b, "initial");
+            return me.emit(b, FrameKind::Initial);
         }
         if me.drain.is_none() && me.shutdown.as_mut().poll(cx).is_ready() {
             let window = me.hub.cfg.drain_window;
@@ -174,7 +183,7 @@ impl Stream for SseStream {
             match Pin::new(&mut me.changes).poll_next(cx) {
                 Poll::Ready(Some(snap)) => {
                     if let Some(b) = me.catch_up(&snap) {
-                        return me.emit(b, "change");
+                        return me.emit(b, FrameKind::Change);
                     }
                 }
                 Poll::Ready(None) => {
@@ -186,7 +195,7 @@ impl Stream for SseStream {
             }
         }
         match Pin::new(&mut me.heartbeats).poll_next(cx) {
-            Poll::Ready(Some(b)) => me.emit(b, "heartbeat"),
+            Poll::Ready(Some(b)) => me.emit(b, FrameKind::Heartbeat),
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
@@ -197,6 +206,6 @@ impl Drop for SseStream {
         let me = &self.inner;
         let end = if me.conn.killed.load(Ordering::Relaxed) { "slow_client" } else { me.end };
         tracing::debug!(stream = me.id, env = %me.env.id, protocol = me.protocol, seq = me.seq, secs = me.opened.elapsed().as_secs_f64(), end, "SSE stream closed");
-        me.hub.unregister(me.id, &me.env, me.protocol);
+        me.hub.unregister(me.id, &me.env, &me.handles, me.protocol);
     }
 }
