@@ -1,9 +1,11 @@
-//! Sources that feed the [`store`](crate::store): the watched flags file (the default) and Redis.
+//! Sources that feed the [`store`](crate::store): the watched flags file (the default) and Redis
+//! ([`redis`](self::redis), which also forwards SDK events upstream).
 //!
 //! Invariant: a source only ever publishes valid features; anything it cannot parse is counted,
 //! logged and skipped, and the last good data keeps being served.
 
 pub mod file;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -23,10 +25,10 @@ pub struct EventBatch {
 
 /// The queue SDK event batches go to, if the upstream takes them (Redis mode). In file mode
 /// there is none: batches are accepted and counted only.
-pub fn event_sink(upstream: &Upstream, _metrics: Arc<Metrics>, _shutdown: Shutdown) -> Option<tokio::sync::mpsc::Sender<EventBatch>> {
+pub fn event_sink(upstream: &Upstream, metrics: Arc<Metrics>, shutdown: Shutdown) -> Option<tokio::sync::mpsc::Sender<EventBatch>> {
     match upstream {
         Upstream::File(_) => None,
-        Upstream::Redis(_) => None,
+        Upstream::Redis(cfg) => Some(self::redis::event_sink(cfg, metrics, shutdown)),
     }
 }
 
@@ -34,9 +36,6 @@ pub fn event_sink(upstream: &Upstream, _metrics: Arc<Metrics>, _shutdown: Shutdo
 pub async fn run(upstream: Upstream, store: Arc<Store>, metrics: Arc<Metrics>, shutdown: Shutdown) {
     match upstream {
         Upstream::File(cfg) => file::run(cfg, store, metrics, shutdown).await,
-        Upstream::Redis(_) => {
-            tracing::error!("the Redis upstream is not built yet");
-            shutdown.wait().await
-        }
+        Upstream::Redis(cfg) => self::redis::run(cfg, store, metrics, shutdown).await,
     }
 }

@@ -1,0 +1,147 @@
+//! Where the master is: the configured URL, or, with `[upstream.sentinel]`, whatever the
+//! sentinels name as the master **now**.
+//!
+//! Invariant: [`Target::resolve`] asks the sentinels again on every call, and callers call it on
+//! every (re)connect: redis-rs never follows a failover on its own (`+switch-master` is not
+//! listened to), so a connection built once would reconnect to the old master forever.
+//! The URL supplies everything but the address (credentials, database, scheme).
+
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
+
+use crate::config::{RedisUpstream, SentinelConfig};
+
+use super::SyncError;
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    base: ConnectionInfo,
+    sentinel: Option<SentinelConfig>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+/// `host:port` of a connection, without credentials, for logs and `/status`.
+pub fn describe(info: &ConnectionInfo) -> String {
+    match info.addr() {
+        ConnectionAddr::Tcp(h, p) => format!("{h}:{p}"),
+        ConnectionAddr::TcpTls { host, port, .. } => format!("{host}:{port} (tls)"),
+        ConnectionAddr::Unix(p) => format!("unix:{}", p.display()),
+        _ => "redis".into(),
+    }
+}
+
+impl Target {
+    pub fn new(cfg: &RedisUpstream) -> Result<Target, SyncError> {
+        let base = cfg.url.0.as_str().into_connection_info().map_err(|e| SyncError::Other(format!("invalid redis url: {e}")))?;
+        Ok(Target {
+            base,
+            sentinel: cfg.sentinel.clone(),
+            connect_timeout: cfg.connect_timeout,
+            response_timeout: cfg.response_timeout,
+        })
+    }
+
+    pub fn uses_sentinel(&self) -> bool {
+        self.sentinel.is_some()
+    }
+
+    /// The master's connection info (protocol RESP2; callers raise it to RESP3 where needed),
+    /// with TCP keepalive on.
+    pub async fn resolve(&self) -> Result<ConnectionInfo, SyncError> {
+        let info = match &self.sentinel {
+            None => self.base.clone(),
+            Some(s) => {
+                let (host, port) = self.ask_sentinels(s).await?;
+                let addr = match self.base.addr() {
+                    ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
+                        ConnectionAddr::TcpTls { host, port, insecure: *insecure, tls_params: tls_params.clone() }
+                    }
+                    _ => ConnectionAddr::Tcp(host, port),
+                };
+                self.base.clone().set_addr(addr)
+            }
+        };
+        Ok(with_keepalive(info))
+    }
+
+    async fn ask_sentinels(&self, s: &SentinelConfig) -> Result<(String, u16), SyncError> {
+        let mut errors = Vec::new();
+        for address in &s.addresses {
+            match self.ask_one(address, &s.master_name).await {
+                Ok(hp) => return Ok(hp),
+                Err(e) => errors.push(format!("{address}: {e}")),
+            }
+        }
+        Err(SyncError::Other(format!("no sentinel named a master for {:?} ({})", s.master_name, errors.join("; "))))
+    }
+
+    async fn ask_one(&self, address: &str, master: &str) -> Result<(String, u16), SyncError> {
+        let url = if address.contains("://") { address.to_string() } else { format!("redis://{address}") };
+        let client = redis::Client::open(url.as_str())?;
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout));
+        let budget = self.connect_timeout + self.response_timeout;
+        let reply: Option<(String, String)> = tokio::time::timeout(budget, async {
+            let mut con = client.get_multiplexed_async_connection_with_config(&cfg).await?;
+            redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master).query_async(&mut con).await
+        })
+        .await
+        .map_err(|_| SyncError::Timeout(budget, "asking a sentinel"))??;
+        let (host, port) = reply.ok_or_else(|| SyncError::Other(format!("sentinel knows no master named {master:?}")))?;
+        let port = port.parse().map_err(|_| SyncError::Other(format!("sentinel gave a bad port {port:?}")))?;
+        Ok((host, port))
+    }
+}
+
+/// Keepalive so that a half-open TCP connection is noticed by the kernel too (the probe is what
+/// notices it first).
+fn with_keepalive(info: ConnectionInfo) -> ConnectionInfo {
+    use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+    let ka = TcpKeepalive::new().with_time(Duration::from_secs(10)).with_interval(Duration::from_secs(5));
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let ka = ka.with_retries(3);
+    let tcp = TcpSettings::default().set_nodelay(true).set_keepalive(ka);
+    info.set_tcp_settings(tcp)
+}
+
+/// The same connection info speaking `protocol`.
+pub fn with_protocol(info: &ConnectionInfo, protocol: ProtocolVersion) -> ConnectionInfo {
+    let redis = info.redis_settings().clone().set_protocol(protocol);
+    info.clone().set_redis_settings(redis)
+}
+
+/// Opens a multiplexed connection with our timeouts (the whole handshake bounded by
+/// `connect_timeout`, each command by `response_timeout`).
+pub async fn connect(
+    info: &ConnectionInfo,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    push: Option<Box<dyn FnOnce(redis::AsyncConnectionConfig) -> redis::AsyncConnectionConfig + Send>>,
+) -> Result<redis::aio::MultiplexedConnection, SyncError> {
+    let client = redis::Client::open(info.clone())?;
+    let mut cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(response_timeout));
+    if let Some(f) = push {
+        cfg = f(cfg);
+    }
+    tokio::time::timeout(connect_timeout + Duration::from_millis(50), client.get_multiplexed_async_connection_with_config(&cfg))
+        .await
+        .map_err(|_| SyncError::Timeout(connect_timeout, "connecting"))?
+        .map_err(SyncError::from)
+}
+
+/// True if the server refused RESP3 (no `HELLO`, or `-NOPROTO`): use the RESP2 path.
+pub fn resp3_refused(e: &SyncError) -> bool {
+    match e {
+        SyncError::Redis(r) => {
+            r.kind() == redis::ErrorKind::RESP3NotSupported
+                || r.code() == Some("NOPROTO")
+                || r.detail().is_some_and(|d| d.to_ascii_lowercase().contains("unknown command") && d.to_ascii_lowercase().contains("hello"))
+        }
+        _ => false,
+    }
+}

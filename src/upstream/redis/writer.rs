@@ -1,0 +1,234 @@
+//! The reference writer of the upstream contract, used by `flagrelay flags ...` and the tests.
+//!
+//! All writes go through one atomic Lua script, `scripts/redis/flagrelay-write.lua` (embedded
+//! here with `include_str!`; other writers load the same file). Its contract is in the script's
+//! header and in `docs/upstream.md`.
+//!
+//! Invariants: every feature is validated exactly as the relay validates it before anything is
+//! written; one invalid feature refuses the whole command and writes nothing. A `version` field
+//! in the input is dropped: the script stamps `version` with the revision of the write.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::MultiplexedConnection;
+use serde_json::{Map, Value};
+
+use crate::config::RedisUpstream;
+use crate::model::{Feature, InvalidFeature, Revision};
+
+use super::keys::EnvKeys;
+use super::sentinel::{self, Target};
+use super::SyncError;
+
+/// The writer script, as shipped in `scripts/redis/flagrelay-write.lua`.
+pub const WRITE_SCRIPT: &str = include_str!("../../../scripts/redis/flagrelay-write.lua");
+
+/// Feature documents longer than this are published without their body (the relay `HGET`s them).
+pub const DEFAULT_INLINE_MAX: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{} invalid feature(s), nothing was written:\n  {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid(Vec<InvalidFeature>),
+    #[error("{0}")]
+    Input(String),
+    #[error("redis: {0}")]
+    Redis(#[from] SyncError),
+}
+
+impl From<redis::RedisError> for WriteError {
+    fn from(e: redis::RedisError) -> Self {
+        WriteError::Redis(SyncError::Redis(e))
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteReport {
+    /// The environment revision after the write.
+    pub revision: Revision,
+    /// Revisions written (a delete of a missing key writes none).
+    pub written: u64,
+    /// Whether `meta.inited` is set (the relay ignores an environment until it is: use `import`).
+    pub inited: bool,
+}
+
+pub struct Writer {
+    con: MultiplexedConnection,
+    keys: EnvKeys,
+    script: redis::Script,
+    inline_max: usize,
+}
+
+/// A feature ready to write: its key and compact JSON without `version`.
+type Doc = (String, String);
+
+fn prepare(features: Vec<(String, Value)>) -> Result<Vec<Doc>, WriteError> {
+    let mut invalid = Vec::new();
+    let mut docs = Vec::with_capacity(features.len());
+    for (key, mut value) in features {
+        if let Value::Object(o) = &mut value {
+            o.remove("version");
+        }
+        match Feature::from_value(&key, value) {
+            Ok(f) => match String::from_utf8(f.json.to_vec()) {
+                Ok(s) => docs.push((key, s)),
+                Err(_) => invalid.push(InvalidFeature { key, reason: "not UTF-8".into() }),
+            },
+            Err(e) => invalid.push(e),
+        }
+    }
+    if invalid.is_empty() {
+        Ok(docs)
+    } else {
+        Err(WriteError::Invalid(invalid))
+    }
+}
+
+/// `flags put` input: one feature (an object with a string `key`), or a map of key -> feature.
+pub fn parse_put_input(bytes: &[u8]) -> Result<Vec<(String, Value)>, WriteError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| WriteError::Input(format!("input is not JSON: {e}")))?;
+    match v {
+        Value::Object(o) if o.get("key").is_some_and(Value::is_string) => {
+            let key = o.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
+            Ok(vec![(key, Value::Object(o))])
+        }
+        Value::Object(o) => Ok(o.into_iter().collect()),
+        _ => Err(WriteError::Input("expected a feature object (with \"key\") or a map of key -> feature".into())),
+    }
+}
+
+/// `flags import` input: a map of key -> feature (an empty map initialises an empty environment).
+pub fn parse_import_input(bytes: &[u8]) -> Result<Map<String, Value>, WriteError> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(WriteError::Input("expected a JSON object of key -> feature".into())),
+        Err(e) => Err(WriteError::Input(format!("input is not JSON: {e}"))),
+    }
+}
+
+/// A fresh epoch: 16 random bytes in hex.
+pub fn new_epoch() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl Writer {
+    /// Connects to the master (asking Sentinel if configured).
+    pub async fn connect(cfg: &RedisUpstream, env: &str) -> Result<Writer, WriteError> {
+        let target = Target::new(cfg)?;
+        let info = target.resolve().await?;
+        // Writes may be large (imports): give them the snapshot budget.
+        let con = sentinel::connect(&info, cfg.connect_timeout, cfg.snapshot_timeout.max(cfg.response_timeout), None).await?;
+        Ok(Writer { con, keys: EnvKeys::new(&cfg.prefix, env), script: redis::Script::new(WRITE_SCRIPT), inline_max: DEFAULT_INLINE_MAX })
+    }
+
+    /// Documents longer than `n` bytes are published without their body.
+    pub fn set_inline_max(&mut self, n: usize) {
+        self.inline_max = n;
+    }
+
+    pub fn keys(&self) -> &EnvKeys {
+        &self.keys
+    }
+
+    fn invocation(&self, mode: &str, epoch: &str) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.script.prepare_invoke();
+        inv.key(&self.keys.rev).key(&self.keys.features).key(&self.keys.meta).key(&self.keys.changes);
+        inv.arg(&self.keys.env).arg(mode).arg(self.inline_max).arg(epoch);
+        inv
+    }
+
+    /// Upserts features, one revision each, atomically as a batch.
+    pub async fn put(&mut self, features: Vec<(String, Value)>) -> Result<WriteReport, WriteError> {
+        let docs = prepare(features)?;
+        let mut inv = self.invocation("ops", "");
+        for (k, d) in &docs {
+            inv.arg("upsert").arg(k).arg(d);
+        }
+        self.run_owned(inv).await
+    }
+
+    /// Deletes features (missing ones are skipped), one revision each, atomically as a batch.
+    pub async fn delete(&mut self, keys: &[String]) -> Result<WriteReport, WriteError> {
+        if keys.iter().any(String::is_empty) {
+            return Err(WriteError::Input("empty feature key".into()));
+        }
+        let mut inv = self.invocation("ops", "");
+        for k in keys {
+            inv.arg("delete").arg(k).arg("");
+        }
+        self.run_owned(inv).await
+    }
+
+    /// Upserts and deletes in one atomic batch, in the given order (used by tests and tools).
+    pub async fn batch(&mut self, ops: Vec<(String, Option<Value>)>) -> Result<WriteReport, WriteError> {
+        let mut upserts = Vec::new();
+        for (k, v) in &ops {
+            if let Some(v) = v {
+                upserts.push((k.clone(), v.clone()));
+            }
+        }
+        let docs: BTreeMap<String, String> = prepare(upserts)?.into_iter().collect();
+        let mut inv = self.invocation("ops", "");
+        for (k, v) in &ops {
+            match (v, docs.get(k)) {
+                (Some(_), Some(d)) => inv.arg("upsert").arg(k).arg(d),
+                _ => inv.arg("delete").arg(k).arg(""),
+            };
+        }
+        self.run_owned(inv).await
+    }
+
+    /// Replaces the whole environment atomically: every feature, `inited`, a new epoch, one
+    /// `reset` message.
+    pub async fn import(&mut self, features: Map<String, Value>) -> Result<WriteReport, WriteError> {
+        let docs = prepare(features.into_iter().collect())?;
+        let epoch = new_epoch();
+        let mut inv = self.invocation("import", &epoch);
+        for (k, d) in &docs {
+            inv.arg(k).arg(d);
+        }
+        let mut report = self.run_owned(inv).await?;
+        report.written = docs.len() as u64;
+        Ok(report)
+    }
+
+    async fn run_owned(&self, inv: redis::ScriptInvocation<'_>) -> Result<WriteReport, WriteError> {
+        let mut con = self.con.clone();
+        let (revision, written, inited): (u64, u64, u64) = inv.invoke_async(&mut con).await?;
+        Ok(WriteReport { revision, written, inited: inited == 1 })
+    }
+
+    /// The environment's features as stored, sorted by key. A field that is not JSON is shown
+    /// as a string.
+    pub async fn export(&mut self) -> Result<BTreeMap<String, Value>, WriteError> {
+        let raw: BTreeMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(&self.keys.features).query_async(&mut self.con).await?;
+        Ok(raw
+            .into_iter()
+            .map(|(k, v)| {
+                let value = serde_json::from_slice(&v).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&v).into_owned()));
+                (k, value)
+            })
+            .collect())
+    }
+
+    /// The stored revision (0 when `rev` is missing).
+    pub async fn revision(&mut self) -> Result<Revision, WriteError> {
+        let r: Option<u64> = redis::cmd("GET").arg(&self.keys.rev).query_async(&mut self.con).await?;
+        Ok(r.unwrap_or(0))
+    }
+
+    /// A connection for ad-hoc commands (tests inject faults with it).
+    pub fn connection(&self) -> MultiplexedConnection {
+        self.con.clone()
+    }
+}
+
+/// Unix milliseconds now (for hand-made messages in tests and tools).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+}
