@@ -408,6 +408,26 @@ fn build(file: FileConfig, args: &ServeArgs, source_path: Option<PathBuf>) -> Re
     })
 }
 
+impl RedisUpstream {
+    /// The Redis settings of the `flags` commands, and the environments the config lists: from
+    /// the config file when it exists (the command line still overrides it), else from
+    /// `--redis-url` / `--prefix` alone with the built-in defaults.
+    pub fn for_tool(args: &ServeArgs) -> Result<(RedisUpstream, Option<Vec<String>>), ConfigError> {
+        if args.config.exists() {
+            let config = Config::load(args)?;
+            let envs = config.environments.iter().map(|e| e.id.clone()).collect();
+            return match config.upstream {
+                Upstream::Redis(r) => Ok((r, Some(envs))),
+                Upstream::File(_) => Err(invalid("upstream.kind", "the config's upstream is not Redis: pass --redis-url")),
+            };
+        }
+        match &args.redis_url {
+            Some(url) => Ok((redis_upstream(url.clone(), &FileUpstreamSection::default(), args)?, None)),
+            None => Err(invalid("redis_url", format!("no config file at {} and no --redis-url", args.config.display()))),
+        }
+    }
+}
+
 fn redis_upstream(url: String, up: &FileUpstreamSection, args: &ServeArgs) -> Result<RedisUpstream, ConfigError> {
     if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
         return Err(invalid("upstream.url", "expected a redis:// or rediss:// URL"));

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use flagrelay::cli::{Cli, Command};
-use flagrelay::config::{Config, LogFormat, ServeArgs};
+use flagrelay::cli::{Cli, Command, FlagsCommand};
+use flagrelay::config::{Config, LogFormat, RedisUpstream, ServeArgs};
+use flagrelay::upstream::redis::writer;
 use flagrelay::shutdown::{self, Shutdown};
 
 fn init_logging(config: &Config) {
@@ -52,11 +53,22 @@ fn check_config(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn flags(cmd: FlagsCommand) -> anyhow::Result<()> {
+    let (args, env, action) = cmd.into_parts();
+    let (cfg, known) = RedisUpstream::for_tool(&args)?;
+    run_async(async {
+        let out = writer::execute(&cfg, &env, known.as_deref(), action).await?;
+        print!("{out}");
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::CheckConfig(args)) => check_config(args),
         Some(Command::Serve(args)) => run_async(serve(args)),
+        Some(Command::Flags(cmd)) => flags(cmd),
         None => run_async(serve(cli.serve)),
     };
     match result {

@@ -232,3 +232,101 @@ impl Writer {
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
 }
+
+/// Where `flags put` / `flags import` read their JSON.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Stdin,
+    File(std::path::PathBuf),
+}
+
+impl Source {
+    /// `-` is standard input.
+    pub fn from_arg(arg: &std::path::Path) -> Source {
+        if arg.as_os_str() == "-" {
+            Source::Stdin
+        } else {
+            Source::File(arg.to_path_buf())
+        }
+    }
+
+    fn read(&self) -> Result<Vec<u8>, WriteError> {
+        match self {
+            Source::Stdin => {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(|e| WriteError::Input(format!("cannot read standard input: {e}")))?;
+                Ok(buf)
+            }
+            Source::File(p) => std::fs::read(p).map_err(|e| WriteError::Input(format!("cannot read {}: {e}", p.display()))),
+        }
+    }
+}
+
+/// One `flagrelay flags ...` command.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Put(Source),
+    Delete(Vec<String>),
+    Import(Source),
+    Export,
+}
+
+/// Runs a `flags` command against `env` and returns what to print on standard output.
+/// `known_envs` (from the config file, when one was read) guards against a mistyped environment.
+pub async fn execute(cfg: &RedisUpstream, env: &str, known_envs: Option<&[String]>, action: Action) -> Result<String, WriteError> {
+    if let Some(known) = known_envs {
+        if !known.iter().any(|e| e == env) {
+            return Err(WriteError::Input(format!("environment {env:?} is not in the config (known: {})", known.join(", "))));
+        }
+    }
+    if env.is_empty() || !env.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(WriteError::Input(format!("{env:?} is not an environment id (letters, digits, '-', '_', '.')")));
+    }
+    // Parse before connecting: bad input never needs Redis.
+    let input = match &action {
+        Action::Put(src) => Some(parse_put_input(&src.read()?)?),
+        Action::Import(src) => Some(parse_import_input(&src.read()?)?.into_iter().collect()),
+        _ => None,
+    };
+    if let Some(features) = &input {
+        prepare(features.clone())?;
+    }
+    let mut w = Writer::connect(cfg, env).await?;
+    let summary = |verb: &str, r: &WriteReport| {
+        let mut s = format!("{env}: {verb}; revision {}\n", r.revision);
+        if !r.inited {
+            s.push_str(&format!(
+                "note: {env} is not initialised ({}.inited missing): relays keep their last good data until `flagrelay flags import --env {env} FILE`\n",
+                w_meta(cfg, env)
+            ));
+        }
+        s
+    };
+    match (action, input) {
+        (Action::Put(_), Some(features)) => {
+            let n = features.len();
+            let r = w.put(features).await?;
+            Ok(summary(&format!("{n} feature(s) written"), &r))
+        }
+        (Action::Import(_), Some(features)) => {
+            let map = features.into_iter().collect();
+            let r = w.import(map).await?;
+            Ok(summary(&format!("imported {} feature(s), replacing the environment (new epoch, reset published)", r.written), &r))
+        }
+        (Action::Delete(keys), _) => {
+            let r = w.delete(&keys).await?;
+            Ok(summary(&format!("{} of {} feature(s) deleted", r.written, keys.len()), &r))
+        }
+        (Action::Export, _) => {
+            let map = w.export().await?;
+            let mut out = serde_json::to_string_pretty(&map).map_err(|e| WriteError::Input(e.to_string()))?;
+            out.push('\n');
+            Ok(out)
+        }
+        _ => Err(WriteError::Input("nothing to write".into())),
+    }
+}
+
+fn w_meta(cfg: &RedisUpstream, env: &str) -> String {
+    EnvKeys::new(&cfg.prefix, env).meta
+}
