@@ -28,6 +28,11 @@ pub const DATE: &str = "featureflow.date";
 /// Implicit attribute: the hour of day 0..=23 as a number (caller-supplied).
 pub const HOUR_OF_DAY: &str = "featureflow.hourofday";
 
+/// Whether a condition target is resolved on the thin client (spec §5.1).
+pub(crate) fn is_time_target(target: &str) -> bool {
+    target == DATE || target == HOUR_OF_DAY
+}
+
 /// Who is being evaluated. `id` may be empty (anonymous; buckets as `"anonymous"`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Context {

@@ -13,8 +13,8 @@
 //!     depend on the host's zone; the testbed forbids that for date-only values, and we extend it).
 //! - Exact field widths: `2026-7-3` is rejected. Calendar validity is checked: `2026-07-32`,
 //!   `2026-02-30`, `24:00` and leap second `:60` are rejected. Years are 0000..=9999.
-
-use chrono::{NaiveDate, NaiveTime};
+//! - The arithmetic is done here with integers (proleptic Gregorian calendar, checked against
+//!   chrono in the tests) because it runs on every evaluation of a date condition.
 
 /// A point in time: whole seconds since 1970-01-01T00:00:00Z, then nanoseconds (0..1e9).
 /// Ordering of the tuple is ordering of the instants.
@@ -26,9 +26,13 @@ pub fn parse_instant(s: &str) -> Option<Instant> {
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    let date = NaiveDate::from_ymd_opt(digits(&b[0..4])? as i32, digits(&b[5..7])?, digits(&b[8..10])?)?;
+    let (year, month, day) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    let midnight = days_from_civil(i64::from(year), month, day) * 86_400;
     if b.len() == 10 {
-        return Some((date.and_time(NaiveTime::MIN).and_utc().timestamp(), 0));
+        return Some((midnight, 0));
     }
     if !matches!(b[10], b'T' | b't') {
         return None;
@@ -48,15 +52,31 @@ pub fn parse_instant(s: &str) -> Option<Instant> {
         }
     }
     let offset_secs = p.offset()?;
-    if p.i != b.len() {
+    if p.i != b.len() || hour > 23 || minute > 59 || second > 59 {
         return None;
     }
-    let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
-    if second > 59 {
-        return None;
-    }
-    let local = date.and_time(time).and_utc().timestamp();
+    let local = midnight + i64::from(hour * 3600 + minute * 60 + second);
     Some((local - i64::from(offset_secs), nanos))
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a valid proleptic Gregorian date (400-year eras, March-based years).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let month_from_march = i64::from((month + 9) % 12);
+    let day_of_year = (153 * month_from_march + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// Parses all-ASCII-digit bytes as a number (at most 4 digits are ever passed).
@@ -172,6 +192,21 @@ mod tests {
         ] {
             assert_eq!(p(s), None, "{s:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn calendar_matches_chrono() {
+        use chrono::NaiveDate;
+        let mut day = NaiveDate::from_ymd_opt(0, 1, 1).unwrap();
+        let last = NaiveDate::from_ymd_opt(9999, 12, 31).unwrap();
+        while day <= last {
+            let s = day.format("%Y-%m-%d").to_string();
+            assert_eq!(p(&s), Some((day.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp(), 0)), "{s}");
+            day = day + chrono::Days::new(13);
+        }
+        assert!(p("2024-02-29").is_some() && p("2000-02-29").is_some());
+        assert!(p("2023-02-29").is_none() && p("1900-02-29").is_none() && p("2026-04-31").is_none());
+        assert!(p("2026-00-10").is_none() && p("2026-13-10").is_none() && p("2026-01-00").is_none());
     }
 
     #[test]

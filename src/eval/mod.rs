@@ -18,6 +18,8 @@
 //!   the feature's key, and the effective id. It is only computed when the matched rule really splits,
 //!   which gives the same answer (zero-width splits are never picked) without the SHA-1.
 //! - Evaluating does not allocate (`tests/eval_props.rs` counts): results borrow from the feature.
+//! - Within a rule, conditions on the same target are placed next to each other at compile time and
+//!   share one attribute lookup. Conditions are pure and AND-ed, so order does not change the result.
 
 mod bucket;
 mod context;
@@ -33,6 +35,7 @@ pub use bucket::{bucket, bucket_hash, split_index, split_walk, ANONYMOUS, DEFAUL
 pub use context::{Context, ContextError, DATE, HOUR_OF_DAY, USER_ID};
 pub use date::{parse_instant, Instant};
 pub use operators::CompiledCondition;
+use operators::Lookup;
 pub use thin::{ThinResult, ThinRule};
 
 use crate::model::{Feature, FeatureControl, Rule};
@@ -74,17 +77,52 @@ pub enum EvalError {
 /// One rule, compiled.
 #[derive(Debug)]
 struct CompiledRule {
-    /// `defaultRule`, no audience, or no conditions: matches everyone (and `conditions` is empty).
-    match_all: bool,
     /// Served without an audience: `defaultRule: true` or no `audience` (spec §3.3).
     is_default: bool,
-    conditions: Vec<CompiledCondition>,
+    /// Grouped by target (see the module invariants). Empty for a rule that matches everyone:
+    /// `defaultRule`, no audience, or no conditions.
+    conditions: Vec<RuleCondition>,
     /// Some condition targets `featureflow.date` / `featureflow.hourofday`.
     has_time: bool,
     /// The only split with non-zero weight, if there is exactly one: no bucketing needed.
     single: Option<usize>,
     /// Per split, the index in `variants` of its catalogue entry (first with that key).
     values: Vec<Option<usize>>,
+}
+
+#[derive(Debug)]
+struct RuleCondition {
+    cond: CompiledCondition,
+    /// Same target as the previous condition: reuse its lookup.
+    reuse_lookup: bool,
+}
+
+impl CompiledRule {
+    /// Whether every condition passes (thin clients: every non-time condition).
+    fn matches(&self, ctx: &Context, skip_time: bool) -> bool {
+        let mut found = Lookup::Missing;
+        self.conditions.iter().all(|c| {
+            if skip_time && c.cond.is_time {
+                return true; // its whole group is time conditions too, so `found` is not reused
+            }
+            if !c.reuse_lookup {
+                found = c.cond.lookup(ctx);
+            }
+            c.cond.matches_lookup(found)
+        })
+    }
+}
+
+/// Orders conditions so those on the same target are adjacent, keeping first-appearance order.
+fn group_by_target(conditions: Vec<CompiledCondition>) -> Vec<RuleCondition> {
+    let mut out: Vec<RuleCondition> = Vec::with_capacity(conditions.len());
+    for cond in conditions {
+        match out.iter().rposition(|g| g.cond.same_target(&cond)) {
+            Some(i) => out.insert(i + 1, RuleCondition { cond, reuse_lookup: true }),
+            None => out.push(RuleCondition { cond, reuse_lookup: false }),
+        }
+    }
+    out
 }
 
 /// A feature version ready to evaluate; build it once per change with [`CompiledFeature::compile`].
@@ -140,10 +178,9 @@ impl CompiledFeature {
                 _ => None,
             };
             rules.push(CompiledRule {
-                match_all,
                 is_default: rule.default_rule || rule.audience.is_none(),
                 has_time: conditions.iter().any(|c| c.is_time),
-                conditions,
+                conditions: group_by_target(conditions),
                 single,
                 values: rule.variant_splits.iter().map(|s| catalogue_index(c, &s.variant_key)).collect(),
             });
@@ -187,7 +224,7 @@ impl CompiledFeature {
         self.check()?;
         let mut bucket = None;
         for (i, rule) in self.rules.iter().enumerate() {
-            if rule.match_all || rule.conditions.iter().all(|cond| cond.matches(ctx)) {
+            if rule.matches(ctx, false) {
                 let (split, reason) = self.pick(i, ctx, &mut bucket)?;
                 return Ok(Evaluation {
                     variant: &c.rules[i].variant_splits[split].variant_key,

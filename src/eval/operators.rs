@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use regex::{Regex, RegexBuilder};
 use serde_json::{Number, Value};
 
-use super::context::{Context, DATE, HOUR_OF_DAY, USER_ID};
+use super::context::{is_time_target, Context, USER_ID};
 use super::date::{parse_instant, Instant};
 use crate::model::Condition;
 
@@ -155,6 +155,14 @@ enum Target {
     Attribute(Box<str>),
 }
 
+/// The context values a condition reads: looked up once, possibly shared by several conditions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lookup<'c> {
+    UserId(&'c str),
+    Values(&'c [Value]),
+    Missing,
+}
+
 /// A condition ready to test: target resolved, rule values pre-parsed.
 #[derive(Debug)]
 pub struct CompiledCondition {
@@ -170,23 +178,45 @@ impl CompiledCondition {
     pub fn compile(c: &Condition) -> (CompiledCondition, Option<String>) {
         let (op, problem) = compile_op(&c.operator, &c.values);
         let target = if c.target == USER_ID { Target::UserId } else { Target::Attribute(c.target.as_str().into()) };
-        let is_time = c.target == DATE || c.target == HOUR_OF_DAY;
+        let is_time = is_time_target(&c.target);
         let diagnostic = problem.map(|p| format!("condition on {:?} ({}) never matches: {p}", c.target, c.operator));
         (CompiledCondition { target, op, is_time }, diagnostic)
     }
 
     /// True when any of the context's values for the target passes; false when it has none.
     pub fn matches(&self, ctx: &Context) -> bool {
+        self.matches_lookup(self.lookup(ctx))
+    }
+
+    /// Whether two conditions read the same context values.
+    pub(crate) fn same_target(&self, other: &CompiledCondition) -> bool {
+        match (&self.target, &other.target) {
+            (Target::UserId, Target::UserId) => true,
+            (Target::Attribute(a), Target::Attribute(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn lookup<'c>(&self, ctx: &'c Context) -> Lookup<'c> {
         match &self.target {
-            Target::UserId => self.test(Subject::Str(ctx.effective_id())),
-            Target::Attribute(name) => match ctx.attributes.get(&**name) {
-                Some(values) => values.iter().any(|v| self.test(Subject::of(v))),
-                None => false,
-            },
+            Target::UserId => Lookup::UserId(ctx.effective_id()),
+            Target::Attribute(name) => ctx.attributes.get(&**name).map_or(Lookup::Missing, |v| Lookup::Values(v)),
+        }
+    }
+
+    /// [`CompiledCondition::matches`] on values already looked up for this condition's target.
+    #[inline]
+    pub(crate) fn matches_lookup(&self, found: Lookup<'_>) -> bool {
+        match found {
+            Lookup::UserId(id) => self.test(Subject::Str(id)),
+            Lookup::Values(values) => values.iter().any(|v| self.test(Subject::of(v))),
+            Lookup::Missing => false,
         }
     }
 
     /// Tests one context value.
+    #[inline]
     pub(crate) fn test(&self, v: Subject<'_>) -> bool {
         match (&self.op, v) {
             (Op::EqStr(r), Subject::Str(s)) => s == &**r,

@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use super::*;
+use crate::eval::{DATE, HOUR_OF_DAY};
 
 fn cond(target: &str, op: &str, values: Value) -> CompiledCondition {
     let values = match values {

@@ -161,3 +161,21 @@ fn thin_buckets_each_emitted_rule() {
     assert_eq!(rules[1].variant, if b <= 1 { "c" } else { "d" });
     assert!(rules[1].conditions.is_empty());
 }
+
+#[test]
+fn grouping_by_target_keeps_results_and_thin_condition_order() {
+    let conds = json!([
+        {"target": "featureflow.date", "operator": "after", "values": ["2026-01-01"]},
+        {"target": "role", "operator": "in", "values": ["beta"]},
+        {"target": "featureflow.hourofday", "operator": "lessThan", "values": [12]},
+        {"target": "featureflow.date", "operator": "before", "values": ["2027-01-01"]},
+        {"target": "role", "operator": "notIn", "values": ["banned"]}]);
+    let f = feature(json!({"enabled": true, "rules": [rule(conds.clone(), json!([{"variantKey": "on", "split": 100}]))]}));
+    let ctx = |role: &str, date: &str, hour: u32| Context::new("u").with("role", role).with(DATE, date).with(HOUR_OF_DAY, hour);
+    assert_eq!(f.evaluate(&ctx("beta", "2026-06-01", 9)).unwrap().rule_index, Some(0));
+    assert_eq!(f.evaluate(&ctx("beta", "2027-06-01", 9)).unwrap().rule_index, None);
+    assert_eq!(f.evaluate(&ctx("beta", "2026-06-01", 13)).unwrap().rule_index, None);
+    assert_eq!(f.evaluate(&ctx("alpha", "2026-06-01", 9)).unwrap().rule_index, None);
+    let time: Vec<&Value> = conds.as_array().unwrap().iter().filter(|c| c["target"] != "role").collect();
+    assert_eq!(thin_json(&f, &ctx("beta", "x", 0)), json!({"rules": [{"audience": {"conditions": time}, "variant": "on"}, {"variant": "off"}]}));
+}

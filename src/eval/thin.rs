@@ -21,6 +21,7 @@
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
+use super::context::is_time_target;
 use super::{CompiledFeature, Context, EvalError};
 use crate::model::Condition;
 
@@ -103,12 +104,12 @@ impl CompiledFeature {
         let mut out = Vec::new();
         let mut bucket = None;
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.conditions.iter().all(|cond| cond.is_time || cond.matches(ctx)) {
+            if !rule.matches(ctx, true) {
                 continue;
             }
             let (split, _) = self.pick(i, ctx, &mut bucket)?;
             let conditions = match (&c.rules[i].audience, rule.has_time) {
-                (Some(a), true) => a.conditions.iter().zip(&rule.conditions).filter(|(_, k)| k.is_time).map(|(m, _)| m).collect(),
+                (Some(a), true) => a.conditions.iter().filter(|m| is_time_target(&m.target)).collect(),
                 _ => Vec::new(),
             };
             let variant = c.rules[i].variant_splits[split].variant_key.as_str();
