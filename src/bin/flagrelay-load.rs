@@ -1,0 +1,430 @@
+//! `flagrelay-load`: the SSE fan-out load tool (issue 4).
+//!
+//! Opens N SSE connections (to a relay's `GET /api/sdk/v1/features`, or any SSE URL such as
+//! nchan's subscriber location) from one or more client processes and source addresses, waits
+//! until every client has its initial state, optionally measures an idle period, then triggers M
+//! changes (each carrying a marker string) and reports, per change, how long the first and the
+//! last client took to receive it, latency percentiles over all deliveries, and the servers' CPU
+//! and RSS from procfs (per connection and per delivered message). `flagrelay-load compare A B`
+//! prints the ratios of two `--json` reports.
+//!
+//! Layout: this file is the coordinator; `client` runs in child processes (the coordinator
+//! re-executes itself with `--child`), `sse` parses streams, `trigger` makes changes, `procfs`
+//! samples processes, `sys` holds the few raw Linux calls.
+
+#[path = "flagrelay_load/client.rs"]
+mod client;
+#[path = "flagrelay_load/procfs.rs"]
+mod procfs;
+#[path = "flagrelay_load/report.rs"]
+mod report;
+#[path = "flagrelay_load/sse.rs"]
+mod sse;
+#[path = "flagrelay_load/sys.rs"]
+mod sys;
+#[path = "flagrelay_load/trigger.rs"]
+mod trigger;
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use report::{ChangeRow, Report};
+
+#[derive(Parser, Debug)]
+#[command(name = "flagrelay-load", about = "SSE fan-out load generator and meter", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Ratios of two --json reports: BASELINE (e.g. nchan) and OTHER (e.g. flagrelay).
+    Compare { baseline: String, other: String },
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// SSE URL to open N times.
+    #[arg(long, default_value = "http://127.0.0.1:7700/api/sdk/v1/features")]
+    url: String,
+    /// Server key sent as `Authorization: Bearer KEY` (omit for none, e.g. nchan).
+    #[arg(long, env = "FLAGRELAY_LOAD_KEY")]
+    key: Option<String>,
+    /// Number of SSE connections.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    clients: usize,
+    /// Client processes (each holds clients/procs connections on one thread).
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Source addresses to bind before connecting, round-robin (e.g. 127.0.0.1,127.0.0.2).
+    #[arg(long, value_delimiter = ',')]
+    sources: Vec<IpAddr>,
+    /// CPU list for the client processes (taskset syntax, e.g. "1"); default: inherited.
+    #[arg(long)]
+    client_cpus: Option<String>,
+    /// Changes to trigger after every client is ready.
+    #[arg(short = 'm', long, default_value_t = 10)]
+    changes: usize,
+    /// file:PATH (flags file, atomic rewrite), nchan:URL (HTTP POST to the publisher), none.
+    #[arg(long, default_value = "none")]
+    trigger: String,
+    /// Feature the file trigger edits, ENV/KEY (default: the first feature of the first environment).
+    #[arg(long)]
+    feature: Option<String>,
+    /// Body size of an nchan message (match the relay's event size).
+    #[arg(long, default_value_t = 200)]
+    payload_bytes: usize,
+    /// Server process ids to account CPU and RSS for (comma-separated, repeatable).
+    #[arg(long = "pid", value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Seconds to stay idle after connecting, to measure idle CPU (heartbeats included).
+    #[arg(long, default_value_t = 0.0)]
+    idle_secs: f64,
+    /// Wait after the file trigger's first write and after connecting, before sampling (ms).
+    #[arg(long, default_value_t = 1000)]
+    settle_ms: u64,
+    /// Pause after a change is fully delivered before the next one (ms).
+    #[arg(long, default_value_t = 300)]
+    gap_ms: u64,
+    /// Give up waiting for a change after this long (ms).
+    #[arg(long, default_value_t = 10_000)]
+    change_timeout_ms: u64,
+    /// Give up waiting for the initial states after this long (s).
+    #[arg(long, default_value_t = 300)]
+    connect_timeout_secs: u64,
+    /// Connections being opened at once (per client process).
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// A client is ready after its first event with data (`data`), or after any event (`any`,
+    /// e.g. nchan's `: hi`). Default: `any` for the nchan trigger, else `data`.
+    #[arg(long)]
+    ready: Option<String>,
+    /// Label for the report (e.g. "nchan 1 core").
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, hide = true)]
+    child: bool,
+    #[arg(long, hide = true, default_value_t = 0)]
+    child_offset: usize,
+    #[arg(long, hide = true, default_value = "")]
+    run_id: String,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+fn resolve(url: &trigger::Url) -> anyhow::Result<SocketAddr> {
+    (url.host.as_str(), url.port)
+        .to_socket_addrs()?
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| anyhow!("cannot resolve {}", url.host))
+}
+
+fn ready_any(a: &RunArgs) -> bool {
+    match a.ready.as_deref() {
+        Some("any") => true,
+        Some(_) => false,
+        None => a.trigger.starts_with("nchan:"),
+    }
+}
+
+fn child_main(a: RunArgs) -> anyhow::Result<()> {
+    sys::raise_nofile()?;
+    let url = trigger::parse_url(&a.url)?;
+    let mut req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: flagrelay-load\r\n",
+        url.path, url.host, url.port
+    );
+    if let Some(k) = &a.key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    req.push_str("\r\n");
+    client::run(client::ClientCfg {
+        addr: resolve(&url)?,
+        request: req.into_bytes(),
+        sources: a.sources.clone(),
+        offset: a.child_offset,
+        clients: a.clients,
+        changes: a.changes,
+        concurrency: a.connect_concurrency,
+        parse: sse::ParseCfg { marker: format!("FLM{}-", a.run_id).into_bytes(), ready_any: ready_any(&a) },
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Some(Cmd::Compare { baseline, other }) => report::compare(&baseline, &other),
+        None if cli.run.child => child_main(cli.run),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(coordinate(cli.run))),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flagrelay-load: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+enum Msg {
+    Line(usize, String),
+    Gone(usize),
+}
+
+struct Children {
+    pids: Vec<u32>,
+    stdins: Vec<tokio::process::ChildStdin>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    _procs: Vec<tokio::process::Child>,
+}
+
+fn spawn_children(a: &RunArgs, run_id: &str) -> anyhow::Result<Children> {
+    let exe = std::env::current_exe()?;
+    let procs = a.procs.max(1).min(a.clients.max(1));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut out = Children { pids: Vec::new(), stdins: Vec::new(), rx, _procs: Vec::new() };
+    let mut offset = 0;
+    for i in 0..procs {
+        let n = a.clients / procs + usize::from(i < a.clients % procs);
+        let mut cmd = match &a.client_cpus {
+            Some(cpus) => {
+                let mut c = tokio::process::Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(&exe);
+                c
+            }
+            None => tokio::process::Command::new(&exe),
+        };
+        cmd.arg("--child")
+            .arg("--url").arg(&a.url)
+            .arg("--clients").arg(n.to_string())
+            .arg("--changes").arg(a.changes.to_string())
+            .arg("--trigger").arg(&a.trigger)
+            .arg("--connect-concurrency").arg(a.connect_concurrency.to_string())
+            .arg("--child-offset").arg(offset.to_string())
+            .arg("--run-id").arg(run_id)
+            .arg("--ready").arg(if ready_any(a) { "any" } else { "data" });
+        if let Some(k) = &a.key {
+            cmd.env("FLAGRELAY_LOAD_KEY", k);
+        } else {
+            cmd.env_remove("FLAGRELAY_LOAD_KEY");
+        }
+        if !a.sources.is_empty() {
+            let s: Vec<String> = a.sources.iter().map(|s| s.to_string()).collect();
+            cmd.arg("--sources").arg(s.join(","));
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().context("starting a client process")?;
+        out.pids.push(child.id().unwrap_or(0));
+        out.stdins.push(child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?);
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if tx.send(Msg::Line(i, l)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Msg::Gone(i));
+        });
+        out._procs.push(child);
+        offset += n;
+    }
+    Ok(out)
+}
+
+async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
+    if a.clients == 0 {
+        bail!("--clients must be > 0");
+    }
+    let run_id = format!("{:08x}", (now_ns() as u64 ^ (std::process::id() as u64) << 32) as u32);
+    let mut trig = trigger::Trigger::parse(&a.trigger, a.feature.as_deref(), a.payload_bytes)?;
+    let settle = Duration::from_millis(a.settle_ms);
+    if let trigger::Trigger::File { .. } = trig {
+        // Marker 0: the state every client starts from.
+        trig.fire(&format!("FLM{run_id}-0")).await?;
+        tokio::time::sleep(settle).await;
+    }
+    let server0 = procfs::sample(&a.pids);
+    let t_connect = Instant::now();
+    let mut ch = spawn_children(&a, &run_id)?;
+    let nprocs = ch.pids.len();
+    let gen0 = procfs::sample(&ch.pids);
+    let mut progress = vec![(0usize, 0usize); nprocs];
+    let mut ready_procs = 0;
+    let mut results: Vec<Option<client::ChildResult>> = (0..nprocs).map(|_| None).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.connect_timeout_secs);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    while ready_procs < nprocs {
+        let msg = tokio::time::timeout_at(deadline, ch.rx.recv()).await.map_err(|_| {
+            let r: usize = progress.iter().map(|p| p.0).sum();
+            anyhow!("only {r} of {} clients had their initial state after {} s", a.clients, a.connect_timeout_secs)
+        })?;
+        match msg {
+            Some(Msg::Line(i, l)) => {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                match f.first().copied() {
+                    Some("P") | Some("R") if f.len() == 3 => {
+                        progress[i] = (f[1].parse().unwrap_or(0), f[2].parse().unwrap_or(0));
+                        if f[0] == "R" {
+                            ready_procs += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some(Msg::Gone(i)) => bail!("client process {i} exited while connecting"),
+            None => bail!("client processes gone"),
+        }
+        if last_print.elapsed() >= Duration::from_millis(250) || ready_procs == nprocs {
+            last_print = Instant::now();
+            let r: usize = progress.iter().map(|p| p.0).sum();
+            let f: usize = progress.iter().map(|p| p.1).sum();
+            let line = format!(
+                "connecting: {r}/{} ready, {f} failed, {:.1} s",
+                a.clients,
+                t_connect.elapsed().as_secs_f64()
+            );
+            if tty {
+                eprint!("\r{line}   ");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    let connect_secs = t_connect.elapsed().as_secs_f64();
+    let ready: usize = progress.iter().map(|p| p.0).sum();
+    let failed: usize = progress.iter().map(|p| p.1).sum();
+    tokio::time::sleep(settle).await;
+    let server1 = procfs::sample(&a.pids);
+    let gen1 = procfs::sample(&ch.pids);
+
+    // Idle.
+    let t_idle = Instant::now();
+    if a.idle_secs > 0.0 {
+        eprintln!("idle for {} s ...", a.idle_secs);
+        tokio::time::sleep(Duration::from_secs_f64(a.idle_secs)).await;
+    }
+    let idle_secs = t_idle.elapsed().as_secs_f64();
+    let server2 = procfs::sample(&a.pids);
+    let gen2 = procfs::sample(&ch.pids);
+
+    // Changes.
+    let mut rows = Vec::new();
+    let mut done_upto = 0usize;
+    let mut done_count = vec![0usize; a.changes + 1];
+    let t_changes = Instant::now();
+    for i in 1..=a.changes {
+        let s_before = procfs::sample(&a.pids);
+        let g_before = procfs::sample(&ch.pids);
+        let t0 = now_ns();
+        let took = trig.fire(&format!("FLM{run_id}-{i}")).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(a.change_timeout_ms);
+        let mut timed_out = false;
+        while done_count[i] < nprocs {
+            match tokio::time::timeout_at(deadline, ch.rx.recv()).await {
+                Err(_) => {
+                    timed_out = true;
+                    break;
+                }
+                Ok(Some(Msg::Line(_, l))) => {
+                    if let Some(j) = l.strip_prefix("D ").and_then(|j| j.trim().parse::<usize>().ok()) {
+                        if j < done_count.len() {
+                            done_count[j] += 1;
+                            done_upto = done_upto.max(j);
+                        }
+                    }
+                }
+                Ok(Some(Msg::Gone(c))) => bail!("client process {c} exited during the changes"),
+                Ok(None) => bail!("client processes gone"),
+            }
+        }
+        let wall_done = (now_ns() - t0) as f64 / 1e6;
+        tokio::time::sleep(Duration::from_millis(a.gap_ms)).await;
+        let s_after = procfs::sample(&a.pids);
+        let g_after = procfs::sample(&ch.pids);
+        rows.push(ChangeRow {
+            change: i,
+            trigger_ns: t0,
+            trigger_ms: took.as_secs_f64() * 1e3,
+            timed_out,
+            wait_ms: wall_done,
+            server_cpu_ms: (s_after - s_before).cpu_sched_s * 1e3,
+            client_cpu_ms: (g_after - g_before).cpu_sched_s * 1e3,
+            ..Default::default()
+        });
+        if timed_out {
+            eprintln!("change {i}: not every client received it within {} ms", a.change_timeout_ms);
+        }
+    }
+    let changes_secs = t_changes.elapsed().as_secs_f64();
+    let server3 = procfs::sample(&a.pids);
+    let gen3 = procfs::sample(&ch.pids);
+
+    // Collect.
+    for s in ch.stdins.iter_mut() {
+        let _ = s.write_all(b"E\n").await;
+        let _ = s.flush().await;
+    }
+    let mut got = 0;
+    while got < nprocs {
+        match tokio::time::timeout(Duration::from_secs(60), ch.rx.recv()).await {
+            Ok(Some(Msg::Line(i, l))) => {
+                if let Some(j) = l.strip_prefix("J ") {
+                    results[i] = Some(serde_json::from_str(j).context("a client process's result")?);
+                    got += 1;
+                }
+            }
+            Ok(Some(Msg::Gone(i))) if results[i].is_none() => bail!("client process {i} exited without a result"),
+            Ok(Some(Msg::Gone(_))) => {}
+            Ok(None) | Err(_) => bail!("client processes did not report"),
+        }
+    }
+    let results: Vec<client::ChildResult> = results.into_iter().flatten().collect();
+    let rep = Report::build(report::Inputs {
+        label: a.label.clone(),
+        url: a.url.clone(),
+        trigger: a.trigger.clone(),
+        clients: a.clients,
+        procs: nprocs,
+        sources: a.sources.iter().map(|s| s.to_string()).collect(),
+        server_pids: a.pids.clone(),
+        ready,
+        failed,
+        connect_secs,
+        idle_secs,
+        changes_secs,
+        server: [server0, server1, server2, server3],
+        generator: [gen0, gen1, gen2, gen3],
+        rows,
+        results,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        print!("{}", rep.human());
+    }
+    Ok(())
+}
