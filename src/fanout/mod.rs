@@ -12,6 +12,7 @@
 pub mod frames;
 mod render;
 mod stream;
+pub mod thin_streams;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
