@@ -14,6 +14,7 @@ use super::body::ResBody;
 use super::error::ApiError;
 use super::server::Handler;
 use super::featureflow;
+use super::{ofrep, thin};
 use crate::config::HttpConfig;
 use crate::fanout::{ConnState, Fanout};
 use crate::metrics::{status_class, Metrics};
@@ -37,9 +38,18 @@ pub mod routes {
     pub const FEATURES: &str = "/api/sdk/v1/features";
     pub const REGISTER: &str = "/api/sdk/v1/register";
     pub const EVENTS: &str = "/api/sdk/v1/events";
+    pub const JS_EVALUATE: &str = "/api/js/v1/evaluate/{key}/user/{user}";
+    pub const JS_EVENT: &str = "/api/js/v1/event/{key}";
+    pub const JS_STREAM: &str = "/api/js/v1/stream/{key}";
+    pub const EVAL_STREAM: &str = "/api/v1/eval/stream/{key}/user/{user}";
+    pub const OFREP_FLAG: &str = "/ofrep/v1/evaluate/flags/{key}";
+    pub const OFREP_BULK: &str = "/ofrep/v1/evaluate/flags";
+    pub const OFREP_STREAM: &str = "/ofrep/v1/stream/{key}";
     pub const UNKNOWN: &str = "unmatched";
     /// Every template, for initialising the request metrics.
-    pub const ALL: &[&str] = &[FEATURES, REGISTER, EVENTS, UNKNOWN];
+    pub const ALL: &[&str] = &[
+        FEATURES, REGISTER, EVENTS, JS_EVALUATE, JS_EVENT, JS_STREAM, EVAL_STREAM, OFREP_FLAG, OFREP_BULK, OFREP_STREAM, UNKNOWN,
+    ];
 }
 
 impl Api {
@@ -59,6 +69,8 @@ impl Api {
                 Method::POST => featureflow::accept_batch(self, req, "events").await,
                 m => Err(ApiError::MethodNotAllowed(m.to_string())),
             }),
+            p if thin::owns(p) => thin::handle(self, req, conn).await,
+            p if ofrep::owns(p) => ofrep::handle(self, req, conn).await,
             _ => (routes::UNKNOWN, Err(ApiError::NotFound(path))),
         }
     }

@@ -6,5 +6,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod featureflow;
+pub mod ofrep;
 pub mod server;
+pub mod thin;
 pub mod util;
