@@ -20,6 +20,7 @@
 //! - Evaluating does not allocate (`tests/eval_props.rs` counts): results borrow from the feature.
 //! - Within a rule, conditions on the same target are placed next to each other at compile time and
 //!   share one attribute lookup. Conditions are pure and AND-ed, so order does not change the result.
+//!   Attribute lookup in a small context is a linear scan of the keys (see `operators`).
 
 mod bucket;
 mod context;

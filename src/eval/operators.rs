@@ -33,6 +33,9 @@ use crate::model::Condition;
 /// Regex programs larger than this fail to compile (and so never match): a guard against a
 /// pathological pattern costing memory on every feature change.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Contexts with at most this many attributes are searched by a linear scan of the keys, which for
+/// short keys costs less than hashing the name with the map's SipHash.
+const LINEAR_LOOKUP_MAX: usize = 16;
 /// `in` / `notIn` sets up to this size are scanned linearly (faster than hashing for a few values).
 const LINEAR_SET_MAX: usize = 8;
 
@@ -201,7 +204,14 @@ impl CompiledCondition {
     pub(crate) fn lookup<'c>(&self, ctx: &'c Context) -> Lookup<'c> {
         match &self.target {
             Target::UserId => Lookup::UserId(ctx.effective_id()),
-            Target::Attribute(name) => ctx.attributes.get(&**name).map_or(Lookup::Missing, |v| Lookup::Values(v)),
+            Target::Attribute(name) => {
+                let found = if ctx.attributes.len() <= LINEAR_LOOKUP_MAX {
+                    ctx.attributes.iter().find(|(k, _)| k.as_str() == &**name).map(|(_, v)| v)
+                } else {
+                    ctx.attributes.get(&**name)
+                };
+                found.map_or(Lookup::Missing, |v| Lookup::Values(v))
+            }
         }
     }
 

@@ -140,3 +140,15 @@ fn missing_attribute_fails_and_user_id_is_implicit() {
     assert!(cond(HOUR_OF_DAY, "equals", json!(1)).is_time && cond(DATE, "after", json!("2000-01-01")).is_time);
     assert!(!cond("featureflow.dates", "equals", json!(1)).is_time);
 }
+
+#[test]
+fn lookup_is_the_same_for_small_and_large_contexts() {
+    for n in [0, 1, LINEAR_LOOKUP_MAX - 1, LINEAR_LOOKUP_MAX, LINEAR_LOOKUP_MAX + 1, 100] {
+        let ctx = (0..n).fold(Context::new("u"), |c, i| c.with(format!("k{i}"), format!("v{i}")));
+        for i in 0..n {
+            assert!(cond(&format!("k{i}"), "equals", json!(format!("v{i}"))).matches(&ctx), "n={n} k{i}");
+        }
+        assert!(!cond(&format!("k{n}"), "notIn", json!(["x"])).matches(&ctx), "n={n}: missing");
+        assert!(!cond("k", "notIn", json!(["x"])).matches(&ctx), "n={n}: prefix is not a key");
+    }
+}
