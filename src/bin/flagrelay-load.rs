@@ -49,6 +49,8 @@ struct Cli {
 enum Cmd {
     /// Ratios of two --json reports: BASELINE (e.g. nchan) and OTHER (e.g. flagrelay).
     Compare { baseline: String, other: String },
+    /// One line per --json report (a markdown table).
+    Summary { reports: Vec<String> },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -114,6 +116,9 @@ struct RunArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
     #[arg(long, hide = true)]
     child: bool,
     #[arg(long, hide = true, default_value_t = 0)]
@@ -168,6 +173,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Some(Cmd::Compare { baseline, other }) => report::compare(&baseline, &other),
+        Some(Cmd::Summary { reports }) => report::summary(&reports),
         None if cli.run.child => child_main(cli.run),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -421,6 +427,9 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         rows,
         results,
     });
+    if let Some(p) = &a.json_out {
+        std::fs::write(p, serde_json::to_string_pretty(&rep)?).with_context(|| format!("writing {}", p.display()))?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {

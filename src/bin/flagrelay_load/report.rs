@@ -331,3 +331,30 @@ pub fn compare(baseline: &str, other: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A markdown table, one row per JSON report.
+pub fn summary(paths: &[String]) -> anyhow::Result<()> {
+    println!("| run | clients | frame B | CPU µs/msg | trigger→last ms (median) | first→last ms (median) | latency p50 / p99 / max ms | RSS KB/conn | idle CPU % core | gen lag p99 ms |");
+    println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    for p in paths {
+        let r: Report = serde_json::from_str(&std::fs::read_to_string(p)?)?;
+        let idle = if r.idle_secs >= 1.0 { format!("{:.2}", r.server.idle_cpu_pct_of_core) } else { "-".into() };
+        println!(
+            "| {} | {}{} | {} | {:.2} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {} | {:.1} |",
+            if r.label.is_empty() { p.as_str() } else { r.label.as_str() },
+            r.ready,
+            if r.failed + r.dropped > 0 { format!(" ({} failed, {} dropped)", r.failed, r.dropped) } else { String::new() },
+            r.frame_bytes_max,
+            r.server.cpu_per_delivery_us,
+            r.last_ms_median,
+            r.spread_ms_median,
+            r.latency_ms.p50,
+            r.latency_ms.p99,
+            r.latency_ms.max,
+            r.server.rss_per_conn_kb,
+            idle,
+            r.generator_lag_ms.p99,
+        );
+    }
+    Ok(())
+}
