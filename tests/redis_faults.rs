@@ -286,7 +286,7 @@ async fn randomized_soak_every_client_ends_equal_to_redis() {
                     // Trailing loss: a change without its message.
                     let mut con = redis.con().await;
                     let rev: u64 = con.incr("{flagrelay:production}:rev", 1).await.unwrap();
-                    let mut f = simple_feature("trailing", if rev % 2 == 0 { "on" } else { "off" });
+                    let mut f = simple_feature("trailing", if rev.is_multiple_of(2) { "on" } else { "off" });
                     f["version"] = json!(rev);
                     let _: () = con.hset("{flagrelay:production}:features", "trailing", f.to_string()).await.unwrap();
                 }

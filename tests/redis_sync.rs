@@ -25,7 +25,7 @@ async fn seeded() -> TestRedis {
     r
 }
 
-fn labels<'a>(reason: &'a str) -> [(&'a str, &'a str); 2] {
+fn labels(reason: &str) -> [(&str, &str); 2] {
     [("env", ENV), ("reason", reason)]
 }
 
@@ -203,9 +203,15 @@ async fn a_large_feature_published_without_its_body_is_read_with_hget() {
     let mut f = role_feature("big", &[]);
     f["rules"][0]["audience"]["conditions"][0]["values"] = json!(big);
     let mut w = redis.writer(ENV).await;
-    let mut sub = redis.con().await; // watch the channel to see the body left out
-    let _ = &mut sub;
+    // Watch the channel to see the body left out of the message.
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut watch = within("pubsub", client.get_async_pubsub()).await.unwrap();
+    within("subscribe", watch.subscribe("{flagrelay:production}:changes")).await.unwrap();
     w.put(vec![("big".into(), f)]).await.unwrap();
+    let msg = within("the change message", futures_util::StreamExt::next(&mut watch.on_message())).await.unwrap();
+    let msg: Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap();
+    assert_eq!(msg["op"], "upsert");
+    assert!(msg.get("feature").is_none(), "published without its body: {msg}");
     let want = converge(&relay, &redis.url(), ENV, SERVER_KEY, &mut [&mut sse]).await;
     assert!(serde_json::to_string(&want["big"]).unwrap().len() > 16 * 1024);
     assert_eq!(counter(&relay, "flagrelay_upstream_resyncs_total", &labels("gap")).await, 0.0);
