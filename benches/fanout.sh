@@ -9,13 +9,16 @@
 # taskset to the same cores (1 core: cpu 0; 2 cores: cpus 0,1; nchan gets as many nginx workers,
 # flagrelay as many tokio workers via TOKIO_WORKER_THREADS). With 1 server core the load tool runs
 # on cpu 1; with 2 it shares both cores with the server (this machine has 2 vCPUs).
-# Both servers send the same change frame size (~235 bytes with SSE framing; flagrelay's is a
-# one-feature `features.updated`, nchan's a 210-byte JSON message). flagrelay's changes come from
-# its flags file (polled every 10 ms); nchan's from an HTTP POST to its publisher.
+# Both servers send the same change frame size (~245 bytes with SSE framing; flagrelay's is a
+# one-feature `features.updated`, nchan's a 220-byte JSON message). nchan's changes are HTTP POSTs
+# to its publisher; flagrelay's are upserts through its Redis writer script (UPSTREAM=redis, the
+# default when redis-server is installed; a private redis-server is started on REDIS_PORT) or
+# rewrites of its flags file (UPSTREAM=file; polled every 10 ms, so "trigger -> first" includes
+# up to 10 ms of polling).
 #
 # Environment: CORES (default "1 2"), CHANGES (20), IDLE_SECS (31: two 15 s heartbeats),
 # SOURCES (127.0.0.1,...,127.0.0.4), OUT (target/fanout-bench), NCHAN_PORT (18080),
-# RELAY_PORT (17700; admin on +1), NCHAN_RUN (../shared/bench/nchan/run.sh).
+# RELAY_PORT (17700; admin on +1), REDIS_PORT (16390), NCHAN_RUN (../shared/bench/nchan/run.sh).
 # Results: OUT/{nchan,flagrelay}-N-Cc.json (flagrelay-load --json reports), a ratio table per pair,
 # and a summary table at the end (OUT/summary.md).
 set -euo pipefail
@@ -31,6 +34,8 @@ nport=${NCHAN_PORT:-18080}
 rport=${RELAY_PORT:-17700}
 nchan_run=${NCHAN_RUN:-$repo/../shared/bench/nchan/run.sh}
 key=sdk-srv-bench-fanout-0001
+redis_port=${REDIS_PORT:-16390}
+if [ -z "${UPSTREAM:-}" ]; then command -v redis-server >/dev/null && UPSTREAM=redis || UPSTREAM=file; fi
 
 cargo build --release --bin flagrelay --bin flagrelay-load >&2
 load=$repo/target/release/flagrelay-load
@@ -42,19 +47,28 @@ relay_pid=
 cleanup() {
   [ -n "$relay_pid" ] && kill -TERM "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null || true
   "$nchan_run" stop 2>/dev/null || true
+  [ -f "$work/redis.pid" ] && kill -TERM "$(cat "$work/redis.pid")" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
 
+if [ "$UPSTREAM" = redis ]; then
+  upstream_toml="kind = \"redis\"
+url = \"redis://127.0.0.1:$redis_port\""
+  trigger="redis://127.0.0.1:$redis_port"
+else
+  upstream_toml="kind = \"file\"
+path = \"$work/flags.json\"
+poll_interval_ms = 10"
+  trigger="file:$work/flags.json"
+fi
 cat > "$work/flagrelay.toml" <<TOML
 listen = "127.0.0.1:$rport"
 admin_listen = "127.0.0.1:$((rport + 1))"
 log_level = "warn"
 [upstream]
-kind = "file"
-path = "$work/flags.json"
-poll_interval_ms = 10
+$upstream_toml
 [[environments]]
 id = "bench"
 server_keys = ["$key"]
@@ -81,18 +95,26 @@ for n in "${sizes[@]}"; do
     chan=bench$RANDOM$RANDOM
     "$load" "${common[@]}" --label "nchan, $c core(s), N=$n" \
       --url "http://127.0.0.1:$nport/sub?id=$chan" --trigger "nchan:http://127.0.0.1:$nport/pub?id=$chan" \
-      --payload-bytes 210 --pid "$("$nchan_run" pids | paste -sd,)" --json-out "$out/nchan-$n-${c}c.json"
+      --payload-bytes 220 --pid "$("$nchan_run" pids | paste -sd,)" --json-out "$out/nchan-$n-${c}c.json"
     master=$(cat "$NCHAN_DIR/nginx.pid"); "$nchan_run" stop; wait_gone "$master"
 
-    echo "== N=$n, $c server core(s): flagrelay" >&2
+    echo "== N=$n, $c server core(s): flagrelay ($UPSTREAM upstream)" >&2
     write_flags
+    if [ "$UPSTREAM" = redis ]; then
+      # A fresh, empty Redis per run, on the load tool's cpu when the server has one core.
+      taskset -c "$([ "$c" = 1 ] && echo 1 || echo "0-$((c - 1))")" redis-server --port "$redis_port" --bind 127.0.0.1 \
+        --save '' --appendonly no --daemonize yes --pidfile "$work/redis.pid" --dir "$work" >/dev/null
+      for _ in $(seq 50); do [ -s "$work/redis.pid" ] && break; sleep 0.1; done
+    fi
     TOKIO_WORKER_THREADS=$c taskset -c "$cpus" "$relay" --config "$work/flagrelay.toml" 2>"$work/relay.log" &
     relay_pid=$!
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((rport + 1))/readyz" >/dev/null && break; sleep 0.1; done
+    # Ready once it serves (a fresh Redis environment becomes ready with the tool's first write).
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$((rport + 1))/healthz" && break; sleep 0.1; done
     "$load" "${common[@]}" --label "flagrelay, $c core(s), N=$n" \
-      --url "http://127.0.0.1:$rport/api/sdk/v1/features" --key "$key" --trigger "file:$work/flags.json" \
+      --url "http://127.0.0.1:$rport/api/sdk/v1/features" --key "$key" --trigger "$trigger" --feature bench/bench-flag \
       --pid "$relay_pid" --json-out "$out/flagrelay-$n-${c}c.json"
     kill -TERM "$relay_pid"; wait "$relay_pid" 2>/dev/null || true; relay_pid=
+    if [ -f "$work/redis.pid" ]; then kill -TERM "$(cat "$work/redis.pid")"; wait_gone "$(cat "$work/redis.pid")"; rm -f "$work/redis.pid"; fi
 
     echo "== N=$n, $c server core(s): flagrelay / nchan" >&2
     "$load" compare "$out/nchan-$n-${c}c.json" "$out/flagrelay-$n-${c}c.json"

@@ -76,9 +76,13 @@ struct RunArgs {
     /// Changes to trigger after every client is ready.
     #[arg(short = 'm', long, default_value_t = 10)]
     changes: usize,
-    /// file:PATH (flags file, atomic rewrite), nchan:URL (HTTP POST to the publisher), none.
+    /// file:PATH (flags file, atomic rewrite), nchan:URL (HTTP POST to the publisher),
+    /// redis://HOST:PORT (upsert through the relay's Redis writer script), none.
     #[arg(long, default_value = "none")]
     trigger: String,
+    /// Key prefix of the Redis trigger (default: the relay's default, `flagrelay`).
+    #[arg(long)]
+    redis_prefix: Option<String>,
     /// Feature the file trigger edits, ENV/KEY (default: the first feature of the first environment).
     #[arg(long)]
     feature: Option<String>,
@@ -262,9 +266,9 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         bail!("--clients must be > 0");
     }
     let run_id = format!("{:08x}", (now_ns() as u64 ^ (std::process::id() as u64) << 32) as u32);
-    let mut trig = trigger::Trigger::parse(&a.trigger, a.feature.as_deref(), a.payload_bytes)?;
+    let mut trig = trigger::Trigger::parse(&a.trigger, a.feature.as_deref(), a.payload_bytes, a.redis_prefix.as_deref()).await?;
     let settle = Duration::from_millis(a.settle_ms);
-    if let trigger::Trigger::File { .. } = trig {
+    if matches!(trig, trigger::Trigger::File { .. } | trigger::Trigger::Redis { .. }) {
         // Marker 0: the state every client starts from.
         trig.fire(&format!("FLM{run_id}-0")).await?;
         tokio::time::sleep(settle).await;
@@ -329,6 +333,7 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
 
     // Idle.
     let t_idle = Instant::now();
+    let busy1 = procfs::system_busy_s();
     if a.idle_secs > 0.0 {
         eprintln!("idle for {} s ...", a.idle_secs);
         tokio::time::sleep(Duration::from_secs_f64(a.idle_secs)).await;
@@ -336,6 +341,7 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
     let idle_secs = t_idle.elapsed().as_secs_f64();
     let server2 = procfs::sample(&a.pids);
     let gen2 = procfs::sample(&ch.pids);
+    let busy2 = procfs::system_busy_s();
 
     // Changes.
     let mut rows = Vec::new();
@@ -388,6 +394,7 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
     let changes_secs = t_changes.elapsed().as_secs_f64();
     let server3 = procfs::sample(&a.pids);
     let gen3 = procfs::sample(&ch.pids);
+    let busy3 = procfs::system_busy_s();
 
     // Collect.
     for s in ch.stdins.iter_mut() {
@@ -426,6 +433,7 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         generator: [gen0, gen1, gen2, gen3],
         rows,
         results,
+        system_busy_s: [busy1, busy2, busy3],
     });
     if let Some(p) = &a.json_out {
         std::fs::write(p, serde_json::to_string_pretty(&rep)?).with_context(|| format!("writing {}", p.display()))?;

@@ -71,3 +71,17 @@ pub fn sample(pids: &[u32]) -> Sample {
     }
     total
 }
+
+/// Busy CPU seconds of the whole machine (all CPUs) from /proc/stat: everything but idle and
+/// iowait. Used to tell how much other load ran during a measurement.
+pub fn system_busy_s() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/stat") else { return 0.0 };
+    let Some(line) = s.lines().next() else { return 0.0 };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    if v.len() < 5 {
+        return 0.0;
+    }
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    (total - v[3] - v[4]) as f64 / super::sys::clk_tck() as f64
+}

@@ -105,6 +105,12 @@ pub struct Report {
     pub generator_lag_ms: Pcts,
     pub server: Procs,
     pub generator: Procs,
+    /// CPU used by neither the server nor the generator (other processes, interrupts), in % of
+    /// one core, during the idle and the change phases: high values mean a disturbed run.
+    #[serde(default)]
+    pub other_load_idle_pct: f64,
+    #[serde(default)]
+    pub other_load_changes_pct: f64,
     pub changes: Vec<ChangeRow>,
 }
 
@@ -126,6 +132,8 @@ pub struct Inputs {
     pub generator: [Sample; 4],
     pub rows: Vec<ChangeRow>,
     pub results: Vec<ChildResult>,
+    /// Whole-machine busy CPU seconds: connected, after idle, after changes.
+    pub system_busy_s: [f64; 3],
 }
 
 fn procs(s: &[Sample; 4], ready: usize, deliveries: usize, idle_secs: f64, changes_secs: f64) -> Procs {
@@ -220,6 +228,10 @@ impl Report {
         r.generator_lag_ms = pcts(&mut lag);
         r.server = procs(&inp.server, r.ready, r.deliveries, r.idle_secs, r.changes_secs);
         r.generator = procs(&inp.generator, r.ready, r.deliveries, r.idle_secs, r.changes_secs);
+        let other = |busy: f64, secs: f64, srv: f64, gen: f64| if secs > 0.0 { ((busy - srv - gen) * 100.0 / secs).max(0.0) } else { 0.0 };
+        let b = inp.system_busy_s;
+        r.other_load_idle_pct = other(b[1] - b[0], r.idle_secs, r.server.idle_cpu_s, r.generator.idle_cpu_s);
+        r.other_load_changes_pct = other(b[2] - b[1], r.changes_secs, r.server.changes_cpu_s, r.generator.changes_cpu_s);
         r.changes = rows;
         r
     }
@@ -301,6 +313,11 @@ impl Report {
             "  generator ({} process(es)): RSS {:.2} KB per connection; changes CPU {:.4} s = {:.2} µs per delivery, {:.1} % of a core over the phase",
             self.procs, g.rss_per_conn_kb, g.changes_cpu_s, g.cpu_per_delivery_us, g.changes_utilisation_pct
         );
+        let _ = writeln!(
+            o,
+            "  other load on the machine: {:.1} % of a core while idle, {:.1} % during the changes",
+            self.other_load_idle_pct, self.other_load_changes_pct
+        );
         o
     }
 }
@@ -334,13 +351,13 @@ pub fn compare(baseline: &str, other: &str) -> anyhow::Result<()> {
 
 /// A markdown table, one row per JSON report.
 pub fn summary(paths: &[String]) -> anyhow::Result<()> {
-    println!("| run | clients | frame B | CPU µs/msg | trigger→last ms (median) | first→last ms (median) | latency p50 / p99 / max ms | RSS KB/conn | idle CPU % core | gen lag p99 ms |");
-    println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    println!("| run | clients | frame B | CPU µs/msg | trigger→last ms (median) | first→last ms (median) | latency p50 / p99 / max ms | RSS KB/conn | idle CPU % core | gen lag p99 ms | other load % |");
+    println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|");
     for p in paths {
         let r: Report = serde_json::from_str(&std::fs::read_to_string(p)?)?;
         let idle = if r.idle_secs >= 1.0 { format!("{:.2}", r.server.idle_cpu_pct_of_core) } else { "-".into() };
         println!(
-            "| {} | {}{} | {} | {:.2} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {} | {:.1} |",
+            "| {} | {}{} | {} | {:.2} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {} | {:.1} | {:.0} |",
             if r.label.is_empty() { p.as_str() } else { r.label.as_str() },
             r.ready,
             if r.failed + r.dropped > 0 { format!(" ({} failed, {} dropped)", r.failed, r.dropped) } else { String::new() },
@@ -354,6 +371,7 @@ pub fn summary(paths: &[String]) -> anyhow::Result<()> {
             r.server.rss_per_conn_kb,
             idle,
             r.generator_lag_ms.p99,
+            r.other_load_changes_pct,
         );
     }
     Ok(())

@@ -12,6 +12,9 @@ pub enum Trigger {
     File { path: PathBuf, doc: Value, env: String, key: String },
     /// POST a message of about `bytes` bytes to nchan's publisher location.
     Nchan { url: Url, bytes: usize },
+    /// Upsert one feature through the relay's reference Redis writer (its atomic Lua script):
+    /// the feature's first variant name carries the marker.
+    Redis { writer: Box<flagrelay::upstream::redis::writer::Writer>, key: String },
     None,
 }
 
@@ -37,8 +40,9 @@ pub fn parse_url(u: &str) -> anyhow::Result<Url> {
 
 impl Trigger {
     /// `file:PATH` (with `feature` = `ENV/KEY`, or the first feature of the first environment),
-    /// `nchan:URL`, `none`.
-    pub fn parse(spec: &str, feature: Option<&str>, bytes: usize) -> anyhow::Result<Trigger> {
+    /// `nchan:URL`, `redis:URL` (`feature` = `ENV/KEY`, default `bench/bench-flag`; key prefix
+    /// `prefix`), `none`.
+    pub async fn parse(spec: &str, feature: Option<&str>, bytes: usize, prefix: Option<&str>) -> anyhow::Result<Trigger> {
         if spec == "none" {
             return Ok(Trigger::None);
         }
@@ -65,10 +69,20 @@ impl Trigger {
         if let Some(u) = spec.strip_prefix("nchan:") {
             return Ok(Trigger::Nchan { url: parse_url(u)?, bytes });
         }
-        if spec.starts_with("redis:") {
-            bail!("--trigger redis: is not supported yet (no Redis writer in this tree when the tool was written)");
+        if spec.starts_with("redis:") || spec.starts_with("rediss:") {
+            let (env, key) = feature.unwrap_or("bench/bench-flag").split_once('/').ok_or_else(|| anyhow!("--feature wants ENV/KEY"))?;
+            let args = flagrelay::config::ServeArgs {
+                config: "/nonexistent/flagrelay-load.toml".into(),
+                // `redis:redis://HOST:PORT` or just `redis://HOST:PORT`.
+                redis_url: Some(spec.strip_prefix("redis:").filter(|u| u.contains("://")).unwrap_or(spec).to_string()),
+                prefix: prefix.map(str::to_string),
+                ..Default::default()
+            };
+            let (cfg, _) = flagrelay::config::RedisUpstream::for_tool(&args).map_err(|e| anyhow!("{e}"))?;
+            let writer = flagrelay::upstream::redis::writer::Writer::connect(&cfg, env).await.map_err(|e| anyhow!("{e}"))?;
+            return Ok(Trigger::Redis { writer: Box::new(writer), key: key.to_string() });
         }
-        bail!("unknown --trigger {spec:?} (file:PATH, nchan:URL, none)")
+        bail!("unknown --trigger {spec:?} (file:PATH, nchan:URL, redis:URL, none)")
     }
 
     /// Makes the change carrying `marker`; returns how long the trigger itself took.
@@ -90,6 +104,21 @@ impl Trigger {
                 let tmp = path.with_extension("flagrelay-load.tmp");
                 std::fs::write(&tmp, serde_json::to_vec_pretty(doc)?)?;
                 std::fs::rename(&tmp, &*path)?;
+            }
+            Trigger::Redis { writer, key } => {
+                let doc = serde_json::json!({
+                    "key": key.as_str(),
+                    "enabled": true,
+                    "variants": [{"key": "on", "name": format!("{marker}.")}, {"key": "off"}],
+                    "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": "on", "split": 100}]}],
+                });
+                let rep = writer.put(vec![(key.clone(), doc.clone())]).await.map_err(|e| anyhow!("{e}"))?;
+                if !rep.inited {
+                    // A fresh environment: the relay ignores it until an import marks it inited.
+                    let mut m = serde_json::Map::new();
+                    m.insert(key.clone(), doc);
+                    writer.import(m).await.map_err(|e| anyhow!("{e}"))?;
+                }
             }
             Trigger::Nchan { url, bytes } => {
                 let body = nchan_body(marker, *bytes);
