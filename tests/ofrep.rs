@@ -251,7 +251,7 @@ async fn bulk_evaluates_every_flag_of_the_environment() {
     assert_eq!(r.headers()["content-type"], "application/json");
     let v = body_json(r).await;
     assert_eq!(v["flags"].as_array().unwrap().len(), 8);
-    assert_eq!(by_key(&v, "string-flag"), json!({"key": "string-flag", "value": "internal", "reason": "TARGETING_MATCH", "variant": "internal", "metadata": {}}));
+    assert_eq!(by_key(&v, "string-flag"), json!({"key": "string-flag", "value": "internal", "reason": "TARGETING_MATCH", "variant": "internal"}));
     assert_eq!(by_key(&v, "object-flag")["value"], json!({"color": "blue", "sizes": [1, 2]}));
 }
 

@@ -84,7 +84,7 @@ pub async fn handle(api: &Arc<Api>, req: Request<Incoming>, conn: Arc<ConnState>
         (routes::UNKNOWN, Err(ApiError::NotFound(path.clone())))
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
-    cors(&api.http.cors_allowed_origins, origin.as_ref(), resp.headers_mut(), CorsKind::Featureflow);
+    cors(&api.http.cors_allowed_origins, origin.as_ref(), resp.headers_mut(), CorsKind::Featureflow, method == Method::OPTIONS);
     (route, Ok(resp))
 }
 
@@ -114,9 +114,9 @@ pub fn preflight() -> Response<ResBody> {
     r
 }
 
-/// Adds the CORS headers for `origin` (allowed origins from the config; `*` allows any). A
-/// preflight (`204` without a body) also gets the allowed methods and headers.
-pub fn cors(allowed: &[String], origin: Option<&HeaderValue>, h: &mut HeaderMap, kind: CorsKind) {
+/// Adds the CORS headers for `origin` (allowed origins from the config; `*` allows any): the
+/// allowed origin and the exposed headers, plus, on a `preflight`, the allowed methods and headers.
+pub fn cors(allowed: &[String], origin: Option<&HeaderValue>, h: &mut HeaderMap, kind: CorsKind, preflight: bool) {
     let allow = if allowed.iter().any(|o| o == "*") {
         Some(HeaderValue::from_static("*"))
     } else {
@@ -130,6 +130,9 @@ pub fn cors(allowed: &[String], origin: Option<&HeaderValue>, h: &mut HeaderMap,
         CorsKind::Ofrep => ("GET, POST, OPTIONS", "If-None-Match, Authorization, X-API-Key, Content-Type", "ETag, Retry-After"),
     };
     h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(expose));
+    if !preflight {
+        return;
+    }
     h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
     h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(headers));
     h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
