@@ -59,7 +59,8 @@ const NAMES: &[&str] = &["user_role", "tier", "email", "age", "featureflow.date"
 fn string(r: &mut Rng) -> String {
     let mut s = String::new();
     for _ in 0..r.below(3) + 1 {
-        s.push_str(*r.pick(STRINGS));
+        let piece: &&str = r.pick(STRINGS);
+        s.push_str(piece);
     }
     s
 }
