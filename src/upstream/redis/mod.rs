@@ -45,6 +45,7 @@ mod events;
 mod sentinel;
 mod session;
 mod snapshot;
+mod tls;
 mod warm;
 
 use std::collections::VecDeque;
@@ -68,6 +69,7 @@ use sentinel::Target;
 use session::{Push, Subscription};
 
 pub use sentinel::describe;
+pub use tls::install_crypto_provider;
 
 /// Why talking to Redis failed.
 #[derive(Debug, thiserror::Error)]

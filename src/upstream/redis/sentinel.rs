@@ -4,7 +4,13 @@
 //! Invariant: [`Target::resolve`] asks the sentinels again on every call, and callers call it on
 //! every (re)connect: redis-rs never follows a failover on its own (`+switch-master` is not
 //! listened to), so a connection built once would reconnect to the old master forever.
-//! The URL supplies everything but the address (credentials, database, scheme).
+//! The URL supplies everything but the address (credentials, database, scheme, and the TLS
+//! certificates of [`tls`](super::tls), loaded once here into the base `ConnectionInfo`, so
+//! every connection built from a resolved target carries them).
+//!
+//! Sentinel + TLS: a `rediss://` URL makes the connection to the master TLS, verified for the
+//! address the sentinels announce. The sentinels themselves are asked over plain TCP unless an
+//! address is written `rediss://host:port` (then with the same certificates).
 
 use std::time::Duration;
 
@@ -12,7 +18,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion}
 
 use crate::config::{RedisUpstream, SentinelConfig};
 
-use super::SyncError;
+use super::{tls, SyncError};
 
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -35,6 +41,7 @@ pub fn describe(info: &ConnectionInfo) -> String {
 impl Target {
     pub fn new(cfg: &RedisUpstream) -> Result<Target, SyncError> {
         let base = cfg.url.0.as_str().into_connection_info().map_err(|e| SyncError::Other(format!("invalid redis url: {e}")))?;
+        let base = tls::with_certificates(base, cfg)?;
         Ok(Target {
             base,
             sentinel: cfg.sentinel.clone(),
@@ -79,7 +86,7 @@ impl Target {
 
     async fn ask_one(&self, address: &str, master: &str) -> Result<(String, u16), SyncError> {
         let url = if address.contains("://") { address.to_string() } else { format!("redis://{address}") };
-        let client = redis::Client::open(url.as_str())?;
+        let client = redis::Client::open(tls::same_certificates(url.as_str().into_connection_info()?, &self.base))?;
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout));
