@@ -3,10 +3,15 @@
 //! port with its persisted data kept or replaced. Plus a Sentinel setup (master + replica +
 //! `redis-server --sentinel`) and watchers that hold what an SDK would hold.
 //!
-//! A missing `redis-server` is a hard failure with the install hint, never a silent skip.
+//! A server may listen on TLS only ([`TestRedis::start_tls`]: `port 0` + `tls-port`, with a
+//! throwaway CA and certificates made by the `openssl` CLI, [`TlsFiles`]); then `url()` is
+//! `rediss://` and the harness's own connections (readiness, `cmd`, `writer`) trust that CA.
+//!
+//! A missing `redis-server` (or `openssl`, for TLS) is a hard failure with the install hint,
+//! never a silent skip.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -35,12 +40,107 @@ fn signal(pid: u32, sig: &str) {
     assert!(st.success(), "kill -{sig} {pid} failed");
 }
 
+/// A throwaway CA, a server certificate for `127.0.0.1` / `localhost` and a client certificate
+/// (for mutual TLS), all PEM, made with the `openssl` CLI; valid for two days.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// The server requires a client certificate (`tls-auth-clients yes`).
+    pub auth_clients: bool,
+}
+
+const OPENSSL_CNF: &str = "\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = flagrelay test
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1,DNS:localhost
+[client]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = clientAuth
+";
+
+impl TlsFiles {
+    /// Generates the files in `dir` (EC P-256 keys).
+    pub fn generate(dir: &Path, auth_clients: bool) -> TlsFiles {
+        let ok = Command::new("openssl").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            panic!("openssl is not installed: the TLS tests make their certificates with it (apt-get install openssl)");
+        }
+        std::fs::create_dir_all(dir).expect("tls dir");
+        let p = |name: &str| dir.join(name).display().to_string();
+        std::fs::write(p("openssl.cnf"), OPENSSL_CNF).expect("write openssl.cnf");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let cnf = p("openssl.cnf");
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let mut ca = vec!["req", "-x509", "-config", &cnf, "-extensions", "ca", "-subj", "/CN=flagrelay test CA", "-days", "2"];
+        let (ca_key, ca_pem) = (p("ca.key"), p("ca.pem"));
+        ca.extend(key);
+        ca.extend(["-keyout", &ca_key, "-out", &ca_pem]);
+        openssl(&ca);
+        for (name, cn) in [("server", "127.0.0.1"), ("client", "flagrelay test client")] {
+            let (k, csr, pem, subj) = (p(&format!("{name}.key")), p(&format!("{name}.csr")), p(&format!("{name}.pem")), format!("/CN={cn}"));
+            let mut req = vec!["req", "-new", "-config", &cnf, "-subj", &subj];
+            req.extend(key);
+            req.extend(["-keyout", &k, "-out", &csr]);
+            openssl(&req);
+            openssl(&["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial", "-days", "2", "-extfile", &cnf, "-extensions", name, "-out", &pem]);
+        }
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            auth_clients,
+        }
+    }
+
+    /// `[upstream]` lines trusting the CA (and presenting the client certificate when the server
+    /// requires one), for [`fast_upstream`] / [`relay_on`].
+    pub fn upstream_lines(&self) -> String {
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let mut t = format!("tls_ca_file = {}\n", q(&self.ca));
+        if self.auth_clients {
+            t.push_str(&format!("tls_client_cert_file = {}\ntls_client_key_file = {}\n", q(&self.client_cert), q(&self.client_key)));
+        }
+        t
+    }
+
+    /// A redis client for `url` trusting the CA (with the client certificate when required).
+    pub fn client(&self, url: &str) -> redis::Client {
+        flagrelay::upstream::redis::install_crypto_provider();
+        let read = |p: &Path| std::fs::read(p).expect("read a tls file");
+        let client_tls = self.auth_clients.then(|| redis::ClientTlsConfig { client_cert: read(&self.client_cert), client_key: read(&self.client_key) });
+        redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert: Some(read(&self.ca)) }).expect("tls client")
+    }
+}
+
 /// One redis-server process.
 pub struct TestRedis {
     pub port: u16,
     pub dir: tempfile::TempDir,
     lines: Vec<String>,
     child: Option<Child>,
+    /// TLS only (no plain port) when set.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Persistence that survives SIGKILL without losing an acknowledged write.
@@ -52,7 +152,25 @@ impl TestRedis {
         ensure_installed();
         let mut lines: Vec<String> = DURABLE.iter().map(|s| s.to_string()).collect();
         lines.extend(extra.iter().map(|s| s.to_string()));
-        let mut r = TestRedis { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), lines, child: None };
+        let mut r = TestRedis { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), lines, child: None, tls: None };
+        r.spawn().await;
+        r
+    }
+
+    /// [`start`](Self::start), but listening on TLS only (`port 0`, `tls-port`), with fresh
+    /// certificates ([`TlsFiles`]); `auth_clients` = require a client certificate.
+    pub async fn start_tls(auth_clients: bool, extra: &[&str]) -> TestRedis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = TlsFiles::generate(&dir.path().join("tls"), auth_clients);
+        Self::start_with_tls(dir, tls, extra).await
+    }
+
+    /// TLS only with the given certificates (several servers sharing one CA), in `dir`.
+    pub async fn start_with_tls(dir: tempfile::TempDir, tls: TlsFiles, extra: &[&str]) -> TestRedis {
+        ensure_installed();
+        let mut lines: Vec<String> = DURABLE.iter().map(|s| s.to_string()).collect();
+        lines.extend(extra.iter().map(|s| s.to_string()));
+        let mut r = TestRedis { port: free_port(), dir, lines, child: None, tls: Some(tls) };
         r.spawn().await;
         r
     }
@@ -62,9 +180,19 @@ impl TestRedis {
     }
 
     async fn spawn(&mut self) {
+        let listen = match &self.tls {
+            None => format!("port {}", self.port),
+            Some(t) => format!(
+                "port 0\ntls-port {}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients {}",
+                self.port,
+                t.server_cert.display(),
+                t.server_key.display(),
+                t.ca.display(),
+                if t.auth_clients { "yes" } else { "no" }
+            ),
+        };
         let mut conf = format!(
-            "port {}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {}\nlogfile {}\nappendfilename appendonly.aof\n",
-            self.port,
+            "{listen}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {}\nlogfile {}\nappendfilename appendonly.aof\n",
             self.dir.path().display(),
             self.dir.path().join("redis.log").display()
         );
@@ -79,15 +207,13 @@ impl TestRedis {
     }
 
     async fn wait_ping(&self) {
-        let url = self.url();
+        let c = self.client();
         within("redis-server to answer PING", async {
             loop {
-                if let Ok(c) = redis::Client::open(url.as_str()) {
-                    if let Ok(Ok(mut con)) = tokio::time::timeout(Duration::from_millis(500), c.get_multiplexed_async_connection()).await {
-                        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
-                        if pong.is_ok() {
-                            return;
-                        }
+                if let Ok(Ok(mut con)) = tokio::time::timeout(Duration::from_millis(500), c.get_multiplexed_async_connection()).await {
+                    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+                    if pong.is_ok() {
+                        return;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -96,8 +222,31 @@ impl TestRedis {
         .await
     }
 
+    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for this server (trusting its CA when it is TLS).
+    pub fn client(&self) -> redis::Client {
+        match &self.tls {
+            None => redis::Client::open(self.url()).expect("client"),
+            Some(t) => t.client(&self.url()),
+        }
+    }
+
+    /// The writer's settings for this server: [`tool_config`] plus the TLS files.
+    pub fn tool_config(&self) -> RedisUpstream {
+        let mut cfg = tool_config(&self.url());
+        if let Some(t) = &self.tls {
+            cfg.tls_ca_file = Some(t.ca.clone());
+            if t.auth_clients {
+                cfg.tls_client_cert_file = Some(t.client_cert.clone());
+                cfg.tls_client_key_file = Some(t.client_key.clone());
+            }
+        }
+        cfg
     }
 
     pub fn pid(&self) -> u32 {
@@ -172,7 +321,7 @@ impl TestRedis {
     }
 
     pub async fn con(&self) -> redis::aio::MultiplexedConnection {
-        let c = redis::Client::open(self.url()).expect("client");
+        let c = self.client();
         within("a redis connection", c.get_multiplexed_async_connection()).await.expect("connect to redis")
     }
 
@@ -187,7 +336,7 @@ impl TestRedis {
     }
 
     pub async fn writer(&self, env: &str) -> Writer {
-        writer_for(&self.url(), env).await
+        within("the writer to connect", Writer::connect(&self.tool_config(), env)).await.expect("writer connects")
     }
 }
 
@@ -416,7 +565,10 @@ pub async fn wait_counter(relay: &TestRelay, name: &str, labels: &[(&str, &str)]
     .await
 }
 
-/// A Sentinel setup: master, one replica, one sentinel watching them as `mymaster`.
+/// A Sentinel setup: master, one replica, one sentinel watching them as `mymaster`. With
+/// [`start_tls`](Self::start_tls), master and replica listen on TLS only (one shared CA,
+/// `tls-replication yes`) and the sentinel reaches them over TLS, while clients still ask the
+/// sentinel over plain TCP.
 pub struct TestSentinel {
     pub master: TestRedis,
     pub replica: TestRedis,
@@ -427,16 +579,46 @@ pub struct TestSentinel {
 
 impl TestSentinel {
     pub async fn start() -> TestSentinel {
+        Self::start_with(false).await
+    }
+
+    /// Master and replica on TLS only (see the type).
+    pub async fn start_tls() -> TestSentinel {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> TestSentinel {
         ensure_installed();
-        let master = TestRedis::start(&[]).await;
-        let replica = TestRedis::start(&[&format!("replicaof 127.0.0.1 {}", master.port)]).await;
         let dir = tempfile::tempdir().expect("tempdir");
+        let files = tls.then(|| TlsFiles::generate(&dir.path().join("tls"), false));
+        let (master, replica) = match &files {
+            None => {
+                let master = TestRedis::start(&[]).await;
+                let replica = TestRedis::start(&[&format!("replicaof 127.0.0.1 {}", master.port)]).await;
+                (master, replica)
+            }
+            Some(f) => {
+                let master = TestRedis::start_with_tls(tempfile::tempdir().expect("tempdir"), f.clone(), &["tls-replication yes"]).await;
+                let replicaof = format!("replicaof 127.0.0.1 {}", master.port);
+                let replica = TestRedis::start_with_tls(tempfile::tempdir().expect("tempdir"), f.clone(), &["tls-replication yes", &replicaof]).await;
+                (master, replica)
+            }
+        };
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
+        let tls_lines = match &files {
+            None => String::new(),
+            Some(f) => format!(
+                "tls-replication yes\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
+                f.server_cert.display(),
+                f.server_key.display(),
+                f.ca.display()
+            ),
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {}\nlogfile {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {}\nlogfile {}\n{tls_lines}sentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
                 dir.path().display(),
                 dir.path().join("sentinel.log").display(),
                 master.port
@@ -496,9 +678,11 @@ impl TestSentinel {
         .await
     }
 
-    /// The `[upstream]` section for a relay following this sentinel.
+    /// The `[upstream]` section for a relay following this sentinel (`rediss://` and the CA when
+    /// the servers are TLS).
     pub fn upstream(&self) -> String {
-        fast_upstream(&self.master.url(), &format!("[upstream.sentinel]\naddresses = [\"127.0.0.1:{}\"]\nmaster_name = \"mymaster\"\n", self.port))
+        let tls = self.master.tls.as_ref().map(TlsFiles::upstream_lines).unwrap_or_default();
+        fast_upstream(&self.master.url(), &format!("{tls}[upstream.sentinel]\naddresses = [\"127.0.0.1:{}\"]\nmaster_name = \"mymaster\"\n", self.port))
     }
 
     pub fn log(&self) -> String {
