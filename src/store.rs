@@ -49,6 +49,27 @@ pub struct Snapshot {
     body: OnceLock<Encoded>,
     /// Slots for full-state frames of each stream kind, filled by the fan-out.
     pub full_frames: [OnceLock<Bytes>; FRAME_SLOTS],
+    /// Catch-up frames into this snapshot, keyed by (stream kind slot, the client's seq), so
+    /// lagging clients at the same position share one encoding. Bounded by [`CATCHUP_CACHE`].
+    pub catchup_frames: Mutex<Vec<(usize, u64, Bytes)>>,
+}
+
+/// How many catch-up frames one snapshot caches.
+pub const CATCHUP_CACHE: usize = 32;
+
+impl Snapshot {
+    /// The cached catch-up frame for (`slot`, `from_seq`), or `make()`'s, cached.
+    pub fn catchup_frame(&self, slot: usize, from_seq: u64, make: impl FnOnce() -> Bytes) -> Bytes {
+        if let Some((_, _, b)) = lock(&self.catchup_frames).iter().find(|(s, f, _)| *s == slot && *f == from_seq) {
+            return b.clone();
+        }
+        let b = make();
+        let mut c = lock(&self.catchup_frames);
+        if c.len() < CATCHUP_CACHE {
+            c.push((slot, from_seq, b.clone()));
+        }
+        b
+    }
 }
 
 /// How many kinds of stream may cache encoded frames on a snapshot or change.
@@ -74,6 +95,7 @@ impl Snapshot {
             last_change: None,
             body: OnceLock::new(),
             full_frames: Default::default(),
+            catchup_frames: Mutex::new(Vec::new()),
         }
     }
 
@@ -203,6 +225,47 @@ struct History {
     base_seq: u64,
     rev_base: Revision,
     lineage: u64,
+    /// Revision ranges that more than one lineage has used (after a revision went down): a
+    /// resume from inside one cannot be trusted and gets full state.
+    ambiguous: VecDeque<(Revision, Revision)>,
+}
+
+/// How many ambiguous revision ranges are remembered.
+const AMBIGUOUS_RANGES: usize = 16;
+
+impl History {
+    /// Starts a new lineage at `revision` after `previous` (the revision it replaces).
+    fn new_lineage(&mut self, revision: Revision, previous: Option<Revision>) {
+        self.lineage += 1;
+        self.rev_base = revision;
+        if let Some(prev) = previous.filter(|p| *p >= revision) {
+            self.ambiguous.push_back((revision, prev));
+            while self.ambiguous.len() > AMBIGUOUS_RANGES {
+                self.ambiguous.pop_front();
+            }
+        }
+    }
+
+    fn is_ambiguous(&self, r: Revision) -> bool {
+        self.ambiguous.iter().any(|(lo, hi)| (*lo..=*hi).contains(&r))
+    }
+
+    /// Every remembered deletion of a key `to` does not hold.
+    fn tombstones_absent(&self, to: &Snapshot, after: impl Fn(&Tombstone) -> bool) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in self.tombstones.iter().filter(|t| t.seq <= to.seq && after(t) && !to.features.contains_key(&t.key)) {
+            if !out.contains(&t.key) {
+                out.push(t.key.clone());
+            }
+        }
+        out
+    }
+}
+
+/// The first revision of a file-sourced (self-numbered) environment: the start time in
+/// microseconds, so revisions never repeat across restarts and rarely overlap across replicas.
+fn initial_revision() -> Revision {
+    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1).max(1)
 }
 
 /// One environment.
@@ -298,6 +361,8 @@ impl EnvStore {
                 Some(old) if old.json == f.json => {}
                 _ => {
                     features.insert(f.key.clone(), f.clone());
+                    // The same key twice in one update: the later version wins, once.
+                    upserts.retain(|u: &Arc<Feature>| u.key != f.key);
                     upserts.push(f);
                 }
             }
@@ -343,18 +408,18 @@ impl EnvStore {
         let changed = !upserts.is_empty() || !deletes.is_empty();
         let revision = match revision {
             Some(r) => r,
-            None if changed => cur.revision + 1,
+            None if !cur.loaded => initial_revision(),
+            None if changed => cur.revision.saturating_add(1),
             None => cur.revision,
         };
         self.metrics.features.with_label_values(&[&self.id]).set(features.len() as i64);
-        self.metrics.revision.with_label_values(&[&self.id]).set(revision as i64);
+        self.metrics.revision.with_label_values(&[&self.id]).set(revision.min(i64::MAX as u64) as i64);
         if !changed {
             if revision != cur.revision || !cur.loaded {
                 // Same content, new revision (or first load of an empty set): swap silently.
                 if revision < cur.revision || !cur.loaded {
-                    let mut h = lock(&self.history);
-                    h.lineage += 1;
-                    h.rev_base = revision;
+                    let previous = cur.loaded.then_some(cur.revision);
+                    lock(&self.history).new_lineage(revision, previous);
                 }
                 self.tx.send_replace(Arc::new(Snapshot {
                     env: self.id.clone(),
@@ -367,6 +432,7 @@ impl EnvStore {
                     last_change: cur.last_change.clone(),
                     body: cur.body.get().cloned().map(OnceLock::from).unwrap_or_default(),
                     full_frames: Default::default(),
+                    catchup_frames: Mutex::new(Vec::new()),
                 }));
             }
             return None;
@@ -386,8 +452,7 @@ impl EnvStore {
             let new_lineage = !cur.loaded || revision <= cur.revision;
             if new_lineage {
                 // The revision did not go up: a new lineage. Revision resumes restart from here.
-                h.lineage += 1;
-                h.rev_base = revision;
+                h.new_lineage(revision, cur.loaded.then_some(cur.revision));
             }
             let record = Arc::new(ChangeRecord {
                 seq,
@@ -432,6 +497,7 @@ impl EnvStore {
             last_change: Some(record.clone()),
             body: OnceLock::new(),
             full_frames: Default::default(),
+            catchup_frames: Mutex::new(Vec::new()),
         }));
         Some(record)
     }
@@ -448,27 +514,29 @@ impl EnvStore {
         }
         let h = lock(&self.history);
         if from_seq >= h.base_seq {
-            return Catchup::Changes(h.ring.iter().filter(|c| c.seq > from_seq && c.seq <= to.seq).cloned().collect());
+            // Ring seqs are contiguous from base_seq + 1: slice instead of scanning.
+            let start = usize::try_from(from_seq - h.base_seq).unwrap_or(usize::MAX);
+            let count = usize::try_from(to.seq - from_seq).unwrap_or(usize::MAX);
+            return Catchup::Changes(h.ring.range(start.min(h.ring.len())..).take(count).cloned().collect());
         }
-        let tombstones = h
-            .tombstones
-            .iter()
-            .filter(|t| t.seq > from_seq && t.seq <= to.seq && !to.features.contains_key(&t.key))
-            .map(|t| t.key.clone())
-            .collect();
-        Catchup::FullState { tombstones }
+        Catchup::FullState { tombstones: h.tombstones_absent(to, |t| t.seq > from_seq) }
     }
 
     /// What a client resuming with `Last-Event-ID: last_revision` needs to reach `to`. `None`
-    /// when the id is ahead of this relay (the caller sends full state and counts it).
+    /// when the id is ahead of this relay (the caller sends [`EnvStore::full_state_for_unknown`]
+    /// and counts it).
     pub fn catchup_revision(&self, last_revision: Revision, to: &Snapshot) -> Option<Catchup> {
         if last_revision > to.revision {
             return None;
         }
+        let h = lock(&self.history);
+        if h.is_ambiguous(last_revision) {
+            // Two lineages used this revision: when in doubt, full state and every deletion.
+            return Some(Catchup::FullState { tombstones: h.tombstones_absent(to, |_| true) });
+        }
         if last_revision == to.revision {
             return Some(Catchup::Current);
         }
-        let h = lock(&self.history);
         if last_revision >= h.rev_base {
             let lineage = h.lineage;
             return Some(Catchup::Changes(
@@ -479,13 +547,13 @@ impl EnvStore {
                     .collect(),
             ));
         }
-        let tombstones = h
-            .tombstones
-            .iter()
-            .filter(|t| t.revision > last_revision && t.seq <= to.seq && !to.features.contains_key(&t.key))
-            .map(|t| t.key.clone())
-            .collect();
-        Some(Catchup::FullState { tombstones })
+        Some(Catchup::FullState { tombstones: h.tombstones_absent(to, |t| t.revision > last_revision) })
+    }
+
+    /// Full state for a client whose position this relay cannot place (ahead of it, or an id
+    /// it cannot parse): with every remembered deletion, so upsert-only SDKs drop them too.
+    pub fn full_state_for_unknown(&self, to: &Snapshot) -> Catchup {
+        Catchup::FullState { tombstones: lock(&self.history).tombstones_absent(to, |_| true) }
     }
 }
 
@@ -550,9 +618,10 @@ mod tests {
     fn a_change_that_changes_nothing_is_not_published() {
         let e = env();
         assert!(e.replace(map(&[f("a", "on")]), None, None).is_some());
+        let rev = e.snapshot().revision;
         assert!(e.replace(map(&[f("a", "on")]), None, None).is_none());
         assert!(e.apply(Update { upserts: vec![f("a", "on")], deletes: vec!["zz".into()], ..Default::default() }).is_none());
-        assert_eq!(e.snapshot().revision, 1);
+        assert_eq!(e.snapshot().revision, rev);
     }
 
     #[test]
@@ -606,9 +675,39 @@ mod tests {
         assert!(e.catchup_revision(249, &s).is_none());
         // A client at 20 (older than the new lineage) gets full state, never a partial replay.
         assert!(matches!(e.catchup_revision(20, &s), Some(Catchup::FullState { .. })));
+        // Revisions 32..=249 were used by both lineages: a resume from there is never trusted.
         e.apply(Update { upserts: vec![f("c", "on")], revision: Some(33), ..Default::default() });
         let s = e.snapshot();
-        assert_eq!(keys(&e.catchup_revision(32, &s).expect("in lineage")), (vec!["c".into()], vec![]));
+        match e.catchup_revision(33, &s) {
+            Some(Catchup::FullState { tombstones }) => assert_eq!(tombstones, ["b"], "with every deletion"),
+            other => panic!("an ambiguous id must get full state, got {other:?}"),
+        }
+        // Past the old lineage's last revision, resumes replay again.
+        e.apply(Update { upserts: vec![f("d", "on")], revision: Some(250), ..Default::default() });
+        e.apply(Update { upserts: vec![f("e", "on")], revision: Some(251), ..Default::default() });
+        let s = e.snapshot();
+        assert_eq!(keys(&e.catchup_revision(250, &s).expect("in lineage")), (vec!["e".into()], vec![]));
+    }
+
+    #[test]
+    fn self_numbered_revisions_start_from_the_clock_so_restarts_never_reuse_them() {
+        let a = env();
+        a.replace(map(&[f("a", "on")]), None, None);
+        let first = a.snapshot().revision;
+        assert!(first > 1_700_000_000_000_000, "µs since the epoch: {first}");
+        a.apply(Update { upserts: vec![f("a", "off")], ..Default::default() });
+        assert_eq!(a.snapshot().revision, first + 1);
+        let b = env();
+        b.replace(map(&[f("a", "on")]), None, None);
+        assert!(b.snapshot().revision > first, "a later process starts above");
+    }
+
+    #[test]
+    fn the_same_key_twice_in_one_update_is_upserted_once() {
+        let e = env();
+        let c = e.apply(Update { upserts: vec![f("a", "on"), f("a", "off")], ..Default::default() }).expect("change");
+        assert_eq!(c.upserts.len(), 1);
+        assert_eq!(c.upserts[0].control.rules[0].variant_splits[0].variant_key, "off");
     }
 
     #[test]

@@ -110,13 +110,55 @@ async fn a_client_resuming_beyond_the_ring_gets_full_state_and_the_deletions() {
 }
 
 #[tokio::test]
-async fn a_client_ahead_of_the_relay_gets_full_state_and_is_counted() {
+async fn a_client_ahead_of_the_relay_gets_full_state_with_the_deletions_and_is_counted() {
     let relay = TestRelay::builder().flags(flags(base())).start().await;
-    let mut resumed = resume(&relay, "999999").await;
+    let mut watcher = relay.sse(SERVER_KEY).await;
+    let id: u64 = watcher.expect().await.id.unwrap().parse().unwrap();
+    let mut p = base();
+    p.as_object_mut().unwrap().remove("b");
+    change(&relay, &mut watcher, &p).await;
+    // An id from a replica that is further along.
+    let mut resumed = resume(&relay, &(id + 1000).to_string()).await;
     let full = resumed.expect().await;
-    assert_eq!(full.json().as_object().unwrap().len(), 3);
+    let mut keys: Vec<_> = full.json().as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, vec!["a", "c"]);
+    let del = resumed.expect().await;
+    assert_eq!(del.event, "features.deleted");
+    assert_eq!(del.json(), json!(["b"]), "an upsert-only SDK must learn what it may still hold");
     let m = relay.metrics().await;
     assert_eq!(metric(&m, "flagrelay_sse_resumes_total", &[("env", "production"), ("outcome", "ahead")]), Some(1.0));
+}
+
+#[tokio::test]
+async fn an_unparseable_last_event_id_gets_full_state_with_the_deletions() {
+    let relay = TestRelay::builder().flags(flags(base())).start().await;
+    let mut watcher = relay.sse(SERVER_KEY).await;
+    watcher.expect().await;
+    let mut p = base();
+    p.as_object_mut().unwrap().remove("c");
+    change(&relay, &mut watcher, &p).await;
+    let mut resumed = resume(&relay, "not-a-revision").await;
+    assert_eq!(resumed.expect().await.json().as_object().unwrap().len(), 2);
+    assert_eq!(resumed.expect().await.json(), json!(["c"]));
+}
+
+#[tokio::test]
+async fn a_client_of_a_previous_relay_process_never_gets_a_partial_replay() {
+    // Revisions of a file-sourced relay start from its start time: the ids of an earlier
+    // process (or another replica started earlier) are older than this process's history.
+    let relay = TestRelay::builder().flags(flags(base())).start().await;
+    let mut c = relay.sse(SERVER_KEY).await;
+    let id: u64 = c.expect().await.id.unwrap().parse().unwrap();
+    let earlier = id - 5_000_000; // five seconds earlier, in µs
+    let mut p = base();
+    p.as_object_mut().unwrap().remove("a");
+    change(&relay, &mut c, &p).await;
+    let mut resumed = resume(&relay, &earlier.to_string()).await;
+    let full = resumed.expect().await;
+    assert_eq!(full.event, "features.updated");
+    assert_eq!(full.json().as_object().unwrap().len(), 2, "full state, not a replay");
+    assert_eq!(resumed.expect().await.json(), json!(["a"]));
 }
 
 /// Opens an SSE request on a raw socket with a tiny receive buffer and never reads it.
@@ -274,21 +316,52 @@ async fn the_drain_closes_every_client_with_a_randomised_retry_hint_within_the_w
         c.expect().await;
         clients.push(c);
     }
+    for c in &mut clients {
+        c.retry = None; // forget the hint from the start of the stream
+    }
     let stop = tokio::spawn(relay.stop());
+    let mut hints = Vec::new();
     for c in &mut clients {
         c.wait_end(Duration::from_secs(5)).await;
-        let r = c.retry.expect("a retry hint");
+        let r = c.retry.expect("a retry hint sent at the close");
         assert!((500..=1500).contains(&r), "retry hint {r} within retry_ms..retry_ms+window");
+        hints.push(r);
     }
+    hints.sort();
+    hints.dedup();
+    assert!(hints.len() > 1, "the hints are spread, not one value for everyone: {hints:?}");
     within("the relay to stop", stop).await.unwrap();
 }
 
 #[tokio::test]
+async fn shutdown_does_not_wait_for_the_deadline_because_of_a_stalled_client() {
+    // A deadline far beyond the harness's stop timeout: only dropping the stalled connection
+    // after the drain window can end the shutdown in time.
+    let relay = TestRelay::builder()
+        .shutdown_timeout(600)
+        .flags(flags(base()))
+        .config("[sse]\nclient_buffer_bytes = 8192\nslow_client_timeout_ms = 600000\ndrain_window_secs = 1")
+        .start()
+        .await;
+    let _stalled = stalled_client(&relay, 4096).await;
+    let mut watcher = relay.sse(SERVER_KEY).await;
+    watcher.expect().await;
+    let mut p = base();
+    for i in 0..200 {
+        p["big"] = big_feature("big", i);
+        change(&relay, &mut watcher, &p).await;
+    }
+    within("the relay to stop with a stalled client", relay.stop()).await;
+}
+
+#[tokio::test]
 async fn max_age_closes_the_stream_and_the_client_resumes_without_loss() {
-    let relay = TestRelay::builder().flags(flags(base())).config("[sse]\nmax_connection_age_secs = 1").start().await;
+    let relay = TestRelay::builder().flags(flags(base())).config("[sse]\nmax_connection_age_secs = 1\nretry_ms = 4000").start().await;
     let mut client = relay.sse(SERVER_KEY).await;
     client.expect().await;
+    client.retry = None;
     client.wait_end(Duration::from_secs(5)).await;
+    assert_eq!(client.retry, Some(1000), "a short retry hint at the max-age close");
     let last_id = client.last_id.clone().unwrap();
     let mut p = base();
     p.as_object_mut().unwrap().remove("a");

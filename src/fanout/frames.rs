@@ -14,7 +14,7 @@ use crate::model::{Feature, Revision};
 use crate::store::{encode_map, ChangeRecord, Snapshot};
 
 /// This stream kind's frame slot on snapshots and changes.
-const SLOT: usize = 0;
+pub(crate) const SLOT: usize = 0;
 
 pub(crate) fn push_event(out: &mut Vec<u8>, event: &str, data: &[u8], id: Option<Revision>) {
     if let Some(id) = id {

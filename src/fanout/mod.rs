@@ -117,7 +117,6 @@ pub struct Fanout {
     shutdown: Shutdown,
     retry_frame: Bytes,
     heartbeat_tx: watch::Sender<Bytes>,
-    heartbeat_rx: watch::Receiver<Bytes>,
     conns: Mutex<HashMap<u64, Registered>>,
     next_id: AtomicU64,
     open: AtomicUsize,
@@ -131,14 +130,13 @@ fn unix_ms() -> u128 {
 
 impl Fanout {
     pub fn new(cfg: SseConfig, metrics: Arc<Metrics>, shutdown: Shutdown) -> Arc<Fanout> {
-        let (heartbeat_tx, heartbeat_rx) = watch::channel(frames::heartbeat_frame(unix_ms()));
+        let (heartbeat_tx, _) = watch::channel(frames::heartbeat_frame(unix_ms()));
         Arc::new(Fanout {
             retry_frame: frames::retry_frame(cfg.retry_ms),
             cfg,
             metrics,
             shutdown,
             heartbeat_tx,
-            heartbeat_rx,
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),

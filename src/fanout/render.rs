@@ -32,7 +32,9 @@ impl FeatureflowRenderer {
             Catchup::Changes(c) if c.len() == 1 && c[0].seq == to.seq => vec![frames::change_frame(&c[0]).clone()],
             Catchup::Changes(c) => {
                 metrics.sse_coalesced.with_label_values(&[&env.id]).inc();
-                vec![frames::coalesced_frame(&c, to)]
+                // Clients behind by the same changes share one encoding.
+                let from_seq = c[0].seq.saturating_sub(1);
+                vec![to.catchup_frame(frames::SLOT, from_seq, || frames::coalesced_frame(&c, to))]
             }
             Catchup::FullState { tombstones } => {
                 let mut out = vec![frames::full_frame(to).clone()];
@@ -48,13 +50,15 @@ impl FeatureflowRenderer {
 impl Renderer for FeatureflowRenderer {
     fn start(&mut self, env: &EnvStore, snap: &Arc<Snapshot>, last_event_id: Option<Revision>, metrics: &Metrics) -> Vec<Bytes> {
         let Some(last) = last_event_id else {
-            return vec![frames::full_frame(snap).clone()];
+            // Before the first load there is nothing to send: the load itself arrives as a
+            // change holding every feature. An empty map would wipe replacing SDKs.
+            return if snap.loaded { vec![frames::full_frame(snap).clone()] } else { Vec::new() };
         };
         let outcome;
         let catchup = match env.catchup_revision(last, snap) {
             None => {
                 outcome = "ahead";
-                Catchup::FullState { tombstones: Vec::new() }
+                env.full_state_for_unknown(snap)
             }
             Some(c) => {
                 outcome = match &c {

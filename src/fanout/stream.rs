@@ -68,12 +68,13 @@ impl SseStream {
         initial: Vec<Bytes>,
         changes: WatchStream<Arc<Snapshot>>,
     ) -> SseStream {
-        let heartbeats = WatchStream::from_changes(hub.heartbeat_rx.clone());
+        // A fresh subscription has seen the current heartbeat: the first one comes a period later.
+        let heartbeats = WatchStream::from_changes(hub.heartbeat_tx.subscribe());
         let shutdown = Box::pin(hub.shutdown.wait_owned());
         let max_age = hub.cfg.max_connection_age.map(|age| {
             // ±10 % jitter so connections opened together do not all close together.
             let jitter = rand::thread_rng().gen_range(0.9..1.1);
-            Box::pin(tokio::time::sleep(age.mul_f64(jitter)))
+            Box::pin(tokio::time::sleep(age.checked_mul(11).map_or(age, |_| age.mul_f64(jitter))))
         });
         let mut queue = VecDeque::with_capacity(initial.len() + 1);
         queue.push_back(hub.retry_frame.clone());
@@ -168,7 +169,7 @@ impl Stream for SseStream {
                 // Spread the reconnects of a fleet: a random retry hint within the window.
                 let base = me.hub.cfg.retry_ms;
                 let spread = me.hub.cfg.drain_window.as_millis() as u64;
-                let hint = base + if spread > 0 { rand::thread_rng().gen_range(0..=spread) } else { 0 };
+                let hint = base.saturating_add(if spread > 0 { rand::thread_rng().gen_range(0..=spread) } else { 0 });
                 return me.finish(frames::retry_frame(hint), "drained");
             }
         }
