@@ -62,7 +62,11 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
         events,
         shutdown: shutdown.clone(),
     });
-    let opts = ServerOptions { max_buf_size: config.sse.client_buffer_bytes, ..Default::default() };
+    let opts = ServerOptions {
+        max_buf_size: config.sse.client_buffer_bytes,
+        shutdown_grace: config.sse.drain_window + std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
     let api_server = Server::start(api_listener, api, shutdown.clone(), opts.clone());
 
     let admin_shutdown = Shutdown::new();

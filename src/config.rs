@@ -390,6 +390,21 @@ fn build(file: FileConfig, args: &ServeArgs, source_path: Option<PathBuf>) -> Re
         drain_window: Duration::from_secs(sse_f.drain_window_secs.unwrap_or(5)),
     };
 
+    if sse.retry_ms > 3_600_000 {
+        return Err(invalid("sse.retry_ms", "must be at most 3600000 (one hour)"));
+    }
+    if heartbeat_secs > 3600 {
+        return Err(invalid("sse.heartbeat_secs", "must be at most 3600"));
+    }
+    if sse.slow_client_timeout.is_zero() {
+        return Err(invalid("sse.slow_client_timeout_ms", "must be > 0"));
+    }
+    if sse.max_connection_age.is_some_and(|a| a > Duration::from_secs(30 * 86_400)) {
+        return Err(invalid("sse.max_connection_age_secs", "must be at most 30 days (0 = unlimited)"));
+    }
+    if sse.drain_window > Duration::from_secs(3600) {
+        return Err(invalid("sse.drain_window_secs", "must be at most 3600"));
+    }
     let http_f = file.http.unwrap_or_default();
     let sdk_config = match http_f.sdk_config {
         Some(t) => serde_json::to_string(&t).map_err(|e| invalid("http.sdk_config", e.to_string()))?,
@@ -406,6 +421,16 @@ fn build(file: FileConfig, args: &ServeArgs, source_path: Option<PathBuf>) -> Re
         ofrep_rate_limit: http_f.ofrep_rate_limit.unwrap_or(0),
     };
 
+    let shutdown_timeout = Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(10));
+    if sse.drain_window >= shutdown_timeout && !sse.drain_window.is_zero() {
+        return Err(invalid(
+            "sse.drain_window_secs",
+            format!("must be shorter than shutdown_timeout_secs ({}), or streams are cut before they drain", shutdown_timeout.as_secs()),
+        ));
+    }
+    if http.sdk_config_header.chars().any(|c| c.is_control() || !c.is_ascii()) {
+        return Err(invalid("http.sdk_config", "must encode as single-line ASCII JSON (it is sent as a header)"));
+    }
     Ok(Config {
         listen,
         admin_listen,
@@ -413,7 +438,7 @@ fn build(file: FileConfig, args: &ServeArgs, source_path: Option<PathBuf>) -> Re
         environments,
         sse,
         http,
-        shutdown_timeout: Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(10)),
+        shutdown_timeout,
         log_level,
         log_format,
         source_path,
@@ -599,6 +624,13 @@ server_keys = ["k1"]
         let e = load(text, &ServeArgs::default()).unwrap_err();
         assert!(e.to_string().contains("used twice"), "{e}");
         assert!(!e.to_string().contains("k1\""), "key leaked: {e}");
+    }
+
+    #[test]
+    fn the_drain_window_must_fit_in_the_shutdown_deadline() {
+        let e = load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 5\n"), &ServeArgs::default()).unwrap_err();
+        assert!(e.to_string().contains("sse.drain_window_secs"), "{e}");
+        assert!(load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 4\n"), &ServeArgs::default()).is_ok());
     }
 
     #[test]

@@ -82,5 +82,8 @@ fn main() -> ExitCode {
 
 fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    rt.block_on(f)
+    let r = rt.block_on(f);
+    // Never wait on a stuck blocking task at exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    r
 }

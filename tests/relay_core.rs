@@ -297,9 +297,42 @@ async fn shutdown_ends_open_sse_streams() {
     let mut b = relay.sse(STAGING_SERVER_KEY).await;
     a.expect().await;
     b.expect().await;
+    a.retry = None;
     let stop = tokio::spawn(relay.stop());
     a.wait_end(std::time::Duration::from_secs(5)).await;
     b.wait_end(std::time::Duration::from_secs(5)).await;
     assert!(a.retry.is_some(), "a retry hint before the close");
     within("the relay to stop", stop).await.unwrap();
+}
+
+#[tokio::test]
+async fn before_the_first_load_polls_get_503_and_streams_wait_for_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("later.json");
+    let b = TestRelay::builder().upstream(&format!("[upstream]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 20\n", missing.display().to_string()));
+    let relay = b.start_unready().await;
+    let r = relay.poll(SERVER_KEY).await;
+    assert_eq!(r.status(), 503, "never an empty map that would wipe a replacing SDK");
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_ready");
+    let mut sse = relay.sse(SERVER_KEY).await;
+    assert_eq!(sse.status, 200);
+    std::fs::write(&missing, serde_json::to_vec(&two_envs()).unwrap()).unwrap();
+    let first = sse.expect().await;
+    assert_eq!(first.event, "features.updated");
+    assert_eq!(first.json().as_object().unwrap().len(), 2, "the first event is the loaded data, not an empty map");
+}
+
+#[tokio::test]
+async fn an_in_place_edit_that_keeps_size_inode_and_mtime_is_still_seen() {
+    let relay = TestRelay::builder().flags(two_envs()).start().await;
+    let mut sse = relay.sse(SERVER_KEY).await;
+    sse.expect().await;
+    let mut f = two_envs();
+    // Same length: "on" -> "no" is not a valid variant change, so flip enabled true -> false
+    // on a variant of equal length instead.
+    f["production"]["alpha"] = simple_feature("alpha", "of");
+    relay.write_flags_in_place_keeping_mtime(&f);
+    let e = sse.expect().await;
+    assert_eq!(e.json()["alpha"]["rules"][0]["variantSplits"][0]["variantKey"], "of");
 }

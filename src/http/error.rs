@@ -28,6 +28,10 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("shutting down")]
     ShuttingDown,
+    #[error("no flag data loaded yet for this environment; retry shortly")]
+    NotReady,
+    #[error("the request body was not received in time")]
+    BodyTimeout,
     /// OFREP endpoints answer in OFREP's own shapes (see [`OfrepError`]).
     #[error("{0}")]
     Ofrep(OfrepError),
@@ -113,7 +117,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Overloaded { .. } | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::ShuttingDown | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Ofrep(e) => e.status(),
         }
@@ -132,6 +137,8 @@ impl ApiError {
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::NotReady => "not_ready",
+            ApiError::BodyTimeout => "request_timeout",
             ApiError::Ofrep(_) => "ofrep",
         }
     }
@@ -150,7 +157,7 @@ impl ApiError {
             ApiError::Overloaded { retry_after_secs } | ApiError::RateLimited { retry_after_secs } => {
                 b = b.header(header::RETRY_AFTER, retry_after_secs.to_string());
             }
-            ApiError::ShuttingDown => b = b.header(header::RETRY_AFTER, "1"),
+            ApiError::ShuttingDown | ApiError::NotReady => b = b.header(header::RETRY_AFTER, "1"),
             ApiError::MissingKey | ApiError::UnknownKey => b = b.header(header::WWW_AUTHENTICATE, "Bearer"),
             _ => {}
         }

@@ -27,6 +27,10 @@ pub fn features(api: &Arc<Api>, req: Request<Incoming>, conn: Arc<ConnState>) ->
         return Ok(sse_response(stream));
     }
     let snap = env.snapshot();
+    if !snap.loaded {
+        // An empty 200 would make replacing SDKs (node, Go, Ruby, Python, .NET) drop every flag.
+        return Err(ApiError::NotReady);
+    }
     let enc = snap.encoded();
     // .NET 1.2.1 clears its cache on a 304 (spec §2.1): always answer it with a 200.
     let dotnet = headers

@@ -35,11 +35,15 @@ pub struct ServerOptions {
     /// hyper's write (and read) buffer bound: the per-connection send budget for SSE.
     pub max_buf_size: usize,
     pub header_read_timeout: Duration,
+    /// After shutdown starts, how long a connection may take to finish (the SSE drain window
+    /// plus slack) before it is dropped: a stalled client is never polled, so its stream can
+    /// never end by itself.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { max_buf_size: 64 * 1024, header_read_timeout: Duration::from_secs(30) }
+        ServerOptions { max_buf_size: 64 * 1024, header_read_timeout: Duration::from_secs(30), shutdown_grace: Duration::from_secs(6) }
     }
 }
 
@@ -87,6 +91,10 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
             },
         };
         let _ = stream.set_nodelay(true);
+        // Find peers that vanished without a FIN (a dead SDK host) instead of holding them.
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(15)),
+        );
         let conn_state = ConnState::new();
         let h = handler.clone();
         let cs = conn_state.clone();
@@ -98,6 +106,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
         let handler = handler.clone();
+        let grace = opts.shutdown_grace;
         handler.connection_opened();
         tracker.spawn(async move {
             let mut conn = std::pin::pin!(conn);
@@ -113,6 +122,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
                     tokio::select! {
                         _ = conn.as_mut() => {}
                         _ = conn_state.kill.notified() => {}
+                        _ = tokio::time::sleep(grace) => {}
                     }
                 }
             }

@@ -60,6 +60,7 @@ pub fn role_feature(key: &str, roles: &[&str]) -> Value {
 }
 
 pub struct TestRelayBuilder {
+    shutdown_timeout_secs: u64,
     flags: Value,
     extra_toml: String,
     upstream_toml: Option<String>,
@@ -80,6 +81,12 @@ impl TestRelayBuilder {
         self
     }
 
+    /// The relay's shutdown deadline (default 8 s).
+    pub fn shutdown_timeout(mut self, secs: u64) -> Self {
+        self.shutdown_timeout_secs = secs;
+        self
+    }
+
     /// Replaces the `[upstream]` section (e.g. a Redis upstream).
     pub fn upstream(mut self, toml: &str) -> Self {
         self.upstream_toml = Some(toml.to_string());
@@ -97,7 +104,10 @@ impl TestRelayBuilder {
 
     fn render_config(&self, flags_path: &std::path::Path) -> String {
         let mut t = String::new();
-        t.push_str("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_timeout_secs = 5\n");
+        t.push_str(&format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_timeout_secs = {}\n",
+            self.shutdown_timeout_secs
+        ));
         match &self.upstream_toml {
             Some(u) => t.push_str(u),
             None => t.push_str(&format!(
@@ -153,6 +163,7 @@ pub struct TestRelay {
 impl TestRelay {
     pub fn builder() -> TestRelayBuilder {
         TestRelayBuilder {
+            shutdown_timeout_secs: 8,
             flags: serde_json::json!({"production": {}, "staging": {}}),
             extra_toml: String::new(),
             upstream_toml: None,
@@ -192,6 +203,17 @@ impl TestRelay {
         let tmp = self.flags_path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(flags).expect("json")).expect("write flags");
         std::fs::rename(&tmp, &self.flags_path).expect("rename flags");
+    }
+
+    /// Rewrites the flags file in place (same inode) and puts its old mtime back: a change
+    /// that only the content can reveal.
+    pub fn write_flags_in_place_keeping_mtime(&self, flags: &Value) {
+        use std::io::Write;
+        let before = std::fs::metadata(&self.flags_path).expect("stat").modified().expect("mtime");
+        let bytes = serde_json::to_vec_pretty(flags).expect("json");
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&self.flags_path).expect("open flags");
+        f.write_all(&bytes).expect("write flags");
+        f.set_modified(before).expect("restore mtime");
     }
 
     /// Writes raw bytes to the flags file (for broken files).
