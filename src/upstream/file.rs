@@ -49,6 +49,7 @@ pub async fn run(cfg: FileUpstream, store: Arc<Store>, metrics: Arc<Metrics>, sh
 async fn watch(cfg: FileUpstream, store: Arc<Store>, metrics: Arc<Metrics>, shutdown: Shutdown) {
     let mut last: Option<Stamp> = None;
     let mut last_error: Option<String> = None;
+    let mut last_hash: Option<[u8; 20]> = None;
     let mut tick = tokio::time::interval(cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -69,13 +70,23 @@ async fn watch(cfg: FileUpstream, store: Arc<Store>, metrics: Arc<Metrics>, shut
                 continue;
             }
         };
-        if last == Some(now) {
+        // A stamp that was taken within the file system's timestamp granularity of a write
+        // ("racy", as git calls it) cannot prove the content is unchanged: re-read then, and let
+        // the content hash decide.
+        if last == Some(now) && !is_racy(&now) {
+            if last_error.is_none() {
+                confirm_all(&store);
+            }
             continue;
         }
         last = Some(now);
         match tokio::fs::read(&cfg.path).await {
+            Ok(bytes) if Some(content_hash(&bytes)) == last_hash && last_error.is_none() => confirm_all(&store),
             Ok(bytes) => match load(&bytes, &store, &metrics) {
-                Ok(()) => last_error = None,
+                Ok(()) => {
+                    last_error = None;
+                    last_hash = Some(content_hash(&bytes));
+                }
                 Err(msg) => {
                     tracing::warn!(error = %msg, "flags file rejected; serving the last good data");
                     fail_all(&store, &msg);
@@ -90,6 +101,23 @@ async fn watch(cfg: FileUpstream, store: Arc<Store>, metrics: Arc<Metrics>, shut
                 last = None;
             }
         }
+    }
+}
+
+/// True while the file's mtime is within two seconds of now.
+fn is_racy(s: &Stamp) -> bool {
+    s.modified.is_none_or(|m| SystemTime::now().duration_since(m).map_or(true, |d| d < std::time::Duration::from_secs(2)))
+}
+
+fn content_hash(bytes: &[u8]) -> [u8; 20] {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(bytes).into()
+}
+
+/// The file still holds what is served: the data is current as of now.
+fn confirm_all(store: &Store) {
+    for env in store.envs() {
+        env.confirm();
     }
 }
 
