@@ -65,6 +65,7 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
     let opts = ServerOptions {
         max_buf_size: config.sse.client_buffer_bytes,
         shutdown_grace: config.sse.drain_window + std::time::Duration::from_secs(1),
+        send_buffer: config.sse.socket_send_buffer_bytes,
         ..Default::default()
     };
     let api_server = Server::start(api_listener, api, shutdown.clone(), opts.clone());

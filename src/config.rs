@@ -158,6 +158,8 @@ pub struct SseConfig {
     pub tombstone_ttl: Duration,
     /// Bytes a connection may have queued but not yet written before it counts as lagging.
     pub client_buffer_bytes: usize,
+    /// SO_SNDBUF of API sockets (none: kernel autotuning).
+    pub socket_send_buffer_bytes: Option<usize>,
     /// How long a client may stay over budget before it is disconnected.
     pub slow_client_timeout: Duration,
     /// Per-instance cap on SSE connections (0 = no cap).
@@ -244,6 +246,7 @@ struct FileSse {
     tombstones_max: Option<usize>,
     tombstone_ttl_secs: Option<u64>,
     client_buffer_bytes: Option<usize>,
+    socket_send_buffer_bytes: Option<usize>,
     slow_client_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     max_connection_age_secs: Option<u64>,
@@ -384,6 +387,7 @@ fn build(file: FileConfig, args: &ServeArgs, source_path: Option<PathBuf>) -> Re
         tombstones_max: sse_f.tombstones_max.unwrap_or(10_000),
         tombstone_ttl: Duration::from_secs(sse_f.tombstone_ttl_secs.unwrap_or(24 * 3600)),
         client_buffer_bytes,
+        socket_send_buffer_bytes: sse_f.socket_send_buffer_bytes.filter(|n| *n > 0),
         slow_client_timeout: ms(sse_f.slow_client_timeout_ms, 10_000),
         max_connections: sse_f.max_connections.unwrap_or(0),
         max_connection_age: sse_f.max_connection_age_secs.filter(|s| *s > 0).map(Duration::from_secs),

@@ -186,7 +186,7 @@ fn big_feature_sized(key: &str, n: usize, size: usize) -> Value {
 async fn a_stalled_client_does_not_stop_a_reading_client_and_is_disconnected_when_over_budget() {
     let relay = TestRelay::builder()
         .flags(flags(base()))
-        .config("[sse]\nclient_buffer_bytes = 8192\nslow_client_timeout_ms = 200")
+        .config("[sse]\nclient_buffer_bytes = 8192\nsocket_send_buffer_bytes = 65536\nslow_client_timeout_ms = 1000")
         .start()
         .await;
     let _stalled = stalled_client(&relay, 4096).await;
@@ -233,7 +233,7 @@ async fn a_stalled_client_does_not_stop_a_reading_client_and_is_disconnected_whe
 async fn a_lagging_client_catches_up_with_the_latest_state_not_the_backlog() {
     let relay = TestRelay::builder()
         .flags(flags(base()))
-        .config("[sse]\nclient_buffer_bytes = 8192\nslow_client_timeout_ms = 60000")
+        .config("[sse]\nclient_buffer_bytes = 8192\nsocket_send_buffer_bytes = 65536\nslow_client_timeout_ms = 60000")
         .start()
         .await;
     let mut watcher = relay.sse(SERVER_KEY).await;
@@ -340,7 +340,7 @@ async fn shutdown_does_not_wait_for_the_deadline_because_of_a_stalled_client() {
     let relay = TestRelay::builder()
         .shutdown_timeout(600)
         .flags(flags(base()))
-        .config("[sse]\nclient_buffer_bytes = 8192\nslow_client_timeout_ms = 600000\ndrain_window_secs = 1")
+        .config("[sse]\nclient_buffer_bytes = 8192\nsocket_send_buffer_bytes = 65536\nslow_client_timeout_ms = 600000\ndrain_window_secs = 1")
         .start()
         .await;
     let _stalled = stalled_client(&relay, 4096).await;

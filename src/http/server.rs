@@ -39,11 +39,14 @@ pub struct ServerOptions {
     /// plus slack) before it is dropped: a stalled client is never polled, so its stream can
     /// never end by itself.
     pub shutdown_grace: Duration,
+    /// SO_SNDBUF for accepted sockets (None: the kernel's autotuning). Bounds what a slow
+    /// client can hold in kernel memory on top of `max_buf_size`.
+    pub send_buffer: Option<usize>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { max_buf_size: 64 * 1024, header_read_timeout: Duration::from_secs(30), shutdown_grace: Duration::from_secs(6) }
+        ServerOptions { max_buf_size: 64 * 1024, header_read_timeout: Duration::from_secs(30), shutdown_grace: Duration::from_secs(6), send_buffer: None }
     }
 }
 
@@ -91,6 +94,9 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
             },
         };
         let _ = stream.set_nodelay(true);
+        if let Some(n) = opts.send_buffer {
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(n);
+        }
         // Find peers that vanished without a FIN (a dead SDK host) instead of holding them.
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
             &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(15)),
