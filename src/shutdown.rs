@@ -3,25 +3,32 @@
 //!
 //! Invariant: once triggered it stays triggered; triggering twice is harmless.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown {
     token: CancellationToken,
+    /// Set before the token is cancelled: a lock-free check for hot paths.
+    flag: Arc<AtomicBool>,
 }
 
 impl Shutdown {
     pub fn new() -> Self {
-        Shutdown { token: CancellationToken::new() }
+        Shutdown::default()
     }
 
     /// Starts the shutdown of everything holding a clone of this value.
     pub fn trigger(&self) {
+        self.flag.store(true, Ordering::Release);
         self.token.cancel();
     }
 
+    /// Lock-free; true from the moment [`Shutdown::trigger`] is called.
     pub fn is_triggered(&self) -> bool {
-        self.token.is_cancelled()
+        self.flag.load(Ordering::Acquire)
     }
 
     /// Completes once shutdown has been triggered.

@@ -106,9 +106,14 @@ pub(crate) enum FrameKind {
     Retry,
 }
 
-struct Registered {
+/// The open streams of one environment, for the reaper.
+struct EnvConns {
     env: Arc<EnvStore>,
-    conn: Arc<ConnState>,
+    conns: HashMap<u64, Arc<ConnState>>,
+    /// The environment's seq at the last reap, and whether any stream was behind then: an
+    /// environment with no new change and nobody behind is skipped without a scan.
+    reaped_seq: u64,
+    any_behind: bool,
 }
 
 pub struct Fanout {
@@ -117,7 +122,7 @@ pub struct Fanout {
     shutdown: Shutdown,
     retry_frame: Bytes,
     heartbeat_tx: watch::Sender<Bytes>,
-    conns: Mutex<HashMap<u64, Registered>>,
+    conns: Mutex<HashMap<Arc<str>, EnvConns>>,
     next_id: AtomicU64,
     open: AtomicUsize,
     envs: Mutex<HashMap<Arc<str>, Arc<EnvHandles>>>,
@@ -184,7 +189,10 @@ impl Fanout {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Registered { env: env.clone(), conn: opts.conn.clone() });
+            .entry(env.id.clone())
+            .or_insert_with(|| EnvConns { env: env.clone(), conns: HashMap::new(), reaped_seq: 0, any_behind: true })
+            .conns
+            .insert(id, opts.conn.clone());
         Ok(SseStream::new(
             self.clone(),
             env,
@@ -200,7 +208,9 @@ impl Fanout {
     }
 
     fn unregister(&self, id: u64, env: &EnvStore, handles: &EnvHandles, protocol: &'static str) {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        if let Some(e) = self.conns.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&env.id) {
+            e.conns.remove(&id);
+        }
         self.open.fetch_sub(1, Ordering::AcqRel);
         self.metrics.sse_clients.with_label_values(&[&env.id, protocol]).dec();
         handles.clients.fetch_sub(1, Ordering::Relaxed);
@@ -244,30 +254,37 @@ impl Fanout {
         }
     }
 
-    /// Disconnects clients that stayed behind their environment for too long.
+    /// Disconnects clients that stayed behind their environment for too long. An environment
+    /// with no change since the last pass and nobody behind then costs nothing.
     fn reap(&self) {
         let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
         let timeout_ms = self.cfg.slow_client_timeout.as_millis() as u64;
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        let mut current: HashMap<&str, u64> = HashMap::new();
-        for r in conns.values() {
-            let env_seq = *current.entry(&r.env.id).or_insert_with(|| r.env.snapshot().seq);
-            let c = &r.conn;
-            let delivered = c.delivered_seq.load(Ordering::Relaxed);
-            if delivered >= env_seq {
-                c.behind_since_ms.store(0, Ordering::Relaxed);
+        let mut envs = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        for e in envs.values_mut() {
+            let env_seq = e.env.snapshot().seq;
+            if env_seq == e.reaped_seq && !e.any_behind {
                 continue;
             }
-            let since = c.behind_since_ms.load(Ordering::Relaxed);
-            let target = c.behind_target.load(Ordering::Relaxed);
-            if since == 0 || delivered >= target {
-                // Newly behind, or made progress since last time: (re)start the clock.
-                c.behind_target.store(env_seq, Ordering::Relaxed);
-                c.behind_since_ms.store(now_ms, Ordering::Relaxed);
-            } else if now_ms.saturating_sub(since) > timeout_ms && !c.killed.swap(true, Ordering::Relaxed) {
-                self.metrics.sse_slow_disconnects.with_label_values(&[&r.env.id]).inc();
-                tracing::debug!(env = %r.env.id, delivered, env_seq, "slow SSE client disconnected");
-                c.kill.notify_one();
+            e.reaped_seq = env_seq;
+            e.any_behind = false;
+            for c in e.conns.values() {
+                let delivered = c.delivered_seq.load(Ordering::Relaxed);
+                if delivered >= env_seq {
+                    c.behind_since_ms.store(0, Ordering::Relaxed);
+                    continue;
+                }
+                e.any_behind = true;
+                let since = c.behind_since_ms.load(Ordering::Relaxed);
+                let target = c.behind_target.load(Ordering::Relaxed);
+                if since == 0 || delivered >= target {
+                    // Newly behind, or made progress since last time: (re)start the clock.
+                    c.behind_target.store(env_seq, Ordering::Relaxed);
+                    c.behind_since_ms.store(now_ms, Ordering::Relaxed);
+                } else if now_ms.saturating_sub(since) > timeout_ms && !c.killed.swap(true, Ordering::Relaxed) {
+                    self.metrics.sse_slow_disconnects.with_label_values(&[&e.env.id]).inc();
+                    tracing::debug!(env = %e.env.id, delivered, env_seq, "slow SSE client disconnected");
+                    c.kill.notify_one();
+                }
             }
         }
     }

@@ -46,6 +46,8 @@ struct Inner {
     changes: WatchStream<Arc<Snapshot>>,
     heartbeats: WatchStream<Bytes>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The shutdown future has been polled once (its waker is registered for this task).
+    shutdown_armed: bool,
     drain: Option<Pin<Box<Sleep>>>,
     max_age: Option<Pin<Box<Sleep>>>,
     finished: bool,
@@ -94,6 +96,7 @@ impl SseStream {
                 changes,
                 heartbeats,
                 shutdown,
+                shutdown_armed: false,
                 drain: None,
                 max_age,
                 finished: false,
@@ -158,7 +161,12 @@ impl Stream for SseStream {
         if let Some(b) = me.queue.pop_front() {
             return me.emit(b, FrameKind::Initial);
         }
-        if me.drain.is_none() && me.shutdown.as_mut().poll(cx).is_ready() {
+        // The shutdown future is polled once to register this task, then only after the flag is
+        // set (its mutex would otherwise be taken on every poll of every stream).
+        if me.drain.is_none() && (!me.shutdown_armed || me.hub.shutdown.is_triggered()) && {
+            me.shutdown_armed = true;
+            me.shutdown.as_mut().poll(cx).is_ready()
+        } {
             let window = me.hub.cfg.drain_window;
             let delay = if window.is_zero() { Duration::ZERO } else { window.mul_f64(rand::thread_rng().gen_range(0.0..1.0)) };
             me.drain = Some(Box::pin(tokio::time::sleep(delay)));
