@@ -62,15 +62,17 @@ impl Api {
                 m => Err(ApiError::MethodNotAllowed(m.to_string())),
             }),
             routes::REGISTER => (routes::REGISTER, match method {
-                Method::PUT | Method::POST => featureflow::accept_batch(self, req, "register").await,
+                Method::PUT | Method::POST => Box::pin(featureflow::accept_batch(self, req, "register")).await,
                 m => Err(ApiError::MethodNotAllowed(m.to_string())),
             }),
             routes::EVENTS => (routes::EVENTS, match method {
-                Method::POST => featureflow::accept_batch(self, req, "events").await,
+                Method::POST => Box::pin(featureflow::accept_batch(self, req, "events")).await,
                 m => Err(ApiError::MethodNotAllowed(m.to_string())),
             }),
-            p if thin::owns(p) => thin::handle(self, req, conn).await,
-            p if ofrep::owns(p) => ofrep::handle(self, req, conn).await,
+            // Request-scoped futures are boxed: hyper keeps the top-level future's allocation for
+            // the connection's whole life, so it must stay small (it was 2.7 KB per SSE client).
+            p if thin::owns(p) => Box::pin(thin::handle(self, req, conn)).await,
+            p if ofrep::owns(p) => Box::pin(ofrep::handle(self, req, conn)).await,
             _ => (routes::UNKNOWN, Err(ApiError::NotFound(path))),
         }
     }

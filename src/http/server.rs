@@ -107,7 +107,10 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
         let service = service_fn(move |req| {
             let h = h.clone();
             let cs = cs.clone();
-            async move { Ok::<_, std::convert::Infallible>(h.handle(req, cs).await) }
+            // Boxed and freed when the response is ready: hyper keeps the allocation of the future
+            // it is given for the connection's whole life (which, for SSE, is long).
+            let fut = Box::pin(h.handle(req, cs));
+            async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
