@@ -374,3 +374,32 @@ async fn max_age_closes_the_stream_and_the_client_resumes_without_loss() {
     let m = relay.metrics().await;
     assert!(metric(&m, "flagrelay_sse_max_age_closes_total", &[("env", "production")]).unwrap() >= 1.0);
 }
+
+#[tokio::test]
+async fn streams_work_on_the_native_path_and_on_the_general_http_path() {
+    let relay = TestRelay::builder().flags(flags(base())).start().await;
+    // A plain SSE GET is served natively: no chunked framing, the body is the frames.
+    let mut fast = relay.sse(SERVER_KEY).await;
+    assert_eq!(fast.headers.get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+    assert!(fast.headers.get("transfer-encoding").is_none());
+    // A request the native path does not take (it announces a body) goes through hyper.
+    let mut general = SseClient::connect(
+        &relay.url("/api/sdk/v1/features"),
+        &[("authorization", &format!("Bearer {SERVER_KEY}")), ("content-length", "0")],
+    )
+    .await;
+    assert_eq!(general.status, 200);
+    assert_eq!(general.headers.get("transfer-encoding").map(|v| v.to_str().unwrap()), Some("chunked"));
+    for c in [&mut fast, &mut general] {
+        assert_eq!(c.expect().await.json().as_object().unwrap().len(), 3);
+    }
+    let mut p = base();
+    p["a"] = simple_feature("a", "off");
+    relay.write_flags(&flags(p));
+    for c in [&mut fast, &mut general] {
+        let e = c.expect().await;
+        assert_eq!(e.json().as_object().unwrap().keys().collect::<Vec<_>>(), vec!["a"]);
+    }
+    let m = relay.metrics().await;
+    assert_eq!(metric(&m, "flagrelay_http_requests_total", &[("route", "/api/sdk/v1/features"), ("status", "2xx")]), Some(2.0));
+}

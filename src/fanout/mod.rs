@@ -154,6 +154,11 @@ impl Fanout {
         &self.cfg
     }
 
+    /// True when the connection cap is reached (a new stream would be rejected).
+    pub fn at_capacity(&self) -> bool {
+        self.cfg.max_connections > 0 && self.open.load(Ordering::Relaxed) >= self.cfg.max_connections
+    }
+
     /// Open streams on this relay.
     pub fn open_streams(&self) -> usize {
         self.open.load(Ordering::Relaxed)

@@ -89,6 +89,33 @@ impl Handler for Api {
         resp
     }
 
+    fn has_fast_sse(&self) -> bool {
+        true
+    }
+
+    /// The Featureflow server-SDK stream without hyper, when the request is exactly that and
+    /// would succeed; anything else (including every error) is answered by the normal path.
+    fn fast_sse(self: &Arc<Self>, head: &super::sse_fast::Head, conn: &Arc<ConnState>) -> Option<crate::fanout::SseStream> {
+        let start = Instant::now();
+        if head.method != "GET" || head.path != routes::FEATURES || !super::util::wants_event_stream(&head.headers) {
+            return None;
+        }
+        let env = self.keys.server_env(&head.headers).ok()?.clone();
+        if self.fanout.at_capacity() {
+            return None; // the normal path answers (and counts) the 503
+        }
+        let opts = crate::fanout::OpenOptions {
+            last_event_id: super::util::last_event_id(&head.headers),
+            protocol: "featureflow",
+            conn: conn.clone(),
+        };
+        let stream = self.fanout.open(env, Box::new(crate::fanout::FeatureflowRenderer), opts).ok()?;
+        let m = &self.metrics;
+        m.http_requests.with_label_values(&[routes::FEATURES, "2xx"]).inc();
+        m.http_duration.with_label_values(&[routes::FEATURES]).observe(start.elapsed().as_secs_f64());
+        Some(stream)
+    }
+
     fn connection_opened(&self) {
         self.metrics.http_connections.inc();
     }

@@ -8,5 +8,6 @@ pub mod error;
 pub mod featureflow;
 pub mod ofrep;
 pub mod server;
+pub mod sse_fast;
 pub mod thin;
 pub mod util;

@@ -25,6 +25,17 @@ use crate::shutdown::Shutdown;
 pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Arc<ConnState>) -> impl Future<Output = Response<ResBody>> + Send;
 
+    /// Offers a connection's first request head to the SSE fast path ([`super::sse_fast`]): a
+    /// stream to serve without hyper, or `None` to let hyper handle the request.
+    fn fast_sse(self: &Arc<Self>, _head: &super::sse_fast::Head, _conn: &Arc<ConnState>) -> Option<crate::fanout::SseStream> {
+        None
+    }
+
+    /// Whether [`Handler::fast_sse`] can ever answer (the accept loop then peeks first requests).
+    fn has_fast_sse(&self) -> bool {
+        false
+    }
+
     /// Called when a connection opens/closes (for a gauge).
     fn connection_opened(&self) {}
     fn connection_closed(&self) {}
@@ -102,6 +113,63 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
             &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(15)),
         );
         let conn_state = ConnState::new();
+        let shutdown = shutdown.clone();
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let grace = opts.shutdown_grace;
+        let head_timeout = opts.header_read_timeout;
+        handler.connection_opened();
+        tracker.spawn(async move {
+            if handler.has_fast_sse() {
+                match peek_fast_sse(&stream, &handler, &conn_state, head_timeout, &shutdown).await {
+                    Peeked::Fast(len, sse) => {
+                        super::sse_fast::serve(stream, len, sse, conn_state, shutdown, grace).await;
+                        handler.connection_closed();
+                        return;
+                    }
+                    Peeked::Gone => {
+                        handler.connection_closed();
+                        return;
+                    }
+                    Peeked::Hyper => {}
+                }
+            }
+            serve_hyper(stream, &builder, handler.clone(), conn_state, shutdown, grace).await;
+            handler.connection_closed();
+        });
+    }
+}
+
+enum Peeked {
+    /// Serve this stream natively; the head is this many bytes.
+    Fast(usize, crate::fanout::SseStream),
+    /// Let hyper handle the connection.
+    Hyper,
+    /// The client went away, sent nothing in time, or shutdown started.
+    Gone,
+}
+
+/// Looks at the first request without consuming it.
+async fn peek_fast_sse<H: Handler>(stream: &tokio::net::TcpStream, handler: &Arc<H>, conn: &Arc<ConnState>, timeout: Duration, shutdown: &Shutdown) -> Peeked {
+    let mut buf = vec![0u8; super::sse_fast::PEEK_BYTES];
+    let n = tokio::select! {
+        r = tokio::time::timeout(timeout, stream.peek(&mut buf)) => match r {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Peeked::Gone,
+        },
+        _ = shutdown.wait() => return Peeked::Gone,
+    };
+    let Some(head) = super::sse_fast::parse_head(&buf[..n]) else {
+        return Peeked::Hyper;
+    };
+    match handler.fast_sse(&head, conn) {
+        Some(sse) => Peeked::Fast(head.len, sse),
+        None => Peeked::Hyper,
+    }
+}
+
+async fn serve_hyper<H: Handler>(stream: tokio::net::TcpStream, builder: &http1::Builder, handler: Arc<H>, conn_state: Arc<ConnState>, shutdown: Shutdown, grace: Duration) {
+    {
         let h = handler.clone();
         let cs = conn_state.clone();
         let service = service_fn(move |req| {
@@ -113,29 +181,22 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let shutdown = shutdown.clone();
-        let handler = handler.clone();
-        let grace = opts.shutdown_grace;
-        handler.connection_opened();
-        tracker.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                }
-                _ = conn_state.kill.notified() => {}
-                _ = shutdown.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = conn_state.kill.notified() => {}
-                        _ = tokio::time::sleep(grace) => {}
-                    }
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
-            handler.connection_closed();
-        });
+            _ = conn_state.kill.notified() => {}
+            _ = shutdown.wait() => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = conn_state.kill.notified() => {}
+                    _ = tokio::time::sleep(grace) => {}
+                }
+            }
+        }
     }
 }
