@@ -128,17 +128,7 @@ async fn a_sentinel_failover_is_followed_even_to_a_lower_revision() {
     let relay = TestRelay::builder().upstream(&sentinel.upstream()).start().await;
     let mut sse = WatchingClient::upsert_only(&relay, SERVER_KEY).await;
     converge(&relay, &sentinel.master.url(), ENV, SERVER_KEY, &mut [&mut sse]).await;
-    within("the replica to catch up", async {
-        loop {
-            let m: Option<u64> = sentinel.master.cmd(&["GET", "{flagrelay:production}:rev"]).await;
-            let r: Option<u64> = sentinel.replica.cmd(&["GET", "{flagrelay:production}:rev"]).await;
-            if m == r {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    sentinel.wait_replica_synced("production").await;
 
     sentinel.failover().await;
     // A stale writer keeps writing to the old master, which is still a writable master for a

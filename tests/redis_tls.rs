@@ -197,17 +197,7 @@ async fn sentinel_names_a_tls_master_and_a_failover_is_followed_over_tls() {
     let relay = TestRelay::builder().upstream(&sentinel.upstream()).start().await;
     let mut sse = WatchingClient::upsert_only(&relay, SERVER_KEY).await;
     converge_tls(&relay, &sentinel.master, &mut [&mut sse]).await;
-    within("the replica to catch up", async {
-        loop {
-            let m: Option<u64> = sentinel.master.cmd(&["GET", "{flagrelay:production}:rev"]).await;
-            let r: Option<u64> = sentinel.replica.cmd(&["GET", "{flagrelay:production}:rev"]).await;
-            if m == r {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    sentinel.wait_replica_synced("production").await;
 
     // After the failover the relay asks the sentinel again and reaches the new master (another
     // port, the same CA) over TLS; a write there reaches the SSE client.

@@ -661,6 +661,22 @@ impl TestSentinel {
     }
 
     /// `SENTINEL FAILOVER mymaster`, then waits until the replica is the named master.
+    /// Waits until the replica has the master's revision of `env`.
+    pub async fn wait_replica_synced(&self, env: &str) {
+        let key = format!("{{flagrelay:{env}}}:rev");
+        within("the replica to catch up", async {
+            loop {
+                let m: Option<u64> = self.master.cmd(&["GET", &key]).await;
+                let r: Option<u64> = self.replica.cmd(&["GET", &key]).await;
+                if m == r {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
     pub async fn failover(&self) {
         let mut con = self.sentinel_con().await.expect("sentinel connection");
         let _: String = within("SENTINEL FAILOVER", redis::cmd("SENTINEL").arg("failover").arg("mymaster").query_async(&mut con)).await.expect("failover accepted");
