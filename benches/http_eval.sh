@@ -136,7 +136,7 @@ for c in $cores_list; do
     t1=$(cpu_ticks "$relay_pid"); m1=$(machine_ticks)
     cat "$out/wrk-$c-$script.txt" >&2
     # CPU used by neither the relay nor wrk during the run: a busy machine skews the figures.
-    other=$(awk -v m="$((m1 - m0))" -v r="$((t1 - t0))" -v hz="$hz" -v d="$duration" '{printf "%.2f", ((m - r) / hz - $1 - $2) / d}' "$work/wrk-time")
+    other=$(awk -v m="$((m1 - m0))" -v r="$((t1 - t0))" -v hz="$hz" -v d="$duration" '{o = ((m - r) / hz - $1 - $2) / d; printf "%.2f", (o < 0 ? 0 : o)}' "$work/wrk-time")
     reqs=$(awk '/requests in/{print $1}' "$out/wrk-$c-$script.txt")
     rps=$(awk '/Requests\/sec/{printf "%.0f", $2}' "$out/wrk-$c-$script.txt")
     p50=$(awk '$1=="50%"{print $2}' "$out/wrk-$c-$script.txt")
