@@ -181,7 +181,7 @@ impl Metrics {
         for a in ["ofrep", "ofrep_bulk", "thin_client", "stream"] {
             self.evaluations.with_label_values(&[env, a]);
         }
-        for c in ["FLAG_NOT_FOUND", "PARSE_ERROR", "INVALID_CONTEXT", "GENERAL"] {
+        for c in ["FLAG_NOT_FOUND", "PARSE_ERROR", "INVALID_CONTEXT", "GENERAL", "RATE_LIMITED"] {
             self.evaluation_errors.with_label_values(&[env, c]);
         }
     }

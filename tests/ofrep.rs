@@ -516,3 +516,22 @@ async fn next_step(node: &mut NodeScript, step: &str) -> Value {
         assert_eq!(v["step"], "configuration-changed", "expected {step}, got {v}");
     }
 }
+
+#[tokio::test]
+async fn before_the_first_load_evaluations_answer_503_not_flag_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("later.json");
+    let relay = TestRelay::builder()
+        .upstream(&format!("[upstream]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 20\n", missing.display().to_string()))
+        .start_unready()
+        .await;
+    let c = http();
+    let single = within("single", c.post(relay.url("/ofrep/v1/evaluate/flags/bool-flag")).header("x-api-key", CLIENT_KEY).body("{}").send()).await.unwrap();
+    assert_eq!(single.status(), 503);
+    let bulk = within("bulk", c.post(relay.url("/ofrep/v1/evaluate/flags")).header("x-api-key", CLIENT_KEY).body("{}").send()).await.unwrap();
+    assert_eq!(bulk.status(), 503);
+    assert!(bulk.headers().contains_key("retry-after"));
+    let user = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, br#"{"id":"u","attributes":{}}"#);
+    let thin = within("thin", c.get(relay.url(&format!("/api/js/v1/evaluate/{CLIENT_KEY}/user/{user}"))).send()).await.unwrap();
+    assert_eq!(thin.status(), 503);
+}

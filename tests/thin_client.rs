@@ -444,3 +444,23 @@ async fn featureflow_client_2_1_0_resolves_a_date_condition_itself() {
     client.send("exit").await;
     assert!(client.wait().await.success());
 }
+
+#[tokio::test]
+async fn thin_client_streams_heartbeat_with_sse_comments_not_data_events() {
+    use futures_util::StreamExt;
+    let relay = TestRelay::builder().flags(flags()).config("[sse]\nheartbeat_secs = 1").start().await;
+    let resp = within("legacy stream", http().get(relay.url(&format!("/api/js/v1/stream/{CLIENT_KEY}"))).header("accept", "text/event-stream").send())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut seen = Vec::new();
+    within("a heartbeat comment", async {
+        while !seen.windows(13).any(|w| w == b": heartbeat\n\n") {
+            let chunk = body.next().await.expect("stream open").expect("chunk");
+            seen.extend_from_slice(&chunk);
+        }
+    })
+    .await;
+    assert!(!String::from_utf8_lossy(&seen).contains("{\"heartbeat\""), "a 1.3.x client would take that for a key list");
+}

@@ -18,6 +18,13 @@ pub trait Renderer: Send + 'static {
     fn start(&mut self, env: &EnvStore, snap: &Arc<Snapshot>, last_event_id: Option<Revision>, metrics: &Metrics) -> Vec<Bytes>;
     /// One chunk that brings the client to `to`, or nothing if it needs nothing.
     fn catch_up(&mut self, env: &EnvStore, catchup: Catchup, to: &Arc<Snapshot>, metrics: &Metrics) -> Option<Bytes>;
+
+    /// Heartbeats as SSE comments (`: heartbeat`), which every EventSource ignores, instead of
+    /// the Featureflow `data: {"heartbeat":ms}` event (which clients of other streams would
+    /// take for a message).
+    fn comment_heartbeats(&self) -> bool {
+        false
+    }
 }
 
 /// `features.updated` / `features.deleted`, spec §2.5.

@@ -204,7 +204,10 @@ impl Stream for SseStream {
             }
         }
         match Pin::new(&mut me.heartbeats).poll_next(cx) {
-            Poll::Ready(Some(b)) => me.emit(b, FrameKind::Heartbeat),
+            Poll::Ready(Some(b)) => {
+                let b = if me.renderer.comment_heartbeats() { Bytes::from_static(b": heartbeat\n\n") } else { b };
+                me.emit(b, FrameKind::Heartbeat)
+            }
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }

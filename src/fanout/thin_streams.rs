@@ -94,6 +94,10 @@ impl LegacyJsRenderer {
 }
 
 impl Renderer for LegacyJsRenderer {
+    fn comment_heartbeats(&self) -> bool {
+        true
+    }
+
     fn start(&mut self, env: &EnvStore, snap: &Arc<Snapshot>, last_event_id: Option<Revision>, metrics: &Metrics) -> Vec<Bytes> {
         let Some(last) = last_event_id else { return Vec::new() };
         let (outcome, catchup) = match env.catchup_revision(last, snap) {
@@ -134,6 +138,10 @@ pub fn refetch_frame(s: &Snapshot) -> &Bytes {
 pub struct OfrepRenderer;
 
 impl Renderer for OfrepRenderer {
+    fn comment_heartbeats(&self) -> bool {
+        true
+    }
+
     fn start(&mut self, _env: &EnvStore, snap: &Arc<Snapshot>, last_event_id: Option<Revision>, _metrics: &Metrics) -> Vec<Bytes> {
         match last_event_id {
             Some(last) if last != snap.revision => vec![refetch_frame(snap).clone()],
@@ -333,6 +341,10 @@ impl EvalRenderer {
 }
 
 impl Renderer for EvalRenderer {
+    fn comment_heartbeats(&self) -> bool {
+        true
+    }
+
     fn start(&mut self, env: &EnvStore, snap: &Arc<Snapshot>, _last_event_id: Option<Revision>, metrics: &Metrics) -> Vec<Bytes> {
         let group = self.group.clone();
         let mut st = group.advance(env, snap, metrics);

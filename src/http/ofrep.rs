@@ -331,6 +331,9 @@ async fn single(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result<Res
     };
     let ctx = parse_request(&bytes).map_err(|d| fail(OfrepCode::InvalidContext, d))?;
     let snap = env.snapshot();
+    if !snap.loaded {
+        return Err(ApiError::NotReady); // not FLAG_NOT_FOUND for a flag that may well exist
+    }
     let f = snap
         .compiled
         .get(key)
@@ -358,6 +361,9 @@ async fn bulk(api: &Arc<Api>, req: Request<Incoming>) -> Result<Response<ResBody
         ApiError::Ofrep(OfrepError::Bulk { code: OfrepCode::InvalidContext, details })
     })?;
     let snap = env.snapshot();
+    if !snap.loaded {
+        return Err(ApiError::NotReady); // an empty flag set would replace the client's cache
+    }
     let (body, errors) = bulk_body(&snap.compiled, &ctx, &stream_uri(&api_key));
     if errors > 0 {
         m.evaluation_errors.with_label_values(&[&env.id, OfrepCode::ParseError.as_str()]).inc_by(errors);

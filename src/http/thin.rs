@@ -241,6 +241,10 @@ fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, rest: &str) -> Result<Respo
     let (env, _) = api.keys.any_env(key)?;
     let ctx = decode_user(segment).map_err(bad_user)?;
     let snap = env.snapshot();
+    if !snap.loaded {
+        // An empty answer would be cached by the client as "everything off".
+        return Err(ApiError::NotReady);
+    }
     let m = &api.metrics;
     m.evaluations.with_label_values(&[&env.id, "thin_client"]).inc();
     let wanted = requested_keys(req.uri().query());
