@@ -107,3 +107,51 @@ async fn sigterm_ends_sse_streams_and_exits_zero_within_the_deadline() {
     // The configured deadline is 3 s; allow scheduling slack but not a hang.
     assert!(t0.elapsed() < Duration::from_secs(8), "exited after {:?}", t0.elapsed());
 }
+
+#[tokio::test]
+async fn sdk_keys_never_reach_the_logs_even_at_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let mut child = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "--log-format", "json", "--log-level", "debug"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reader = std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["message"] == "flagrelay serving" {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(v["listen"].as_str().unwrap_or("").to_string());
+                    }
+                }
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let listen = within("the relay to log its address", rx).await.unwrap();
+    let base = format!("http://{listen}");
+    let c = http();
+    // Good keys, a wrong key, a client key on a server endpoint, a key in a path, SSE.
+    for key in [SERVER_KEY, "sdk-srv-env-wrong-key-123", CLIENT_KEY] {
+        within("poll", c.get(format!("{base}/api/sdk/v1/features")).bearer_auth(key).send()).await.unwrap();
+    }
+    within("thin", c.get(format!("{base}/api/js/v1/evaluate/{CLIENT_KEY}/user/e30=")).send()).await.unwrap();
+    let mut sse = SseClient::connect(&format!("{base}/api/sdk/v1/features"), &[("authorization", &format!("Bearer {SERVER_KEY}"))]).await;
+    sse.expect().await;
+    sse.close();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    within("exit", tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
+    let logs = reader.join().unwrap();
+    assert!(logs.contains("SSE stream opened"), "debug lifecycle lines are logged: {logs}");
+    for key in [SERVER_KEY, CLIENT_KEY, "sdk-srv-env-wrong-key-123"] {
+        assert!(!logs.contains(key), "a key reached the logs: {key}");
+    }
+}
