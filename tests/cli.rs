@@ -69,40 +69,72 @@ fn check_config_prints_the_effective_config_with_keys_redacted() {
     assert!(!text.contains(SERVER_KEY) && !text.contains(CLIENT_KEY), "keys leaked: {text}");
 }
 
+/// The relay binary as a process with JSON logs on stderr.
+struct RelayProcess {
+    child: std::process::Child,
+    /// The API address it bound.
+    listen: String,
+    /// Every log line, once the process has exited.
+    logs: std::thread::JoinHandle<String>,
+}
+
+impl RelayProcess {
+    async fn start(cfg: &std::path::Path, extra: &[&str]) -> RelayProcess {
+        let mut child = Command::new(BIN)
+            .args(["--config", cfg.to_str().unwrap(), "--log-format", "json"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let logs = std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "flagrelay serving" {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(v["listen"].as_str().unwrap_or("").to_string());
+                        }
+                    }
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let listen = within("the relay to log its address", rx).await.unwrap();
+        RelayProcess { child, listen, logs }
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the exit; returns the status and every log line.
+    async fn wait(self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child;
+        let status = within("the process to exit", tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
+        (status, self.logs.join().unwrap())
+    }
+}
+
 #[tokio::test]
 async fn sigterm_ends_sse_streams_and_exits_zero_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
-    let mut child = Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "--log-format", "json"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["message"] == "flagrelay serving" {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send((v["listen"].as_str().unwrap_or("").to_string(), v["admin"].as_str().unwrap_or("").to_string()));
-                    }
-                }
-            }
-        }
-    });
-    let (listen, _admin) = within("the relay to log its address", rx).await.unwrap();
-    let url = format!("http://{listen}/api/sdk/v1/features");
+    let relay = RelayProcess::start(&cfg, &[]).await;
+    let url = format!("http://{}/api/sdk/v1/features", relay.listen);
     let mut sse = SseClient::connect(&url, &[("authorization", &format!("Bearer {SERVER_KEY}"))]).await;
     assert_eq!(sse.status, 200);
     sse.expect().await;
     let t0 = Instant::now();
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(ok.success());
+    relay.sigterm();
     sse.wait_end(Duration::from_secs(5)).await;
-    let status = within("the process to exit", tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
+    let (status, _) = relay.wait().await;
     assert!(status.success(), "exit status {status:?}");
     // The configured deadline is 3 s; allow scheduling slack but not a hang.
     assert!(t0.elapsed() < Duration::from_secs(8), "exited after {:?}", t0.elapsed());
@@ -112,32 +144,8 @@ async fn sigterm_ends_sse_streams_and_exits_zero_within_the_deadline() {
 async fn sdk_keys_never_reach_the_logs_even_at_debug() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
-    let mut child = Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "--log-format", "json", "--log-level", "debug"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let reader = std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["message"] == "flagrelay serving" {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(v["listen"].as_str().unwrap_or("").to_string());
-                    }
-                }
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let listen = within("the relay to log its address", rx).await.unwrap();
-    let base = format!("http://{listen}");
+    let relay = RelayProcess::start(&cfg, &["--log-level", "debug"]).await;
+    let base = format!("http://{}", relay.listen);
     let c = http();
     // Good keys, a wrong key, a client key on a server endpoint, a key in a path, SSE.
     for key in [SERVER_KEY, "sdk-srv-env-wrong-key-123", CLIENT_KEY] {
@@ -147,9 +155,8 @@ async fn sdk_keys_never_reach_the_logs_even_at_debug() {
     let mut sse = SseClient::connect(&format!("{base}/api/sdk/v1/features"), &[("authorization", &format!("Bearer {SERVER_KEY}"))]).await;
     sse.expect().await;
     sse.close();
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    within("exit", tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
-    let logs = reader.join().unwrap();
+    relay.sigterm();
+    let (_, logs) = relay.wait().await;
     assert!(logs.contains("SSE stream opened"), "debug lifecycle lines are logged: {logs}");
     for key in [SERVER_KEY, CLIENT_KEY, "sdk-srv-env-wrong-key-123"] {
         assert!(!logs.contains(key), "a key reached the logs: {key}");
