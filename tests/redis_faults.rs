@@ -320,3 +320,44 @@ async fn seed_env(redis: &TestRedis) {
     redis.writer(ENV).await.import(serde_json::Map::new()).await.expect("import");
     redis.writer("staging").await.import(serde_json::Map::new()).await.expect("import staging");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_redis_still_loading_its_data_is_backed_off_then_followed() {
+    let mut redis = TestRedis::start(&["enable-debug-command yes"]).await;
+    seed(&redis).await;
+    let relay = relay_on(&redis.url(), "").start().await;
+    let mut sse = WatchingClient::upsert_only(&relay, SERVER_KEY).await;
+    converge(&relay, &redis.url(), ENV, SERVER_KEY, &mut [&mut sse]).await;
+    // Enough data, loaded slowly, that the restarted server answers -LOADING for a while.
+    let _: String = redis.cmd(&["DEBUG", "POPULATE", "30000"]).await;
+    let _: String = redis.cmd(&["BGREWRITEAOF"]).await;
+    within("the AOF rewrite", async {
+        loop {
+            let info: String = redis.cmd(&["INFO", "persistence"]).await;
+            if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Slow loading, with the event loop answering often enough to say -LOADING.
+    redis.set_config_lines(&["key-load-delay 150", "loading-process-events-interval-bytes 1024"]);
+    let restarting = tokio::spawn(async move {
+        redis.restart().await; // returns once the server answers PING, i.e. has loaded
+        redis
+    });
+    let st = relay
+        .wait_status(ENV, "the -LOADING answer in /status", |s| {
+            s["source"]["last_error"].as_str().unwrap_or("").to_ascii_lowercase().contains("loading")
+        })
+        .await;
+    assert_ne!(st["source"]["state"], "connected", "{st}");
+    // Still serving the last good data meanwhile.
+    assert_eq!(poll_flags(&relay, SERVER_KEY).await.len(), 3);
+    let redis = within("the restart to finish", restarting).await.expect("restart task");
+    redis.writer(ENV).await.put(vec![("delta".into(), simple_feature("delta", "on"))]).await.expect("put");
+    let want = converge(&relay, &redis.url(), ENV, SERVER_KEY, &mut [&mut sse]).await;
+    assert!(want.contains_key("delta"));
+    relay.wait_status(ENV, "connected again", |s| s["source"]["state"] == "connected").await;
+}
