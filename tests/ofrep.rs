@@ -535,3 +535,47 @@ async fn before_the_first_load_evaluations_answer_503_not_flag_not_found() {
     let thin = within("thin", c.get(relay.url(&format!("/api/js/v1/evaluate/{CLIENT_KEY}/user/{user}"))).send()).await.unwrap();
     assert_eq!(thin.status(), 503);
 }
+
+fn dated(key: &str, operator: &str, date: &str) -> Value {
+    json!({"key": key, "enabled": true, "offVariantKey": "off", "variants": [{"key": "on"}, {"key": "off"}],
+           "rules": [
+               {"defaultRule": false, "audience": {"conditions": [{"target": "featureflow.date", "operator": operator, "values": [date]}]},
+                "variantSplits": [{"variantKey": "on", "split": 100}]},
+               {"defaultRule": true, "variantSplits": [{"variantKey": "off", "split": 100}]}]})
+}
+
+#[tokio::test]
+async fn date_conditions_are_evaluated_against_now_on_the_relay() {
+    let mut f = flags();
+    f["production"]["launched"] = dated("launched", "after", "2000-01-01");
+    f["production"]["not-yet"] = dated("not-yet", "after", "2999-01-01");
+    let relay = TestRelay::builder().flags(f).start().await;
+    let v = body_json(single(&relay, "launched", ADA).await).await;
+    assert_eq!((v["value"].clone(), v["reason"].clone()), (json!(true), json!("TARGETING_MATCH")), "{v}");
+    let v = body_json(single(&relay, "not-yet", ADA).await).await;
+    assert_eq!(v["value"], json!(false), "{v}");
+    let b = body_json(bulk(&relay, &[], ADA).await).await;
+    let item = |k: &str| b["flags"].as_array().unwrap().iter().find(|i| i["key"] == k).cloned().unwrap();
+    assert_eq!(item("launched")["value"], json!(true));
+    assert_eq!(item("not-yet")["value"], json!(false));
+    // A context that carries its own date wins over the relay's clock.
+    let past = r#"{"context": {"targetingKey": "u", "featureflow.date": "1999-06-01T00:00:00Z"}}"#;
+    assert_eq!(body_json(single(&relay, "launched", past).await).await["value"], json!(false));
+}
+
+#[tokio::test]
+async fn the_advertised_event_stream_url_never_carries_the_key() {
+    let relay = relay().await;
+    let v = body_json(bulk(&relay, &[], ADA).await).await;
+    let uri = v["eventStreams"][0]["endpoint"]["requestUri"].as_str().unwrap().to_string();
+    assert!(!uri.contains(CLIENT_KEY), "{uri}");
+    let mut sse = SseClient::connect(&relay.url(&uri), &[]).await;
+    assert_eq!(sse.status, 200, "the token opens the stream");
+    let mut f = flags();
+    f["production"]["int-flag"]["variants"][0]["value"] = json!(7);
+    relay.write_flags(&f);
+    assert_eq!(sse.expect().await.json()["type"], "refetchEvaluation");
+    // The raw key is not a stream token.
+    let raw = within("GET", http().get(relay.url(&format!("/ofrep/v1/stream/{CLIENT_KEY}"))).send()).await.unwrap();
+    assert_eq!(raw.status(), 401);
+}

@@ -21,6 +21,16 @@ pub enum KeyKind {
 #[derive(Default)]
 pub struct Keys {
     map: HashMap<String, (Arc<EnvStore>, KeyKind)>,
+    /// Opaque stream tokens ([`stream_token`]) -> environment, for URLs that get logged.
+    stream_tokens: HashMap<String, Arc<EnvStore>>,
+}
+
+/// The token that stands for `key` in advertised stream URLs (OFREP `eventStreams`): URL-safe,
+/// not reversible to the key, and good only for that notification-only stream.
+pub fn stream_token(key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let d = Sha1::new().chain_update(b"flagrelay-stream-token\0").chain_update(key.as_bytes()).finalize();
+    format!("st-{}", hex::encode(&d[..16]))
 }
 
 impl Keys {
@@ -35,7 +45,13 @@ impl Keys {
                 map.insert(k.0.clone(), (env.clone(), KeyKind::Client));
             }
         }
-        Keys { map }
+        let stream_tokens = map.iter().map(|(k, (env, _))| (stream_token(k), env.clone())).collect();
+        Keys { map, stream_tokens }
+    }
+
+    /// The environment of an advertised stream token.
+    pub fn stream_env(&self, token: &str) -> Option<&Arc<EnvStore>> {
+        self.stream_tokens.get(token)
     }
 
     pub fn lookup(&self, key: &str) -> Option<(&Arc<EnvStore>, KeyKind)> {

@@ -329,7 +329,10 @@ async fn single(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result<Res
         m.evaluation_errors.with_label_values(&[&env.id, code.as_str()]).inc();
         ApiError::Ofrep(OfrepError::Flag { key: key.to_string(), code, details })
     };
-    let ctx = parse_request(&bytes).map_err(|d| fail(OfrepCode::InvalidContext, d))?;
+    let mut ctx = parse_request(&bytes).map_err(|d| fail(OfrepCode::InvalidContext, d))?;
+    // OFREP clients cannot finish time conditions themselves: the relay supplies "now"
+    // (featureflow.date, and featureflow.hourofday in UTC) unless the context carries them.
+    ctx.inject_now(chrono::Utc::now());
     let snap = env.snapshot();
     if !snap.loaded {
         return Err(ApiError::NotReady); // not FLAG_NOT_FOUND for a flag that may well exist
@@ -356,15 +359,17 @@ async fn bulk(api: &Arc<Api>, req: Request<Incoming>) -> Result<Response<ResBody
     let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
     let m = &api.metrics;
     m.evaluations.with_label_values(&[&env.id, "ofrep_bulk"]).inc();
-    let ctx = parse_request(&bytes).map_err(|details| {
+    let mut ctx = parse_request(&bytes).map_err(|details| {
         m.evaluation_errors.with_label_values(&[&env.id, OfrepCode::InvalidContext.as_str()]).inc();
         ApiError::Ofrep(OfrepError::Bulk { code: OfrepCode::InvalidContext, details })
     })?;
+    ctx.inject_now(chrono::Utc::now());
     let snap = env.snapshot();
     if !snap.loaded {
         return Err(ApiError::NotReady); // an empty flag set would replace the client's cache
     }
-    let (body, errors) = bulk_body(&snap.compiled, &ctx, &stream_uri(&api_key));
+    // The advertised URL carries a token, never the key: URLs end up in proxy logs.
+    let (body, errors) = bulk_body(&snap.compiled, &ctx, &stream_uri(&super::auth::stream_token(&api_key)));
     if errors > 0 {
         m.evaluation_errors.with_label_values(&[&env.id, OfrepCode::ParseError.as_str()]).inc_by(errors);
     }
@@ -382,8 +387,8 @@ async fn bulk(api: &Arc<Api>, req: Request<Incoming>) -> Result<Response<ResBody
 
 /// `GET /ofrep/v1/stream/{key}`: `refetchEvaluation` on every environment change.
 fn stream(api: &Arc<Api>, req: &Request<Incoming>, key: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
-    let key = String::from_utf8_lossy(&super::thin::percent_decode(key)).into_owned();
-    let (env, _) = api.keys.any_env(&key).map_err(|_| ApiError::Ofrep(OfrepError::Unauthorized))?;
+    let token = String::from_utf8_lossy(&super::thin::percent_decode(key)).into_owned();
+    let env = api.keys.stream_env(&token).ok_or(ApiError::Ofrep(OfrepError::Unauthorized))?;
     let opts = OpenOptions { last_event_id: util::last_event_id(req.headers()), protocol: "ofrep", conn };
     let stream = api
         .fanout
@@ -496,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn stream_uri_encodes_the_key() {
+    fn stream_uri_encodes_the_token() {
         assert_eq!(stream_uri("sdk-js_1.x~"), "/ofrep/v1/stream/sdk-js_1.x~");
         assert_eq!(stream_uri("a/b c"), "/ofrep/v1/stream/a%2Fb%20c");
     }

@@ -306,6 +306,9 @@ fn eval_stream(api: &Arc<Api>, req: &Request<Incoming>, rest: &str, conn: Arc<Co
     let (key, segment) = key_and_user(rest).ok_or_else(|| ApiError::NotFound(req.uri().path().to_string()))?;
     let env = api.keys.any_env(key)?.0.clone();
     let ctx = decode_user(segment).map_err(bad_user)?;
+    if !env.snapshot().loaded {
+        return Err(ApiError::NotReady); // "everything off" would be cached by the client
+    }
     let group = ContextGroup::get(&env, ctx);
     let opts = OpenOptions { last_event_id: None, protocol: "eval", conn };
     let stream = api
