@@ -239,10 +239,15 @@ impl History {
         self.lineage += 1;
         self.rev_base = revision;
         if let Some(prev) = previous.filter(|p| *p >= revision) {
-            self.ambiguous.push_back((revision, prev));
-            while self.ambiguous.len() > AMBIGUOUS_RANGES {
-                self.ambiguous.pop_front();
-            }
+            self.mark_ambiguous(revision, prev);
+        }
+    }
+
+    /// Revisions `lo..=hi` cannot be placed in this history: a resume from there gets full state.
+    fn mark_ambiguous(&mut self, lo: Revision, hi: Revision) {
+        self.ambiguous.push_back((lo, hi));
+        while self.ambiguous.len() > AMBIGUOUS_RANGES {
+            self.ambiguous.pop_front();
         }
     }
 
@@ -412,6 +417,12 @@ impl EnvStore {
             None if changed => cur.revision.saturating_add(1),
             None => cur.revision,
         };
+        if cur.loaded && revision > cur.revision.saturating_add(1) {
+            // A jump (a resync after a gap, or a warm start's first sync): this relay never saw
+            // the states in between, so it cannot replay from them (a client there may hold a
+            // feature that came and went inside the jump).
+            lock(&self.history).mark_ambiguous(cur.revision + 1, revision - 1);
+        }
         self.metrics.features.with_label_values(&[&self.id]).set(features.len() as i64);
         self.metrics.revision.with_label_values(&[&self.id]).set(revision.min(i64::MAX as u64) as i64);
         if !changed {
@@ -708,6 +719,20 @@ mod tests {
         let c = e.apply(Update { upserts: vec![f("a", "on"), f("a", "off")], ..Default::default() }).expect("change");
         assert_eq!(c.upserts.len(), 1);
         assert_eq!(c.upserts[0].control.rules[0].variant_splits[0].variant_key, "off");
+    }
+
+    #[test]
+    fn a_resume_from_inside_a_revision_jump_gets_full_state() {
+        let e = env();
+        e.replace(map(&[f("a", "on")]), Some(10), None);
+        // A resync after a gap: 10 -> 20 in one step.
+        e.replace(map(&[f("a", "off")]), Some(20), None);
+        let s = e.snapshot();
+        assert!(matches!(e.catchup_revision(15, &s), Some(Catchup::FullState { .. })), "15 was never seen here");
+        assert_eq!(keys(&e.catchup_revision(10, &s).expect("seen")), (vec!["a".into()], vec![]));
+        e.apply(Update { upserts: vec![f("b", "on")], revision: Some(21), ..Default::default() });
+        let s = e.snapshot();
+        assert_eq!(keys(&e.catchup_revision(20, &s).expect("seen")), (vec!["b".into()], vec![]));
     }
 
     #[test]

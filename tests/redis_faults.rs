@@ -329,7 +329,7 @@ async fn a_restarted_redis_still_loading_its_data_is_backed_off_then_followed() 
     let mut sse = WatchingClient::upsert_only(&relay, SERVER_KEY).await;
     converge(&relay, &redis.url(), ENV, SERVER_KEY, &mut [&mut sse]).await;
     // Enough data, loaded slowly, that the restarted server answers -LOADING for a while.
-    let _: String = redis.cmd(&["DEBUG", "POPULATE", "30000"]).await;
+    let _: String = redis.cmd(&["DEBUG", "POPULATE", "15000"]).await;
     let _: String = redis.cmd(&["BGREWRITEAOF"]).await;
     within("the AOF rewrite", async {
         loop {

@@ -363,3 +363,24 @@ async fn the_flags_commands_write_read_and_refuse_invalid_features() {
     let rev: u64 = redis.cmd(&["GET", "{flagrelay:production}:rev"]).await;
     assert_eq!(rev, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewound_revision_is_caught_by_the_next_message_even_between_probes() {
+    let redis = seeded().await;
+    // Probes far apart: only the message path can notice.
+    let relay = relay_on(&redis.url(), "probe_interval_ms = 60000").start().await;
+    let mut sse = WatchingClient::upsert_only(&relay, SERVER_KEY).await;
+    let mut w = redis.writer(ENV).await;
+    for i in 0..5 {
+        w.put(vec![(format!("x{i}"), simple_feature(&format!("x{i}"), "on"))]).await.expect("put");
+    }
+    converge(&relay, &redis.url(), ENV, SERVER_KEY, &mut [&mut sse]).await;
+    // An operator restores older data without a reset (spec §E): the counter goes back and a
+    // feature disappears, silently; the next write reuses an old revision.
+    let _: String = redis.cmd(&["SET", "{flagrelay:production}:rev", "1"]).await;
+    let _: i64 = redis.cmd(&["HDEL", "{flagrelay:production}:features", "x4"]).await;
+    w.put(vec![("y".into(), simple_feature("y", "on"))]).await.expect("put");
+    let want = converge(&relay, &redis.url(), ENV, SERVER_KEY, &mut [&mut sse]).await;
+    assert!(want.contains_key("y") && !want.contains_key("x4"));
+    assert!(counter(&relay, "flagrelay_upstream_resyncs_total", &labels("probe_behind")).await >= 1.0);
+}

@@ -190,6 +190,10 @@ struct EnvSync {
     uninit_backoff: Backoff,
     /// RESP2 only: the revision read by the previous probe.
     last_probe: Option<Revision>,
+    /// The (epoch, revision) of the last message received on this subscription. Messages on one
+    /// connection arrive in publish order, so within an epoch the revision only goes up; one
+    /// that does not reveals a rewind at once, before writers can pass the old revision.
+    last_msg: Option<(String, Revision)>,
 }
 
 impl EnvSync {
@@ -215,6 +219,7 @@ impl EnvSync {
             last_logged_error: None,
             uninit_retry_at: Instant::now(),
             last_probe: None,
+            last_msg: None,
         }
     }
 
@@ -315,6 +320,7 @@ impl EnvSync {
     /// One connected session: snapshot, then messages and probes until something breaks.
     async fn session(&mut self, sess: &mut Session, reason: &'static str) -> Exit {
         self.last_probe = None;
+        self.last_msg = None;
         if let Err(e) = self.resync(sess, reason).await {
             return Exit::Reconnect(format!("resync: {e}"));
         }
@@ -337,14 +343,7 @@ impl EnvSync {
                 biased;
                 _ = shutdown.wait() => return Exit::Shutdown,
                 _ = sess.sub.signals.notify.notified() => {}
-                m = sess.sub.rx.recv() => match m {
-                    Some(Push::Message(p)) => {
-                        if let Err(e) = self.on_message(sess, &p).await {
-                            return Exit::Reconnect(e.to_string());
-                        }
-                    }
-                    Some(Push::Disconnected) | None => return Exit::Reconnect("the subscribed connection was closed".into()),
-                },
+                // The probe before messages: a steady stream of messages must not starve it.
                 _ = tick.tick() => match self.probe(sess).await {
                     Ok(()) => failed_probes = 0,
                     Err(e) if e.is_timeout() => {
@@ -355,6 +354,14 @@ impl EnvSync {
                         }
                     }
                     Err(e) => return Exit::Reconnect(format!("probe: {e}")),
+                },
+                m = sess.sub.rx.recv() => match m {
+                    Some(Push::Message(p)) => {
+                        if let Err(e) = self.on_message(sess, &p).await {
+                            return Exit::Reconnect(e.to_string());
+                        }
+                    }
+                    Some(Push::Disconnected) | None => return Exit::Reconnect("the subscribed connection was closed".into()),
                 },
             }
         }
@@ -448,6 +455,13 @@ impl EnvSync {
         if msg.env != *self.env.id {
             self.malformed(&format!("malformed change message: for environment {:?} on the channel of {:?}", message::truncate(&msg.env, 64), self.env.id), payload);
             return Ok(());
+        }
+        let previous = self.last_msg.replace((msg.epoch.clone(), msg.rev));
+        if let Some((epoch, rev)) = previous {
+            if epoch == msg.epoch && msg.rev <= rev && msg.op != Op::Reset {
+                tracing::warn!(previous = rev, got = msg.rev, "the revision went backwards on the subscription; resyncing");
+                return self.resync(sess, "probe_behind").await;
+            }
         }
         if self.phase == Phase::Uninitialised {
             if msg.op == Op::Reset {
