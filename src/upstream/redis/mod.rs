@@ -271,7 +271,12 @@ impl EnvSync {
                 Ok(mut sess) => {
                     let started = Instant::now();
                     tracing::info!(server = %sess.server, protocol = sess.sub.protocol(), "subscribed");
-                    let exit = self.session(&mut sess, reason).await;
+                    // Shutdown ends a session at any await (a snapshot can take snapshot_timeout).
+                    let stop = self.shutdown.clone();
+                    let exit = tokio::select! {
+                        _ = stop.wait() => Exit::Shutdown,
+                        e = self.session(&mut sess, reason) => e,
+                    };
                     drop(sess);
                     match exit {
                         Exit::Shutdown => break,
@@ -392,6 +397,8 @@ impl EnvSync {
 
     /// Takes a snapshot and makes it the held data (authoritative, even if its revision is lower).
     async fn resync(&mut self, sess: &mut Session, reason: &'static str) -> Result<(), SyncError> {
+        // RESP2: a probe from before the resync must not be compared with the new revision.
+        self.last_probe = None;
         if !reason.is_empty() {
             self.metrics.upstream_resyncs.with_label_values(&[&self.env.id, reason]).inc();
         }
