@@ -47,7 +47,14 @@ pub enum ContextError {
     NotAnObject { what: &'static str, got: &'static str },
     #[error("\"{field}\" must be a string, got {got}")]
     InvalidId { field: &'static str, got: &'static str },
+    #[error("the context has more than {limit} {what}")]
+    TooLarge { what: &'static str, limit: usize },
 }
+
+/// At most this many attributes per context, and values per attribute: evaluation cost grows
+/// with features × values, so a request must not be able to make it arbitrary.
+pub const MAX_ATTRIBUTES: usize = 512;
+pub const MAX_VALUES: usize = 256;
 
 fn kind(v: &Value) -> &'static str {
     match v {
@@ -146,7 +153,7 @@ impl Context {
         for field in [primary, "sessionAttributes"] {
             match obj.get(field) {
                 None | Some(Value::Null) => {}
-                Some(Value::Object(attrs)) => ctx.insert_all(attrs.iter()),
+                Some(Value::Object(attrs)) => ctx.insert_all(attrs.iter())?,
                 Some(other) => return Err(ContextError::NotAnObject { what: field_what(field), got: kind(other) }),
             }
         }
@@ -161,19 +168,26 @@ impl Context {
             .as_object()
             .ok_or(ContextError::NotAnObject { what: "OFREP context", got: kind(context) })?;
         let mut ctx = Context::new(id_field(obj, "targetingKey")?.unwrap_or_default());
-        ctx.insert_all(obj.iter().filter(|(k, _)| k.as_str() != "targetingKey"));
+        ctx.insert_all(obj.iter().filter(|(k, _)| k.as_str() != "targetingKey"))?;
         Ok(ctx)
     }
 
-    fn insert_all<'a>(&mut self, attrs: impl Iterator<Item = (&'a String, &'a Value)>) {
+    fn insert_all<'a>(&mut self, attrs: impl Iterator<Item = (&'a String, &'a Value)>) -> Result<(), ContextError> {
         for (name, value) in attrs {
+            if matches!(value, Value::Array(a) if a.len() > MAX_VALUES) {
+                return Err(ContextError::TooLarge { what: "values in one attribute", limit: MAX_VALUES });
+            }
             let values = attribute_values(value);
             if values.is_empty() {
                 self.attributes.remove(name.as_str());
             } else {
                 self.attributes.insert(name.clone(), values);
+                if self.attributes.len() > MAX_ATTRIBUTES {
+                    return Err(ContextError::TooLarge { what: "attributes", limit: MAX_ATTRIBUTES });
+                }
             }
         }
+        Ok(())
     }
 }
 
@@ -188,6 +202,18 @@ fn field_what(field: &'static str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_contexts_are_rejected() {
+        let many: Vec<Value> = (0..=MAX_VALUES).map(|i| Value::from(i as u64)).collect();
+        let e = Context::from_ofrep(&serde_json::json!({"targetingKey": "u", "ids": many})).unwrap_err();
+        assert!(matches!(e, ContextError::TooLarge { .. }), "{e}");
+        let wide: Map<String, Value> = (0..=MAX_ATTRIBUTES).map(|i| (format!("a{i}"), Value::from(1))).collect();
+        let e = Context::from_featureflow_user(&serde_json::json!({"id": "u", "attributes": wide})).unwrap_err();
+        assert!(matches!(e, ContextError::TooLarge { .. }), "{e}");
+        let ok: Vec<Value> = (0..MAX_VALUES).map(|i| Value::from(i as u64)).collect();
+        assert!(Context::from_ofrep(&serde_json::json!({"ids": ok})).is_ok());
+    }
     use serde_json::json;
 
     #[test]
