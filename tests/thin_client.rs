@@ -464,3 +464,23 @@ async fn thin_client_streams_heartbeat_with_sse_comments_not_data_events() {
     .await;
     assert!(!String::from_utf8_lossy(&seen).contains("{\"heartbeat\""), "a 1.3.x client would take that for a key list");
 }
+
+#[tokio::test]
+async fn features_marked_out_of_the_client_api_never_reach_thin_clients() {
+    let mut f = flags();
+    let mut hidden = simple_feature("server-only", "on");
+    hidden["inClientApi"] = json!(false);
+    f["production"]["server-only"] = hidden;
+    let mut shown = simple_feature("client-ok", "on");
+    shown["inClientApi"] = json!(true);
+    f["production"]["client-ok"] = shown;
+    let relay = TestRelay::builder().flags(f).start().await;
+    let v = body_json(evaluate(&relay, CLIENT_KEY, &user("u", json!({}))).await).await;
+    assert!(v.get("server-only").is_none(), "{v}");
+    assert_eq!(v["client-ok"], "on");
+    let ofrep = within("ofrep", http().post(relay.url("/ofrep/v1/evaluate/flags/server-only")).header("x-api-key", CLIENT_KEY).body("{}").send()).await.unwrap();
+    assert_eq!(ofrep.status(), 404);
+    // Server SDKs still get it.
+    let all: Value = relay.poll(SERVER_KEY).await.json().await.unwrap();
+    assert!(all.get("server-only").is_some());
+}

@@ -43,9 +43,12 @@ pub const LEGACY_SLOT: usize = 1;
 /// Frame slot of the OFREP `refetchEvaluation` frame on snapshots.
 pub const OFREP_SLOT: usize = 2;
 
-/// True if thin clients may see this feature (not marked `deleted`).
+/// True if thin clients (thin-client API, its streams, OFREP) may see this feature.
 pub fn served(f: &CompiledFeature) -> bool {
-    !f.feature().control.deleted
+    let c = &f.feature().control;
+    // `deleted: true` is hidden as the Java SDK hides it; `inClientApi: false` means upstream
+    // keeps the feature out of the client (JS) API, so browsers never see it. Absent = served.
+    !c.deleted && c.in_client_api != Some(false)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
