@@ -384,3 +384,30 @@ async fn a_rewound_revision_is_caught_by_the_next_message_even_between_probes() 
     assert!(want.contains_key("y") && !want.contains_key("x4"));
     assert!(counter(&relay, "flagrelay_upstream_resyncs_total", &labels("probe_behind")).await >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_script_refuses_documents_that_are_not_one_feature_object() {
+    let redis = seeded().await;
+    let script = ::redis::Script::new(include_str!("../scripts/redis/flagrelay-write.lua"));
+    let mut con = redis.con().await;
+    let rev_before: u64 = redis.cmd(&["GET", "{flagrelay:production}:rev"]).await;
+    let keys = ["{flagrelay:production}:rev", "{flagrelay:production}:features", "{flagrelay:production}:meta", "{flagrelay:production}:changes"];
+    for bad in [r#"{x}"#, r#"{"a":1}{"b":2}"#, r#"{"key":"other","enabled":false}"#, r#"{"key":"f","version":7}"#, "[1]"] {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        inv.arg(ENV).arg("ops").arg(16384).arg("").arg("upsert").arg("f").arg(bad);
+        let r: ::redis::RedisResult<Vec<i64>> = within("EVALSHA", inv.invoke_async(&mut con)).await;
+        assert!(r.is_err(), "accepted {bad}");
+    }
+    let rev_after: u64 = redis.cmd(&["GET", "{flagrelay:production}:rev"]).await;
+    assert_eq!(rev_before, rev_after, "nothing was written");
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(k);
+    }
+    inv.arg(ENV).arg("ops").arg(16384).arg("").arg("upsert").arg("f").arg(r#"{"key":"f","enabled":false}"#);
+    let r: Vec<i64> = within("EVALSHA", inv.invoke_async(&mut con)).await.expect("a valid document is written");
+    assert_eq!(r[0] as u64, rev_before + 1);
+}

@@ -44,8 +44,20 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function valid_doc(doc)
-  return type(doc) == 'string' and string.match(doc, '^%s*{.*}%s*$') ~= nil
+-- A document must be one JSON object (checked with cjson, not only its outline), without its
+-- own "version" (the script stamps it), and with no "key" other than the feature's key.
+local function valid_doc(key, doc)
+  if type(doc) ~= 'string' or string.match(doc, '^%s*{.*}%s*$') == nil then
+    return false
+  end
+  local ok, t = pcall(cjson.decode, doc)
+  if not ok or type(t) ~= 'table' then
+    return false
+  end
+  if t['version'] ~= nil then
+    return false
+  end
+  return t['key'] == nil or t['key'] == key
 end
 
 if mode == 'import' then
@@ -57,7 +69,7 @@ if mode == 'import' then
     return redis.error_reply('ERR flagrelay-write: import takes (key, document) pairs')
   end
   for i = 5, #ARGV, 2 do
-    if ARGV[i] == '' or not valid_doc(ARGV[i + 1]) then
+    if ARGV[i] == '' or not valid_doc(ARGV[i], ARGV[i + 1]) then
       return redis.error_reply('ERR flagrelay-write: feature ' .. i .. ' is not a key and a JSON object')
     end
   end
@@ -85,7 +97,7 @@ for i = 5, #ARGV, 3 do
     return redis.error_reply('ERR flagrelay-write: empty feature key')
   end
   if op == 'upsert' then
-    if not valid_doc(doc) then
+    if not valid_doc(key, doc) then
       return redis.error_reply('ERR flagrelay-write: the document of ' .. key .. ' is not a JSON object')
     end
   elseif op ~= 'delete' then
