@@ -411,3 +411,21 @@ async fn the_writer_script_refuses_documents_that_are_not_one_feature_object() {
     let r: Vec<i64> = within("EVALSHA", inv.invoke_async(&mut con)).await.expect("a valid document is written");
     assert_eq!(r[0] as u64, rev_before + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feature_key_that_is_not_utf8_is_skipped_not_fatal() {
+    let redis = seeded().await;
+    let mut con = redis.con().await;
+    let _: i64 = within(
+        "HSET",
+        ::redis::cmd("HSET").arg("{flagrelay:production}:features").arg(&b"bad-\xff\xfe"[..]).arg(r#"{"enabled":false}"#).query_async(&mut con),
+    )
+    .await
+    .expect("HSET");
+    let relay = relay_on(&redis.url(), "").start().await;
+    let flags = poll_flags(&relay, SERVER_KEY).await;
+    assert_eq!(flags.len(), 2, "the rest of the environment syncs");
+    let st = relay.env_status(ENV).await;
+    assert!(st["source"]["last_error"].as_str().unwrap_or("").contains("not UTF-8"), "{st}");
+    assert!(counter(&relay, "flagrelay_invalid_features_total", &[("env", ENV)]).await >= 1.0);
+}

@@ -24,12 +24,15 @@ use super::SyncError;
 pub struct RawSnapshot {
     pub rev: Revision,
     pub features: HashMap<String, Vec<u8>>,
+    /// Fields of the features hash whose names are not UTF-8 (skipped and counted).
+    pub bad_keys: usize,
     pub inited: bool,
     /// `meta.epoch`, empty when missing.
     pub epoch: String,
 }
 
-type Reply = (Option<String>, HashMap<String, Vec<u8>>, HashMap<String, String>);
+/// Field names and values as bytes: one non-UTF-8 field must cost that field, not the snapshot.
+type Reply = (Option<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>, Vec<(Vec<u8>, Vec<u8>)>);
 
 pub async fn fetch(con: &mut MultiplexedConnection, keys: &EnvKeys, limit: Duration) -> Result<RawSnapshot, SyncError> {
     let q = async {
@@ -39,11 +42,27 @@ pub async fn fetch(con: &mut MultiplexedConnection, keys: &EnvKeys, limit: Durat
     let (rev, features, meta) = tokio::time::timeout(limit, q).await.map_err(|_| SyncError::Timeout(limit, "taking a snapshot"))??;
     let rev = match rev {
         None => 0,
-        Some(s) => s.trim().parse().map_err(|_| SyncError::Other(format!("{} holds {:?}, not a revision", keys.rev, super::message::truncate(&s, 40))))?,
+        Some(b) => {
+            let s = String::from_utf8_lossy(&b);
+            s.trim().parse().map_err(|_| SyncError::Other(format!("{} holds {:?}, not a revision", keys.rev, super::message::truncate(&s, 40))))?
+        }
     };
+    let mut map = HashMap::with_capacity(features.len());
+    let mut bad_keys = 0usize;
+    for (k, v) in features {
+        match String::from_utf8(k) {
+            Ok(k) => {
+                map.insert(k, v);
+            }
+            Err(_) => bad_keys += 1,
+        }
+    }
+    let meta: HashMap<String, String> =
+        meta.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned())).collect();
     Ok(RawSnapshot {
         rev,
-        features,
+        features: map,
+        bad_keys,
         inited: meta.get("inited").is_some_and(|v| v == "1"),
         epoch: meta.get("epoch").cloned().unwrap_or_default(),
     })
@@ -54,6 +73,11 @@ pub async fn fetch(con: &mut MultiplexedConnection, keys: &EnvKeys, limit: Durat
 pub fn to_map(raw: RawSnapshot, env: &EnvStore, metrics: &Arc<Metrics>) -> FeatureMap {
     let current = env.snapshot();
     let mut map = FeatureMap::new();
+    if raw.bad_keys > 0 {
+        metrics.invalid_features.with_label_values(&[&env.id]).inc_by(raw.bad_keys as u64);
+        tracing::warn!(count = raw.bad_keys, "features hash fields whose names are not UTF-8 skipped");
+        env.record_error("redis", &format!("{} feature key(s) in the upstream hash are not UTF-8; skipped", raw.bad_keys));
+    }
     for (key, bytes) in raw.features {
         match Feature::from_slice(&key, &bytes) {
             Ok(f) => {
