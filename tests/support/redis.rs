@@ -365,8 +365,8 @@ pub async fn writer_for(url: &str, env: &str) -> Writer {
 pub fn fast_upstream(url: &str, extra: &str) -> String {
     let mut settings: Vec<(String, String)> = [
         ("probe_interval_ms", "100"),
-        ("response_timeout_ms", "300"),
-        ("connect_timeout_ms", "300"),
+        ("response_timeout_ms", "1000"),
+        ("connect_timeout_ms", "1000"),
         ("snapshot_timeout_ms", "2000"),
         ("backoff_base_ms", "20"),
         ("backoff_cap_ms", "300"),
