@@ -71,11 +71,12 @@ fn check_config_prints_the_effective_config_with_keys_redacted() {
 
 /// The relay binary as a process with JSON logs on stderr.
 struct RelayProcess {
-    child: std::process::Child,
+    /// `None` once waited for; a test that fails before that kills the process on drop.
+    child: Option<std::process::Child>,
     /// The API address it bound.
     listen: String,
     /// Every log line, once the process has exited.
-    logs: std::thread::JoinHandle<String>,
+    logs: Option<std::thread::JoinHandle<String>>,
 }
 
 impl RelayProcess {
@@ -106,19 +107,29 @@ impl RelayProcess {
             all
         });
         let listen = within("the relay to log its address", rx).await.unwrap();
-        RelayProcess { child, listen, logs }
+        RelayProcess { child: Some(child), listen, logs: Some(logs) }
     }
 
     fn sigterm(&self) {
-        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let pid = self.child.as_ref().map(|c| c.id()).expect("running");
+        let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
         assert!(ok.success());
     }
 
     /// Waits for the exit; returns the status and every log line.
-    async fn wait(self) -> (std::process::ExitStatus, String) {
-        let mut child = self.child;
+    async fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
         let status = within("the process to exit", tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
-        (status, self.logs.join().unwrap())
+        (status, self.logs.take().expect("logs").join().unwrap())
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
