@@ -317,12 +317,18 @@ fn ok_json(body: impl Into<Bytes>) -> Response<ResBody> {
 // ---- handlers -------------------------------------------------------------------------------
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
-async fn single(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result<Response<ResBody>, ApiError> {
+/// What both evaluation endpoints do first: authenticate, rate-limit, read the bounded body.
+async fn admit(api: &Arc<Api>, req: Request<Incoming>) -> Result<(Arc<EnvStore>, String, hyper::http::request::Parts, bytes::Bytes), ApiError> {
     let (env, api_key) = authenticate(api, req.headers())?;
     let env = env.clone();
     rate_limit(api, &env, &api_key)?;
     let (parts, body) = req.into_parts();
     let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
+    Ok((env, api_key, parts, bytes))
+}
+
+async fn single(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result<Response<ResBody>, ApiError> {
+    let (env, _, _, bytes) = admit(api, req).await?;
     let m = &api.metrics;
     m.evaluations.with_label_values(&[&env.id, "ofrep"]).inc();
     let fail = |code: OfrepCode, details: String| {
@@ -352,11 +358,7 @@ async fn single(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result<Res
 /// `POST /ofrep/v1/evaluate/flags` (`flagConfigEtag` / `flagConfigLastModified` are accepted and
 /// need nothing: the answer is always computed from the current data).
 async fn bulk(api: &Arc<Api>, req: Request<Incoming>) -> Result<Response<ResBody>, ApiError> {
-    let (env, api_key) = authenticate(api, req.headers())?;
-    let env = env.clone();
-    rate_limit(api, &env, &api_key)?;
-    let (parts, body) = req.into_parts();
-    let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
+    let (env, api_key, parts, bytes) = admit(api, req).await?;
     let m = &api.metrics;
     m.evaluations.with_label_values(&[&env.id, "ofrep_bulk"]).inc();
     let mut ctx = parse_request(&bytes).map_err(|details| {
