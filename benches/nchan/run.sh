@@ -44,5 +44,5 @@ case "${1:-}" in
     pgrep -P "$(cat "$dir/nginx.pid")"
     ;;
   *)
-    sed -n '2,14p' "$0"; exit 2 ;;
+    sed -n '4,16p' "$0"; exit 2 ;;
 esac
