@@ -1,0 +1,153 @@
+//! The validated configuration: the types the rest of the relay reads ([`Config`] and its
+//! sections), and [`Secret`], which keeps SDK keys and the Redis URL out of `Debug` output.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+/// A short, non-reversible label for a key: its first characters and a hash, for logs and output.
+pub fn redact(key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(key.as_bytes());
+    let shown = (key.chars().count() / 3).min(8);
+    let prefix: String = key.chars().take(shown).collect();
+    format!("{prefix}…#{}", &hex::encode(digest)[..8])
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: Upstream,
+    pub environments: Vec<EnvironmentConfig>,
+    pub sse: SseConfig,
+    pub http: HttpConfig,
+    pub shutdown_timeout: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub source_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvironmentConfig {
+    pub id: String,
+    pub server_keys: Vec<Secret>,
+    pub client_keys: Vec<Secret>,
+}
+
+// Built once at startup and held by one task: boxing the Redis variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    File(FileUpstream),
+    Redis(RedisUpstream),
+}
+
+#[derive(Debug, Clone)]
+pub struct FileUpstream {
+    pub path: PathBuf,
+    /// How often the file's metadata is checked for a change.
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisUpstream {
+    pub url: Secret,
+    pub prefix: String,
+    pub sentinel: Option<SentinelConfig>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub snapshot_timeout: Duration,
+    pub probe_interval: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub stable_after: Duration,
+    /// `MAXLEN ~ N` for the events stream.
+    pub events_maxlen: u64,
+    /// Where last good snapshots are persisted for a warm start (none: no persistence).
+    pub snapshot_dir: Option<PathBuf>,
+    /// `rediss://` only: a PEM file of CA certificates trusted for the server **instead of** the
+    /// system roots (self-signed deployments). Checked readable and parseable at startup.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `rediss://` only, both or neither: the PEM client certificate chain and private key for
+    /// mutual TLS.
+    pub tls_client_cert_file: Option<PathBuf>,
+    pub tls_client_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SentinelConfig {
+    pub addresses: Vec<String>,
+    pub master_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SseConfig {
+    pub heartbeat: Duration,
+    /// The `retry:` hint sent at the start of every stream, in milliseconds.
+    pub retry_ms: u64,
+    /// How many revisions the replay ring keeps for `Last-Event-ID` resumes.
+    pub replay_revisions: usize,
+    /// Tombstones (deleted keys) kept for resumes beyond the ring: count and age.
+    pub tombstones_max: usize,
+    pub tombstone_ttl: Duration,
+    /// Bytes a connection may have queued but not yet written before it counts as lagging.
+    pub client_buffer_bytes: usize,
+    /// SO_SNDBUF of API sockets (none: kernel autotuning).
+    pub socket_send_buffer_bytes: Option<usize>,
+    /// How long a client may stay over budget before it is disconnected.
+    pub slow_client_timeout: Duration,
+    /// Per-instance cap on SSE connections (0 = no cap).
+    pub max_connections: usize,
+    /// Maximum age of an SSE connection (with jitter), for rebalancing; none = unlimited.
+    pub max_connection_age: Option<Duration>,
+    /// On shutdown, SSE connections are closed spread over this window.
+    pub drain_window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub max_body_bytes: usize,
+    pub cors_allowed_origins: Vec<String>,
+    /// `X-Featureflow-Sdk-Config` header value (single-line JSON).
+    pub sdk_config_header: String,
+    /// OFREP requests per second per key (0 = unlimited).
+    pub ofrep_rate_limit: u32,
+}
+
+impl Config {
+    /// The effective configuration as TOML-like text with every key redacted.
+    pub fn redacted(&self) -> String {
+        format!("{self:#?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{load, MIN};
+    use crate::config::ServeArgs;
+
+    #[test]
+    fn redacted_output_hides_keys() {
+        let c = load(MIN, &ServeArgs::default()).unwrap();
+        let out = c.redacted();
+        assert!(!out.contains("sdk-srv-env-1"), "{out}");
+        assert!(out.contains("production"));
+    }
+}
