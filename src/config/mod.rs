@@ -20,31 +20,27 @@ pub use types::{
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/flagrelay.toml";
 
-/// Options shared by `serve`, `check-config` and the write commands.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
-    /// Path of the TOML config file.
-    #[arg(long, env = "FLAGRELAY_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+/// What the command line and the environment give, to be laid over the file: built by
+/// [`crate::cli`] from its parsed arguments, or directly by tests and tools (config knows
+/// nothing of clap). `None`: not given.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// The file to read (it has no key in itself; `Default` leaves it empty).
     pub config: PathBuf,
-    /// API listen address (SDKs and thin clients), e.g. 127.0.0.1:7700.
-    #[arg(long, env = "FLAGRELAY_LISTEN")]
     pub listen: Option<String>,
-    /// Admin listen address (/metrics /healthz /readyz /status), e.g. 127.0.0.1:7701.
-    #[arg(long, env = "FLAGRELAY_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
-    /// Log level or filter (RUST_LOG syntax), e.g. info or flagrelay=debug.
-    #[arg(long, env = "FLAGRELAY_LOG_LEVEL")]
     pub log_level: Option<String>,
-    /// Log format: text (default) or json.
-    #[arg(long, env = "FLAGRELAY_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Use Redis as the upstream (redis:// or rediss:// URL); overrides [upstream] in the file.
-    #[arg(long, env = "FLAGRELAY_REDIS_URL")]
+    /// Switches the upstream to Redis, whatever `[upstream] kind` says.
     pub redis_url: Option<String>,
-    /// Redis key prefix (default "flagrelay").
-    #[arg(long, env = "FLAGRELAY_REDIS_PREFIX")]
+    /// The Redis key prefix.
     pub prefix: Option<String>,
 }
+
+/// Transitional (issue 9 merge): the old name, for callers outside `config` and `cli` that still
+/// build their overrides as `config::ServeArgs { .. }`. Rename them to [`Overrides`] and delete
+/// this alias; the clap options themselves are [`crate::cli::ServeArgs`].
+pub type ServeArgs = Overrides;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,24 +62,25 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
 }
 
 impl Config {
-    /// Reads `args.config` and builds the effective configuration.
-    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(&args.config)
-            .map_err(|source| ConfigError::Read { path: args.config.clone(), source })?;
-        Config::from_toml(&text, args, Some(&args.config))
+    /// Reads the file at `overrides.config` and builds the effective configuration.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(&overrides.config)
+            .map_err(|source| ConfigError::Read { path: overrides.config.clone(), source })?;
+        Config::from_toml(&text, overrides, Some(&overrides.config))
     }
 
-    /// Builds the configuration from TOML text and command-line/env overrides.
-    pub fn from_toml(text: &str, args: &ServeArgs, path: Option<&Path>) -> Result<Config, ConfigError> {
+    /// Builds the configuration from TOML text and the overrides (whose `config` is not read:
+    /// `path` names the text in errors and in [`Config::source_path`]).
+    pub fn from_toml(text: &str, overrides: &Overrides, path: Option<&Path>) -> Result<Config, ConfigError> {
         let file = raw::parse(text, path)?;
-        validate::build(file, args, path.map(Path::to_path_buf))
+        validate::build(file, overrides, path.map(Path::to_path_buf))
     }
 }
 
 /// What the unit tests of every stage share: a minimal valid file and a loader.
 #[cfg(test)]
 mod testing {
-    use super::{Config, ConfigError, ServeArgs};
+    use super::{Config, ConfigError, Overrides};
 
     pub const MIN: &str = r#"
 [[environments]]
@@ -92,7 +89,7 @@ server_keys = ["sdk-srv-env-1"]
 client_keys = ["sdk-js-env-1"]
 "#;
 
-    pub fn load(text: &str, args: &ServeArgs) -> Result<Config, ConfigError> {
-        Config::from_toml(text, args, None)
+    pub fn load(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::from_toml(text, overrides, None)
     }
 }

@@ -108,13 +108,13 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use crate::config::testing::{load, MIN};
-    use crate::config::ServeArgs;
+    use crate::config::Overrides;
 
     #[test]
     fn parse_errors_give_the_line() {
-        let e = load("listen = \"a\"\nlisten = = 3\n", &ServeArgs::default()).unwrap_err();
+        let e = load("listen = \"a\"\nlisten = = 3\n", &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
-        let e = load(&format!("{MIN}bogus = 1\n"), &ServeArgs::default()).unwrap_err();
+        let e = load(&format!("{MIN}bogus = 1\n"), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
     }
 }

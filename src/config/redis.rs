@@ -6,33 +6,33 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::RawUpstream;
-use super::{invalid, ms, Config, ConfigError, RedisUpstream, Secret, SentinelConfig, ServeArgs, Upstream};
+use super::{invalid, ms, Config, ConfigError, RedisUpstream, Secret, SentinelConfig, Overrides, Upstream};
 
 impl RedisUpstream {
     /// The Redis settings of the `flags` commands, and the environments the config lists: from
     /// the config file when it exists (the command line still overrides it), else from
     /// `--redis-url` / `--prefix` alone with the built-in defaults.
-    pub fn for_tool(args: &ServeArgs) -> Result<(RedisUpstream, Option<Vec<String>>), ConfigError> {
-        if args.config.exists() {
-            let config = Config::load(args)?;
+    pub fn for_tool(overrides: &Overrides) -> Result<(RedisUpstream, Option<Vec<String>>), ConfigError> {
+        if overrides.config.exists() {
+            let config = Config::load(overrides)?;
             let envs = config.environments.iter().map(|e| e.id.clone()).collect();
             return match config.upstream {
                 Upstream::Redis(r) => Ok((r, Some(envs))),
                 Upstream::File(_) => Err(invalid("upstream.kind", "the config's upstream is not Redis: pass --redis-url")),
             };
         }
-        match &args.redis_url {
-            Some(url) => Ok((redis_upstream(url.clone(), &RawUpstream::default(), args)?, None)),
-            None => Err(invalid("redis_url", format!("no config file at {} and no --redis-url", args.config.display()))),
+        match &overrides.redis_url {
+            Some(url) => Ok((redis_upstream(url.clone(), &RawUpstream::default(), overrides)?, None)),
+            None => Err(invalid("redis_url", format!("no config file at {} and no --redis-url", overrides.config.display()))),
         }
     }
 }
 
-pub(super) fn redis_upstream(url: String, up: &RawUpstream, args: &ServeArgs) -> Result<RedisUpstream, ConfigError> {
+pub(super) fn redis_upstream(url: String, up: &RawUpstream, overrides: &Overrides) -> Result<RedisUpstream, ConfigError> {
     if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
         return Err(invalid("upstream.url", "expected a redis:// or rediss:// URL"));
     }
-    let prefix = args.prefix.clone().or_else(|| up.prefix.clone()).unwrap_or_else(|| "flagrelay".into());
+    let prefix = overrides.prefix.clone().or_else(|| up.prefix.clone()).unwrap_or_else(|| "flagrelay".into());
     if prefix.is_empty() || prefix.contains(['{', '}', ' ']) {
         return Err(invalid("upstream.prefix", "must be non-empty, without braces or spaces"));
     }
@@ -129,7 +129,7 @@ fn check_tls_files(r: &RedisUpstream) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use crate::config::testing::{load, MIN};
-    use crate::config::ServeArgs;
+    use crate::config::Overrides;
 
     #[test]
     fn tls_files_need_rediss_and_come_in_pairs() {
@@ -139,13 +139,13 @@ mod tests {
         std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nMAAA\n-----END CERTIFICATE-----\n").unwrap();
         let section = |url: &str, extra: &str| format!("[upstream]\nkind = \"redis\"\nurl = {url:?}\n{extra}\n{MIN}");
         let ca = format!("tls_ca_file = {:?}", pem.display().to_string());
-        assert!(load(&section("rediss://h:6380", &ca), &ServeArgs::default()).is_ok());
-        let e = load(&section("redis://h:6379", &ca), &ServeArgs::default()).unwrap_err();
+        assert!(load(&section("rediss://h:6380", &ca), &Overrides::default()).is_ok());
+        let e = load(&section("redis://h:6379", &ca), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("upstream.tls_ca_file") && e.to_string().contains("rediss://"), "{e}");
         let cert_only = format!("tls_client_cert_file = {:?}", pem.display().to_string());
-        let e = load(&section("rediss://h:6380", &cert_only), &ServeArgs::default()).unwrap_err();
+        let e = load(&section("rediss://h:6380", &cert_only), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("upstream.tls_client_key_file"), "{e}");
-        let e = load(&section("rediss://h:6380", "tls_ca_file = \"/nonexistent/ca.pem\""), &ServeArgs::default()).unwrap_err();
+        let e = load(&section("rediss://h:6380", "tls_ca_file = \"/nonexistent/ca.pem\""), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("upstream.tls_ca_file") && e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 }

@@ -141,11 +141,11 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use crate::config::testing::{load, MIN};
-    use crate::config::ServeArgs;
+    use crate::config::Overrides;
 
     #[test]
     fn redacted_output_hides_keys() {
-        let c = load(MIN, &ServeArgs::default()).unwrap();
+        let c = load(MIN, &Overrides::default()).unwrap();
         let out = c.redacted();
         assert!(!out.contains("sdk-srv-env-1"), "{out}");
         assert!(out.contains("production"));

@@ -11,28 +11,28 @@ use std::time::Duration;
 use super::raw::{RawConfig, RawEnvironment, RawHttp, RawSse, RawUpstream};
 use super::redis::redis_upstream;
 use super::{
-    invalid, ms, redact, Config, ConfigError, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, Secret, ServeArgs,
+    invalid, ms, redact, Config, ConfigError, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, Secret, Overrides,
     SseConfig, Upstream,
 };
 
-pub(super) fn build(file: RawConfig, args: &ServeArgs, source_path: Option<PathBuf>) -> Result<Config, ConfigError> {
-    let listen_s = args.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:7700".into());
+pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<PathBuf>) -> Result<Config, ConfigError> {
+    let listen_s = overrides.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:7700".into());
     let listen = parse_addr("listen", &listen_s)?;
-    let admin_s = args.admin_listen.clone().or(file.admin_listen).unwrap_or_else(|| "127.0.0.1:7701".into());
+    let admin_s = overrides.admin_listen.clone().or(file.admin_listen).unwrap_or_else(|| "127.0.0.1:7701".into());
     let admin_listen = parse_addr("admin_listen", &admin_s)?;
     if listen == admin_listen && listen.port() != 0 {
         return Err(invalid("admin_listen", "must differ from `listen`"));
     }
 
-    let log_level = args.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
-    let log_format = match args.log_format.clone().or(file.log_format).as_deref() {
+    let log_level = overrides.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+    let log_format = match overrides.log_format.clone().or(file.log_format).as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => return Err(invalid("log_format", format!("{other:?}: expected \"text\" or \"json\""))),
     };
 
     let environments = environments(file.environments)?;
-    let upstream = upstream(file.upstream.unwrap_or_default(), args)?;
+    let upstream = upstream(file.upstream.unwrap_or_default(), overrides)?;
     let sse = sse(file.sse.unwrap_or_default())?;
     let http = http(file.http.unwrap_or_default())?;
 
@@ -105,13 +105,13 @@ fn environments(raw: Vec<RawEnvironment>) -> Result<Vec<EnvironmentConfig>, Conf
 
 /// `[upstream]`: Redis when `--redis-url` is given (whatever `kind` says) or `kind = "redis"`,
 /// else the flags file.
-fn upstream(up: RawUpstream, args: &ServeArgs) -> Result<Upstream, ConfigError> {
-    let redis_url = args.redis_url.clone().or_else(|| match up.kind.as_deref() {
+fn upstream(up: RawUpstream, overrides: &Overrides) -> Result<Upstream, ConfigError> {
+    let redis_url = overrides.redis_url.clone().or_else(|| match up.kind.as_deref() {
         Some("redis") => up.url.clone(),
         _ => None,
     });
     Ok(match (redis_url, up.kind.as_deref()) {
-        (Some(url), _) => Upstream::Redis(redis_upstream(url, &up, args)?),
+        (Some(url), _) => Upstream::Redis(redis_upstream(url, &up, overrides)?),
         (None, Some("redis")) => return Err(invalid("upstream.url", "kind = \"redis\" needs a url (or --redis-url)")),
         (None, None | Some("file")) => {
             let path = up.path.clone().unwrap_or_else(|| PathBuf::from("config/flags.json"));
@@ -193,11 +193,11 @@ mod tests {
     use std::time::Duration;
 
     use crate::config::testing::{load, MIN};
-    use crate::config::{ServeArgs, Upstream};
+    use crate::config::{Overrides, Upstream};
 
     #[test]
     fn defaults() {
-        let c = load(MIN, &ServeArgs::default()).unwrap();
+        let c = load(MIN, &Overrides::default()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7700");
         assert_eq!(c.sse.heartbeat, Duration::from_secs(15));
         assert!(matches!(c.upstream, Upstream::File(_)));
@@ -207,16 +207,16 @@ mod tests {
     #[test]
     fn cli_beats_file() {
         let text = format!("listen = \"127.0.0.1:1\"\n{MIN}");
-        let args = ServeArgs { listen: Some("127.0.0.1:2".into()), ..Default::default() };
+        let args = Overrides { listen: Some("127.0.0.1:2".into()), ..Default::default() };
         assert_eq!(load(&text, &args).unwrap().listen.port(), 2);
-        assert_eq!(load(&text, &ServeArgs::default()).unwrap().listen.port(), 1);
+        assert_eq!(load(&text, &Overrides::default()).unwrap().listen.port(), 1);
     }
 
     #[test]
     fn names_the_bad_field() {
-        let e = load(&format!("listen = \"nope\"\n{MIN}"), &ServeArgs::default()).unwrap_err();
+        let e = load(&format!("listen = \"nope\"\n{MIN}"), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("`listen`"), "{e}");
-        let e = load(&format!("{MIN}[sse]\nheartbeat_secs = 0\n"), &ServeArgs::default()).unwrap_err();
+        let e = load(&format!("{MIN}[sse]\nheartbeat_secs = 0\n"), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("sse.heartbeat_secs"), "{e}");
     }
 
@@ -230,21 +230,21 @@ server_keys = ["k1"]
 id = "b"
 server_keys = ["k1"]
 "#;
-        let e = load(text, &ServeArgs::default()).unwrap_err();
+        let e = load(text, &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("used twice"), "{e}");
         assert!(!e.to_string().contains("k1\""), "key leaked: {e}");
     }
 
     #[test]
     fn the_drain_window_must_fit_in_the_shutdown_deadline() {
-        let e = load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 5\n"), &ServeArgs::default()).unwrap_err();
+        let e = load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 5\n"), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("sse.drain_window_secs"), "{e}");
-        assert!(load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 4\n"), &ServeArgs::default()).is_ok());
+        assert!(load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 4\n"), &Overrides::default()).is_ok());
     }
 
     #[test]
     fn redis_url_switches_upstream() {
-        let args = ServeArgs { redis_url: Some("redis://127.0.0.1:6379".into()), ..Default::default() };
+        let args = Overrides { redis_url: Some("redis://127.0.0.1:6379".into()), ..Default::default() };
         let c = load(MIN, &args).unwrap();
         let Upstream::Redis(r) = c.upstream else { panic!("expected redis") };
         assert_eq!(r.prefix, "flagrelay");
