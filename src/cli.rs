@@ -1,5 +1,8 @@
-//! The command line (clap, derive). `serve` is the default when no subcommand is given.
-//! The first stage of configuration: validation happens in [`crate::config`].
+//! The command line (clap derive): the subcommands and the options they share
+//! ([`ServeArgs`], which clap also fills from the `FLAGRELAY_*` variables, the command line
+//! winning), handed to [`crate::config`] as [`Overrides`] to be laid over the file there.
+//! `serve` is the default when no subcommand is given; options written before a subcommand
+//! are that default's and are not passed to the subcommand (they are ignored).
 
 use std::path::PathBuf;
 

@@ -9,6 +9,8 @@ use flagrelay::config::{Config, LogFormat, Overrides, RedisUpstream};
 use flagrelay::upstream::redis::writer;
 use flagrelay::shutdown::{self, Shutdown};
 
+/// Installs the global subscriber. The filter is `RUST_LOG` when that is set and non-empty,
+/// else `config.log_level`; one that does not parse becomes `info` without a word.
 fn init_logging(config: &Config) {
     let filter = std::env::var("RUST_LOG")
         .ok()

@@ -1,9 +1,26 @@
-//! Configuration in two stages: clap parses the command line and environment ([`ServeArgs`]), then
-//! [`Config::load`] reads the TOML file and validates everything into a [`Config`], naming the bad
-//! field (and the file line where the TOML parser gives one).
+//! The relay's configuration: the TOML file and the command-line [`Overrides`] turned into a
+//! validated [`Config`]. The stages, one file each: `raw.rs` parses the file as written
+//! (a syntax error or unknown key names the file line), `validate.rs` checks every value and
+//! applies the defaults (an error names the key, e.g. `sse.heartbeat_secs`), `redis.rs` does
+//! the same for a Redis upstream and its TLS files; `types.rs` holds what comes out. The command
+//! line itself (clap) is [`crate::cli`], which hands its options over as [`Overrides`].
 //!
-//! Precedence for every setting: command line > environment variable > file > built-in default.
-//! A `Config` is valid by construction: code that holds one never re-checks it.
+//! Where a setting comes from (the first one given wins):
+//! - `listen`, `admin_listen`, `log_level`, `log_format`, `[upstream] prefix` (Redis only): the command
+//!   line, its `FLAGRELAY_*` environment variable (clap reads both; an empty variable counts as
+//!   given), the file, the built-in default.
+//! - The Redis URL: the same, except that the file's `url` counts only with
+//!   `kind = "redis"`, and a URL from the command line or environment makes the upstream Redis
+//!   whatever `kind` says (the file's other `[upstream]` Redis keys still apply).
+//! - The log filter is not decided here: the binary uses `RUST_LOG` instead of `log_level`
+//!   when that variable is set and non-empty, and `info` when the filter does not parse
+//!   (`main.rs`); `log_level` is not checked here.
+//! - The file's own path: `--config`, `FLAGRELAY_CONFIG`, `config/flagrelay.toml`.
+//! - Every other setting (`shutdown_timeout_secs`, `[[environments]]`, `[sse]`, `[http]`, the
+//!   rest of `[upstream]`): the file, else the built-in default; no flag or variable sets it.
+//!
+//! A `Config` and its sections are built only here, after every check has passed, so code that
+//! holds one does not re-check it (their fields are public for reading; nothing else builds them).
 
 mod raw;
 mod redis;
@@ -18,6 +35,7 @@ pub use types::{
     SseConfig, Upstream,
 };
 
+/// Where the config file is read from when neither `--config` nor `FLAGRELAY_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/flagrelay.toml";
 
 /// What the command line and the environment give, to be laid over the file: built by
@@ -42,6 +60,8 @@ pub struct Overrides {
 /// this alias; the clap options themselves are [`crate::cli::ServeArgs`].
 pub type ServeArgs = Overrides;
 
+/// Why there is no `Config`: the file cannot be read, is not valid TOML for the file structs,
+/// or a value fails a check (`field` is the key as the file spells it).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -52,6 +72,7 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
+/// The error for a value that fails a check, naming its key.
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field: field.into(), message: message.into() }
 }

@@ -1,6 +1,7 @@
 //! Stage one of the file: the TOML config exactly as written, every key optional where the file
 //! may leave it out, unknown keys refused (`deny_unknown_fields`, so a typo names itself).
-//! Nothing here checks a value or applies a default: that is [`super::validate`].
+//! Nothing here checks a value or applies a built-in default (a missing list is empty): that is
+//! [`super::validate`].
 
 use std::path::{Path, PathBuf};
 

@@ -1,11 +1,13 @@
 //! The validated configuration: the types the rest of the relay reads ([`Config`] and its
-//! sections), and [`Secret`], which keeps SDK keys and the Redis URL out of `Debug` output.
+//! sections), [`Secret`], which keeps SDK keys and the Redis URL out of `Debug` output, and
+//! [`Config::redacted`], the `check-config` printout.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A value that must not be printed (an SDK key, the Redis URL): its `Debug` is [`redact`]ed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
@@ -15,7 +17,8 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A short, non-reversible label for a key: its first characters and a hash, for logs and output.
+/// A short, non-reversible label for a key: its first characters (a third of it, at most 8)
+/// and 8 hex digits of its SHA-1. Used in [`Secret`]'s `Debug` and in config errors.
 pub fn redact(key: &str) -> String {
     use sha1::{Digest, Sha1};
     let digest = Sha1::digest(key.as_bytes());
@@ -24,6 +27,7 @@ pub fn redact(key: &str) -> String {
     format!("{prefix}…#{}", &hex::encode(digest)[..8])
 }
 
+/// The effective configuration ([`crate::config`] says where each value comes from).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -33,17 +37,22 @@ pub struct Config {
     pub sse: SseConfig,
     pub http: HttpConfig,
     pub shutdown_timeout: Duration,
+    /// The `log_level` setting, not checked here; the binary uses `RUST_LOG` instead when that is
+    /// set and non-empty.
     pub log_level: String,
     pub log_format: LogFormat,
+    /// The file it was read from (none for text from nowhere); only shown by `check-config`.
     pub source_path: Option<PathBuf>,
 }
 
+/// `log_format`: `text` (the default) or `json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
+/// One `[[environments]]` entry: a well-formed id and its keys, each used once in the file.
 #[derive(Debug, Clone)]
 pub struct EnvironmentConfig {
     pub id: String,
@@ -51,6 +60,7 @@ pub struct EnvironmentConfig {
     pub client_keys: Vec<Secret>,
 }
 
+/// Where the flags come from: the flags file, or Redis.
 // Built once at startup and held by one task: boxing the Redis variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
@@ -59,6 +69,7 @@ pub enum Upstream {
     Redis(RedisUpstream),
 }
 
+/// `[upstream] kind = "file"` (the default).
 #[derive(Debug, Clone)]
 pub struct FileUpstream {
     pub path: PathBuf,
@@ -66,6 +77,7 @@ pub struct FileUpstream {
     pub poll_interval: Duration,
 }
 
+/// A Redis upstream; also what the `flags` commands connect with.
 #[derive(Debug, Clone)]
 pub struct RedisUpstream {
     pub url: Secret,
@@ -91,12 +103,14 @@ pub struct RedisUpstream {
     pub tls_client_key_file: Option<PathBuf>,
 }
 
+/// `[upstream.sentinel]`: the master is looked up through these Sentinels.
 #[derive(Debug, Clone)]
 pub struct SentinelConfig {
     pub addresses: Vec<String>,
     pub master_name: String,
 }
 
+/// `[sse]`: streams, their replay history and their flow control.
 #[derive(Debug, Clone)]
 pub struct SseConfig {
     pub heartbeat: Duration,
@@ -121,6 +135,7 @@ pub struct SseConfig {
     pub drain_window: Duration,
 }
 
+/// `[http]`: request limits and response headers of the API.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub max_body_bytes: usize,
@@ -132,7 +147,10 @@ pub struct HttpConfig {
 }
 
 impl Config {
-    /// The effective configuration as TOML-like text with every key redacted.
+    /// The effective configuration for `check-config`: Rust's pretty `Debug` notation
+    /// (`Config { listen: 127.0.0.1:7700, ... }`), not TOML and not meant to be parsed back.
+    /// Every [`Secret`] (the SDK keys, the Redis URL) prints as its [`redact`] label; the rest,
+    /// Sentinel addresses included, prints as it is.
     pub fn redacted(&self) -> String {
         format!("{self:#?}")
     }

@@ -170,7 +170,7 @@ fn sse(sse_f: RawSse) -> Result<SseConfig, ConfigError> {
 }
 
 /// `[http]`; the header check on the encoded `sdk_config` runs later in [`build`] (after the
-/// drain-window check, as it always has).
+/// drain-window check, so which failure is reported first is what it was before the split).
 fn http(http_f: RawHttp) -> Result<HttpConfig, ConfigError> {
     let sdk_config = match http_f.sdk_config {
         Some(t) => serde_json::to_string(&t).map_err(|e| invalid("http.sdk_config", e.to_string()))?,
