@@ -241,3 +241,7 @@ impl History {
         out
     }
 }
+
+#[cfg(test)]
+#[path = "history_tests.rs"]
+mod tests;
