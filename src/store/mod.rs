@@ -263,11 +263,6 @@ impl Store {
     pub fn envs(&self) -> &[Arc<EnvStore>] {
         &self.envs
     }
-
-    /// True once every environment has loaded data.
-    pub fn all_loaded(&self) -> bool {
-        self.envs.iter().all(|e| e.snapshot().loaded)
-    }
 }
 
 #[cfg(test)]
