@@ -40,7 +40,7 @@ use crate::model::{Feature, Revision};
 
 use history::{History, Target};
 pub use history::{Catchup, StoreLimits};
-pub use snapshot::{encode_map, etag_of, ChangeRecord, CompiledMap, Encoded, FeatureMap, FrameSlot, Snapshot};
+pub use snapshot::{encode_map, ChangeRecord, CompiledMap, Encoded, FeatureMap, FrameSlot, Snapshot};
 pub use status::SourceStatus;
 
 /// A change to apply. `revision: None` means "the next revision".

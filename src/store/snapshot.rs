@@ -189,7 +189,7 @@ pub fn encode_map<'a>(features: impl Iterator<Item = &'a Arc<Feature>>) -> Bytes
 
 /// A strong ETag: the quoted hex of the first 12 bytes (96 bits) of the content's SHA-1
 /// (deterministic, changes exactly when the body does).
-pub fn etag_of(body: &[u8]) -> String {
+fn etag_of(body: &[u8]) -> String {
     use sha1::{Digest, Sha1};
     let d = Sha1::digest(body);
     format!("\"{}\"", hex::encode(&d[..12]))
