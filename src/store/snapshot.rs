@@ -93,7 +93,7 @@ pub struct Encoded {
 impl Snapshot {
     /// The initial snapshot of an environment: empty, not loaded, seq and revision 0.
     pub(super) fn empty(env: Arc<str>) -> Snapshot {
-        Snapshot::build(env, 0, 0, Arc::default(), Arc::default(), false, None, OnceLock::new())
+        Snapshot { loaded: false, ..Snapshot::published(env, 0, 0, Arc::default(), Arc::default(), None) }
     }
 
     /// A loaded snapshot, published now, with nothing encoded yet.
@@ -105,40 +105,28 @@ impl Snapshot {
         compiled: Arc<CompiledMap>,
         last_change: Option<Arc<ChangeRecord>>,
     ) -> Snapshot {
-        Snapshot::build(env, seq, revision, features, compiled, true, last_change, OnceLock::new())
-    }
-
-    /// This snapshot's content at `revision`, loaded and published now: the encoded map and ETag
-    /// are kept, the frames (which carry the revision) are not.
-    pub(super) fn at_revision(&self, revision: Revision) -> Snapshot {
-        let body = self.body.get().cloned().map(OnceLock::from).unwrap_or_default();
-        let (features, compiled) = (self.features.clone(), self.compiled.clone());
-        Snapshot::build(self.env.clone(), self.seq, revision, features, compiled, true, self.last_change.clone(), body)
-    }
-
-    #[allow(clippy::too_many_arguments)] // private: the three constructors above name the cases
-    fn build(
-        env: Arc<str>,
-        seq: u64,
-        revision: Revision,
-        features: Arc<FeatureMap>,
-        compiled: Arc<CompiledMap>,
-        loaded: bool,
-        last_change: Option<Arc<ChangeRecord>>,
-        body: OnceLock<Encoded>,
-    ) -> Snapshot {
         Snapshot {
             env,
             seq,
             revision,
             features,
             compiled,
-            loaded,
+            loaded: true,
             published_at: SystemTime::now(),
             last_change,
-            body,
+            body: OnceLock::new(),
             full_frames: FrameSlots::default(),
             catchup_frames: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// This snapshot's content at `revision`, loaded and published now: the encoded map and ETag
+    /// are kept, the frames (which carry the revision) are not.
+    pub(super) fn at_revision(&self, revision: Revision) -> Snapshot {
+        let (features, compiled) = (self.features.clone(), self.compiled.clone());
+        Snapshot {
+            body: self.body.get().cloned().map(OnceLock::from).unwrap_or_default(),
+            ..Snapshot::published(self.env.clone(), self.seq, revision, features, compiled, self.last_change.clone())
         }
     }
 
