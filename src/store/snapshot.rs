@@ -193,7 +193,8 @@ pub struct ChangeRecord {
     /// Upstream publish time (Unix ms), for the propagation metric.
     pub upstream_ts_ms: Option<u64>,
     pub at: Instant,
-    /// Increments whenever the revision fails to go up (failover, restore).
+    /// The history lineage this change belongs to: a new one starts at the first load and whenever
+    /// the revision fails to go up (failover, restore).
     pub lineage: u64,
     /// The encoded frames of this change, one per stream kind, filled by the fan-out.
     frames: FrameSlots,
