@@ -17,7 +17,8 @@
 //!
 //! Invariants:
 //! - Frames shared by every client are encoded once: the legacy frame in slot
-//!   [`LEGACY_SLOT`] of the change record, the OFREP frame in slot [`OFREP_SLOT`] of the snapshot.
+//!   [`LegacyJs`](crate::store::FrameSlot::LegacyJs) of the change record, the OFREP frame in slot
+//!   [`Ofrep`](crate::store::FrameSlot::Ofrep) of the snapshot.
 //! - Streams whose contexts are identical (same id, same attributes and values, in any order) and
 //!   whose environment is the same share one [`ContextGroup`]: a change is evaluated once per group,
 //!   and the group's frames are shared by its streams. The group registry holds weak references; a
@@ -37,11 +38,6 @@ use crate::eval::{CompiledFeature, Context};
 use crate::metrics::Metrics;
 use crate::model::Revision;
 use crate::store::{Catchup, ChangeRecord, EnvStore, Snapshot};
-
-/// Frame slot of the legacy JS stream on change records and snapshots.
-pub const LEGACY_SLOT: usize = 1;
-/// Frame slot of the OFREP `refetchEvaluation` frame on snapshots.
-pub const OFREP_SLOT: usize = 2;
 
 /// True if thin clients (thin-client API, its streams, OFREP) may see this feature.
 pub fn served(f: &CompiledFeature) -> bool {
@@ -85,7 +81,7 @@ impl LegacyJsRenderer {
             Catchup::Current => None,
             Catchup::Changes(c) if c.is_empty() => None,
             Catchup::Changes(c) if c.len() == 1 && c[0].seq == to.seq => {
-                Some(c[0].frames[LEGACY_SLOT].get_or_init(|| keys_frame(change_keys(&c[0]), c[0].revision)).clone())
+                Some(c[0].frame(crate::store::FrameSlot::LegacyJs).get_or_init(|| keys_frame(change_keys(&c[0]), c[0].revision)).clone())
             }
             Catchup::Changes(c) => Some(keys_frame(c.iter().flat_map(|c| change_keys(c)), to.revision)),
             Catchup::FullState { tombstones } => Some(keys_frame(
@@ -123,7 +119,7 @@ impl Renderer for LegacyJsRenderer {
 /// `id: <revision>`, `event: message`, `data: {"type":"refetchEvaluation","etag":..,"lastModified":..}`,
 /// encoded once per snapshot.
 pub fn refetch_frame(s: &Snapshot) -> &Bytes {
-    s.full_frames[OFREP_SLOT].get_or_init(|| {
+    s.full_frame_slot(crate::store::FrameSlot::Ofrep).get_or_init(|| {
         let last_modified = s.published_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let data = serde_json::json!({
             "type": "refetchEvaluation",
