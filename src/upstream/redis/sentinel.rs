@@ -40,7 +40,7 @@ pub fn describe(info: &ConnectionInfo) -> String {
 
 impl Target {
     pub fn new(cfg: &RedisUpstream) -> Result<Target, SyncError> {
-        let base = cfg.url.0.as_str().into_connection_info().map_err(|e| SyncError::Other(format!("invalid redis url: {e}")))?;
+        let base = cfg.url.0.as_str().into_connection_info().map_err(SyncError::InvalidUrl)?;
         let base = tls::with_certificates(base, cfg)?;
         Ok(Target {
             base,
@@ -81,7 +81,7 @@ impl Target {
                 Err(e) => errors.push(format!("{address}: {e}")),
             }
         }
-        Err(SyncError::Other(format!("no sentinel named a master for {:?} ({})", s.master_name, errors.join("; "))))
+        Err(SyncError::NoSentinelAnswered { master: s.master_name.clone(), errors: errors.join("; ") })
     }
 
     async fn ask_one(&self, address: &str, master: &str) -> Result<(String, u16), SyncError> {
@@ -97,8 +97,8 @@ impl Target {
         })
         .await
         .map_err(|_| SyncError::Timeout(budget, "asking a sentinel"))??;
-        let (host, port) = reply.ok_or_else(|| SyncError::Other(format!("sentinel knows no master named {master:?}")))?;
-        let port = port.parse().map_err(|_| SyncError::Other(format!("sentinel gave a bad port {port:?}")))?;
+        let (host, port) = reply.ok_or_else(|| SyncError::UnknownMaster(master.to_string()))?;
+        let port = port.parse().map_err(|_| SyncError::BadPort(port.clone()))?;
         Ok((host, port))
     }
 }

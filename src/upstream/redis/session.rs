@@ -185,7 +185,7 @@ impl Subscription {
             .map_err(|_| SyncError::Timeout(self.response_timeout, "probing the revision"))??;
         match r {
             None => Ok(0),
-            Some(s) => s.trim().parse().map_err(|_| SyncError::Other(format!("{rev_key} does not hold a revision"))),
+            Some(s) => s.trim().parse().map_err(|_| SyncError::ProbeNotARevision(rev_key.to_string())),
         }
     }
 }

@@ -33,8 +33,8 @@ pub fn install_crypto_provider() {
     });
 }
 
-fn read(field: &str, path: &Path) -> Result<Vec<u8>, SyncError> {
-    std::fs::read(path).map_err(|e| SyncError::Other(format!("upstream.{field}: cannot read {}: {e}", path.display())))
+fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SyncError> {
+    std::fs::read(path).map_err(|source| SyncError::TlsFile { field, path: path.to_path_buf(), source })
 }
 
 /// `info` with the configured CA and client certificate attached (a `rediss://` address), or
@@ -53,7 +53,7 @@ pub fn with_certificates(info: ConnectionInfo, cfg: &RedisUpstream) -> Result<Co
         _ => None,
     };
     let client = redis::Client::build_with_tls(info, TlsCertificates { client_tls, root_cert })
-        .map_err(|e| SyncError::Other(format!("TLS certificates: {e}")))?;
+        .map_err(SyncError::TlsCertificates)?;
     Ok(client.get_connection_info().clone())
 }
 
