@@ -13,6 +13,9 @@ use ::redis::AsyncCommands;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use support::redis::*;
+use support::redis::sentinel::TestSentinel;
+use support::redis::server::TestRedis;
+use support::redis::watcher::{converge, exact, poll_flags, wait_poll, WatchingClient};
 use support::*;
 
 const ENV: &str = "production";

@@ -10,6 +10,8 @@ use std::time::Duration;
 use ::redis::AsyncCommands;
 use serde_json::{json, Value};
 use support::redis::*;
+use support::redis::server::TestRedis;
+use support::redis::watcher::{converge, poll_flags, wait_poll, WatchingClient};
 use support::*;
 
 const ENV: &str = "production";

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::redis::*;
+use support::redis::sentinel::TestSentinel;
+use support::redis::server::TestRedis;
+use support::redis::tls::TlsFiles;
+use support::redis::watcher::{exact, poll_flags, wait_poll, WatchingClient};
 use support::*;
 
 const ENV: &str = "production";
