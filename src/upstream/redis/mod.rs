@@ -24,8 +24,9 @@
 //! In `Live`, messages are applied by revision: other epoch or `reset` → resync; `rev <= held` →
 //! stale (ignored); `rev == held + 1` → applied; `rev > held + 1` → gap → resync; a revision
 //! that does not go up on the subscription → rewind → resync. The probe (`GET rev` on the
-//! subscribed connection) finds trailing loss (`n > held` after draining the queue) and a
-//! revision that went backwards (`n < held before the probe`). These rules are pure functions in
+//! subscribed connection; RESP2: on a separate one, see [`session`]) finds trailing loss
+//! (`n > held` after draining the queue) and a revision that went backwards (`n < held before
+//! the probe`). These rules are pure functions in
 //! [`order`], with a table test per rule; the supervisor only acts on their answer. A full queue
 //! (overflow) → resync. A snapshot is authoritative even when its revision is lower (failover);
 //! the store diffs it against the held copy and publishes only what changed, reverts included.

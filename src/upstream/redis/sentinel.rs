@@ -11,6 +11,10 @@
 //! Sentinel + TLS: a `rediss://` URL makes the connection to the master TLS, verified for the
 //! address the sentinels announce. The sentinels themselves are asked over plain TCP unless an
 //! address is written `rediss://host:port` (then with the same certificates).
+//!
+//! Also here, what every Redis connection goes through: [`connect`] (the relay's connect and
+//! response timeouts, keepalive), [`with_protocol`] and [`resp3_refused`] (the RESP2 fallback),
+//! [`describe`] (an address for logs and `/status`).
 
 use std::time::Duration;
 

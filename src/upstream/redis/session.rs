@@ -12,7 +12,8 @@
 //! on its own, and never on a timeout: the supervisor does.
 //!
 //! RESP2 (a server that refuses `HELLO 3`): `aio::PubSub` for the messages, forwarded by a task
-//! into the same bounded queue, plus a separate command connection for the probe. The probe is
+//! into the same bounded queue (the [`Subscription`] owns the task and aborts it when dropped),
+//! plus a separate command connection for the probe. The probe is
 //! then not ordered with the messages, so trailing loss is declared only when the applied
 //! revision is still below the value read by the *previous* probe.
 

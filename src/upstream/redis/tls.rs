@@ -14,7 +14,6 @@
 //! skips verification.
 
 use std::path::Path;
-use std::sync::Once;
 
 use redis::{ClientTlsConfig, ConnectionAddr, ConnectionInfo, TlsCertificates};
 
@@ -22,15 +21,15 @@ use crate::config::RedisUpstream;
 
 use super::SyncError;
 
-/// Installs ring as rustls's process-wide crypto provider, once. redis-rs builds its rustls
-/// configs with the process default and brings no provider of its own; a provider the embedding
-/// program installed first is kept.
+/// Installs ring as rustls's process-wide default crypto provider unless there is one already
+/// (rustls keeps the first it is given; the default is rustls's own process state). redis-rs
+/// builds its rustls configs with the process default and brings no provider of its own; a
+/// provider the embedding program installed first is kept.
 pub fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Err = a provider is already installed: keep it.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err = another caller installed one meanwhile: keep it.
         let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+    }
 }
 
 fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SyncError> {

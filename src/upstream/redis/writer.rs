@@ -1,5 +1,6 @@
-//! The reference writer of the upstream contract, used by `flagrelay flags ...`, the load tool
-//! and the tests.
+//! The reference writer of the upstream contract ([`Writer`]), used by `flagrelay flags ...`, the
+//! load tool and the tests, and the `flags` commands themselves ([`execute`]: input parsing and
+//! validation before connecting, then one write, and the summary printed).
 //!
 //! All writes go through one atomic Lua script, `scripts/redis/flagrelay-write.lua` (embedded
 //! here with `include_str!`; other writers load the same file). Its contract is in the script's
