@@ -22,7 +22,7 @@ pub type Flags = BTreeMap<String, Value>;
 
 /// Settings for the writer: the relay's defaults for `url`.
 pub fn tool_config(url: &str) -> RedisUpstream {
-    let args = flagrelay::config::ServeArgs { config: "/nonexistent/flagrelay.toml".into(), redis_url: Some(url.to_string()), ..Default::default() };
+    let args = flagrelay::config::Overrides { config: "/nonexistent/flagrelay.toml".into(), redis_url: Some(url.to_string()), ..Default::default() };
     RedisUpstream::for_tool(&args).expect("tool config").0
 }
 
