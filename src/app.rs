@@ -25,7 +25,7 @@ use crate::fanout::Fanout;
 use crate::http::api::Api;
 use crate::http::auth::Keys;
 use crate::http::server::{Server, ServerOptions};
-use crate::metrics::Metrics;
+use crate::metrics::{LogCounters, Metrics};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreLimits};
 use crate::upstream;
@@ -40,7 +40,13 @@ pub enum AppError {
 
 /// Runs the relay on already-bound listeners until `shutdown` is triggered and the drain ends.
 pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpListener, shutdown: Shutdown) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new(Registry::new())?);
+    run_with(config, api_listener, admin_listener, shutdown, LogCounters::new()?).await
+}
+
+/// [`run`], exporting the counters of the log output that was set up before it
+/// ([`crate::logging`]).
+pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener: TcpListener, shutdown: Shutdown, log: LogCounters) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::with_log_counters(Registry::new(), log)?);
     let api_addr = api_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let admin_addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let limits = StoreLimits {
