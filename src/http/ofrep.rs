@@ -38,6 +38,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request, Response, StatusCode};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
 use super::api::{routes, Api};
@@ -56,6 +57,8 @@ const FLAGS: &str = "/ofrep/v1/evaluate/flags";
 const STREAM: &str = "/ofrep/v1/stream/";
 /// `inactivityDelaySec` advertised with the event stream (the ADR-0008 default).
 const INACTIVITY_DELAY_SECS: u64 = 120;
+/// What a path segment keeps unescaped: RFC 3986's unreserved set.
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// True for every path this module serves (`//ofrep/...` too: a base URL with a trailing slash).
 pub fn owns(path: &str) -> bool {
@@ -75,7 +78,7 @@ pub async fn handle(api: &Arc<Api>, req: Request<Incoming>, conn: Arc<ConnState>
             m => Err(ApiError::MethodNotAllowed(m.to_string())),
         })
     } else if let Some(key) = path.strip_prefix("/ofrep/v1/evaluate/flags/").filter(|k| !k.contains('/')) {
-        let key = String::from_utf8_lossy(&super::thin::percent_decode(key)).into_owned();
+        let key = util::percent_decode_lossy(key);
         (routes::OFREP_FLAG, match &method {
             _ if options => Ok(preflight()),
             &Method::POST => single(api, req, &key).await,
@@ -287,16 +290,7 @@ pub fn bulk_body(compiled: &CompiledMap, ctx: &Context, stream_uri: &str) -> (Ve
 
 /// `/ofrep/v1/stream/<key>`, the key percent-encoded outside the URL-unreserved set.
 fn stream_uri(key: &str) -> String {
-    let mut s = String::with_capacity(STREAM.len() + key.len());
-    s.push_str(STREAM);
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            s.push(b as char);
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    s
+    format!("{STREAM}{}", utf8_percent_encode(key, NOT_UNRESERVED))
 }
 
 /// A strong ETag for a bulk body: a 64-bit hash of the exact bytes plus their length. The hasher is
@@ -389,7 +383,7 @@ async fn bulk(api: &Arc<Api>, req: Request<Incoming>) -> Result<Response<ResBody
 
 /// `GET /ofrep/v1/stream/{key}`: `refetchEvaluation` on every environment change.
 fn stream(api: &Arc<Api>, req: &Request<Incoming>, key: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
-    let token = String::from_utf8_lossy(&super::thin::percent_decode(key)).into_owned();
+    let token = util::percent_decode_lossy(key);
     let env = api.keys.stream_env(&token).ok_or(ApiError::Ofrep(OfrepError::Unauthorized))?;
     let opts = OpenOptions { last_event_id: util::last_event_id(req.headers()), protocol: "ofrep", conn };
     let stream = api
@@ -506,6 +500,7 @@ mod tests {
     fn stream_uri_encodes_the_token() {
         assert_eq!(stream_uri("sdk-js_1.x~"), "/ofrep/v1/stream/sdk-js_1.x~");
         assert_eq!(stream_uri("a/b c"), "/ofrep/v1/stream/a%2Fb%20c");
+        assert_eq!(stream_uri("+%ë"), "/ofrep/v1/stream/%2B%25%C3%AB");
     }
 
     #[test]

@@ -140,28 +140,8 @@ pub fn cors(allowed: &[String], origin: Option<&HeaderValue>, h: &mut HeaderMap,
 
 // ---- decoding -------------------------------------------------------------------------------
 
-/// Decodes `%XX` escapes (invalid escapes are kept as they are). Borrowed when there are none.
-pub fn percent_decode(s: &str) -> Cow<'_, [u8]> {
-    if !s.contains('%') {
-        return Cow::Borrowed(s.as_bytes());
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    Cow::Owned(out)
-}
+/// Re-exported where the user-segment and `keys` decoders are, for their property tests.
+pub use super::util::percent_decode;
 
 const B64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
@@ -214,7 +194,7 @@ pub fn requested_keys(query: Option<&str>) -> Option<Vec<String>> {
     let v = q.split('&').find_map(|p| p.strip_prefix("keys="))?;
     let mut keys: Vec<String> = v
         .split(',')
-        .map(|k| String::from_utf8_lossy(&percent_decode(k)).into_owned())
+        .map(util::percent_decode_lossy)
         .filter(|k| !k.is_empty())
         .collect();
     keys.sort();
@@ -353,14 +333,6 @@ mod tests {
         assert!(matches!(decode_user(&b64(b"{nope")), Err(UserError::Json(_))));
         assert!(matches!(decode_user(&b64(b"[1,2]")), Err(UserError::Shape(_))));
         assert!(matches!(decode_user(&b64(br#"{"id":5}"#)), Err(UserError::Shape(_))));
-    }
-
-    #[test]
-    fn percent_decoding_keeps_invalid_escapes() {
-        assert_eq!(&*percent_decode("a%2Fb"), b"a/b");
-        assert_eq!(&*percent_decode("a%zz%"), b"a%zz%");
-        assert_eq!(&*percent_decode("%4"), b"%4");
-        assert_eq!(&*percent_decode("%41"), b"A");
     }
 
     #[test]
