@@ -16,6 +16,7 @@ use crate::config::{Config, Upstream};
 use crate::fanout::Fanout;
 use crate::http::api::Api;
 use crate::http::auth::Keys;
+use crate::http::rate_limit::KeyedRateLimit;
 use crate::http::server::{Server, ServerOptions};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -61,6 +62,7 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
         http: config.http.clone(),
         events,
         shutdown: shutdown.clone(),
+        ofrep_limit: KeyedRateLimit::per_second(config.http.ofrep_rate_limit),
     });
     let opts = ServerOptions {
         max_buf_size: config.sse.client_buffer_bytes,

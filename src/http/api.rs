@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::auth::Keys;
 use super::body::ResBody;
 use super::error::ApiError;
+use super::rate_limit::KeyedRateLimit;
 use super::server::Handler;
 use super::featureflow;
 use super::{ofrep, thin};
@@ -31,6 +32,8 @@ pub struct Api {
     /// Where accepted SDK events go (forwarded upstream in Redis mode).
     pub events: Option<mpsc::Sender<EventBatch>>,
     pub shutdown: Shutdown,
+    /// Each key's OFREP budget (`http.ofrep_rate_limit`); `None`: unlimited.
+    pub ofrep_limit: Option<KeyedRateLimit>,
 }
 
 /// Route templates: the only values of the `route` label.

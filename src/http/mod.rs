@@ -7,6 +7,7 @@ pub mod body;
 pub mod error;
 pub mod featureflow;
 pub mod ofrep;
+pub mod rate_limit;
 pub mod server;
 pub mod sse_fast;
 pub mod thin;

@@ -27,12 +27,11 @@
 //!   compile answers `PARSE_ERROR` alone (a failure item in bulk); the other flags are unaffected.
 //! - The bulk ETag is the SHA-1 of the exact body, so equal bodies have equal ETags; `If-None-Match`
 //!   is compared as the server-SDK poll does.
-//! - With `ofrep_rate_limit > 0`, each key gets that many requests per second (bursts up to one
-//!   second's worth) and beyond it 429 with an integer `Retry-After`.
+//! - With `ofrep_rate_limit > 0`, each key gets that many evaluation requests per second (bursts up
+//!   to one second's worth; [`super::rate_limit`]) and beyond it 429 with an integer `Retry-After`.
+//!   The stream endpoint is not rate-limited.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -115,42 +114,9 @@ fn authenticate<'a>(api: &'a Api, headers: &HeaderMap) -> Result<(&'a Arc<EnvSto
     Ok((env, key.to_string()))
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-/// Token buckets by (environment address, key); keys are authenticated first, so the table is
-/// bounded by the configured keys. (Process-wide because `Api` has no slot for it; the address
-/// keeps two relays in one process apart.)
-static BUCKETS: Mutex<Option<HashMap<(usize, String), Bucket>>> = Mutex::new(None);
-
-/// Takes one request from the key's budget of `rate` per second, or says how many whole seconds
-/// to wait.
-fn take_token(env: &EnvStore, key: &str, rate: u32) -> Result<(), u64> {
-    let rate = f64::from(rate.max(1));
-    let now = Instant::now();
-    let mut guard = BUCKETS.lock().unwrap_or_else(|e| e.into_inner());
-    let map = guard.get_or_insert_with(HashMap::new);
-    let b = map
-        .entry((env as *const EnvStore as usize, key.to_string()))
-        .or_insert(Bucket { tokens: rate, at: now });
-    b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
-    b.at = now;
-    if b.tokens >= 1.0 {
-        b.tokens -= 1.0;
-        Ok(())
-    } else {
-        Err((((1.0 - b.tokens) / rate).ceil() as u64).max(1))
-    }
-}
-
 fn rate_limit(api: &Api, env: &EnvStore, key: &str) -> Result<(), ApiError> {
-    let rate = api.http.ofrep_rate_limit;
-    if rate == 0 {
-        return Ok(());
-    }
-    take_token(env, key, rate).map_err(|retry_after_secs| {
+    let Some(limit) = &api.ofrep_limit else { return Ok(()) };
+    limit.check(key).map_err(|retry_after_secs| {
         api.metrics.evaluation_errors.with_label_values(&[&env.id, "RATE_LIMITED"]).inc();
         ApiError::RateLimited { retry_after_secs }
     })
@@ -501,14 +467,5 @@ mod tests {
         assert_eq!(stream_uri("sdk-js_1.x~"), "/ofrep/v1/stream/sdk-js_1.x~");
         assert_eq!(stream_uri("a/b c"), "/ofrep/v1/stream/a%2Fb%20c");
         assert_eq!(stream_uri("+%ë"), "/ofrep/v1/stream/%2B%25%C3%AB");
-    }
-
-    #[test]
-    fn the_rate_limit_says_when_to_retry() {
-        let env = EnvStore::new("rl", Default::default(), Arc::new(crate::metrics::Metrics::new(Default::default()).unwrap()));
-        assert_eq!(take_token(&env, "k", 2), Ok(()));
-        assert_eq!(take_token(&env, "k", 2), Ok(()));
-        assert_eq!(take_token(&env, "k", 2), Err(1));
-        assert_eq!(take_token(&env, "other", 2), Ok(()));
     }
 }
