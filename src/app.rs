@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::Admin;
 use crate::config::{Config, Upstream};
+use crate::fanout::eval_stream::ContextGroups;
 use crate::fanout::Fanout;
 use crate::http::api::Api;
 use crate::http::auth::Keys;
@@ -63,6 +64,7 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
         events,
         shutdown: shutdown.clone(),
         ofrep_limit: KeyedRateLimit::per_second(config.http.ofrep_rate_limit),
+        context_groups: ContextGroups::default(),
     });
     let opts = ServerOptions {
         max_buf_size: config.sse.client_buffer_bytes,

@@ -17,6 +17,7 @@ use super::server::Handler;
 use super::featureflow;
 use super::{ofrep, thin};
 use crate::config::HttpConfig;
+use crate::fanout::eval_stream::ContextGroups;
 use crate::fanout::{ConnState, Fanout};
 use crate::metrics::{status_class, Metrics};
 use crate::shutdown::Shutdown;
@@ -34,6 +35,8 @@ pub struct Api {
     pub shutdown: Shutdown,
     /// Each key's OFREP budget (`http.ofrep_rate_limit`); `None`: unlimited.
     pub ofrep_limit: Option<KeyedRateLimit>,
+    /// The groups the per-context evaluation streams share.
+    pub context_groups: ContextGroups,
 }
 
 /// Route templates: the only values of the `route` label.

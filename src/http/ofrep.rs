@@ -48,7 +48,8 @@ use super::featureflow::sse_response;
 use super::thin::{cors, preflight, CorsKind};
 use super::util;
 use crate::eval::{CompiledFeature, Context, Evaluation, Reason};
-use crate::fanout::thin_streams::{served, OfrepRenderer};
+use crate::eval::thin::served;
+use crate::fanout::thin_streams::OfrepRenderer;
 use crate::fanout::{ConnState, OpenOptions};
 use crate::store::{CompiledMap, EnvStore};
 

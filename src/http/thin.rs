@@ -11,7 +11,7 @@
 //! - `POST /api/js/v1/event/{key}`: a JSON array, answered `200 {}` and forwarded (`client_events`).
 //! - `GET /api/js/v1/stream/{key}`: the legacy change stream (spec §5.3).
 //! - `GET /api/v1/eval/stream/{key}/user/{base64 user}`: the per-context evaluation stream (same
-//!   user encoding; see [`crate::fanout::thin_streams`]).
+//!   user encoding; see [`crate::fanout::eval_stream`]).
 //!
 //! Keys: any key of an environment, client or server (client keys are what browsers hold). A
 //! missing or unknown key is 401 with the relay's JSON error.
@@ -38,7 +38,9 @@ use super::error::ApiError;
 use super::featureflow::{forward, sse_response};
 use super::util;
 use crate::eval::Context;
-use crate::fanout::thin_streams::{served, ContextGroup, EvalRenderer, LegacyJsRenderer};
+use crate::eval::thin::served;
+use crate::fanout::eval_stream::EvalRenderer;
+use crate::fanout::thin_streams::LegacyJsRenderer;
 use crate::fanout::{ConnState, OpenOptions};
 
 const EVALUATE: &str = "/api/js/v1/evaluate/";
@@ -289,7 +291,7 @@ fn eval_stream(api: &Arc<Api>, req: &Request<Incoming>, rest: &str, conn: Arc<Co
     if !env.snapshot().loaded {
         return Err(ApiError::NotReady); // "everything off" would be cached by the client
     }
-    let group = ContextGroup::get(&env, ctx);
+    let group = api.context_groups.get(&env, ctx);
     let opts = OpenOptions { last_event_id: None, protocol: "eval", conn };
     let stream = api
         .fanout
