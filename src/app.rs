@@ -15,10 +15,11 @@ use crate::admin::Admin;
 use crate::config::{Config, Upstream};
 use crate::fanout::eval_stream::ContextGroups;
 use crate::fanout::Fanout;
-use crate::http::api::Api;
 use crate::http::auth::Keys;
 use crate::http::rate_limit::KeyedRateLimit;
+use crate::http::route::Template;
 use crate::http::server::{Server, ServerOptions};
+use crate::http::state::Api;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreLimits};
@@ -43,7 +44,7 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
     for e in &config.environments {
         metrics.init_env(&e.id);
     }
-    metrics.init_routes(crate::http::api::routes::ALL);
+    metrics.init_routes(&Template::labels());
     let store = Arc::new(Store::new(config.environments.iter().map(|e| e.id.as_str()), limits, metrics.clone()));
     let fanout = Fanout::new(config.sse.clone(), metrics.clone(), shutdown.clone());
     let upstream_kind = match &config.upstream {
@@ -56,13 +57,11 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
     let fanout_task = tokio::spawn(fanout.clone().run());
 
     let api = Arc::new(Api {
-        store: store.clone(),
         keys: Keys::new(&config.environments, &store),
         fanout: fanout.clone(),
         metrics: metrics.clone(),
         http: config.http.clone(),
         events,
-        shutdown: shutdown.clone(),
         ofrep_limit: KeyedRateLimit::per_second(config.http.ofrep_rate_limit),
         context_groups: ContextGroups::default(),
     });

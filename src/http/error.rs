@@ -1,8 +1,10 @@
-//! Typed request errors and the one place they become HTTP status codes and JSON bodies.
+//! Typed request errors, the conversions into them from the layers below (the SSE connection
+//! cap), and the one place they become HTTP status codes and bodies (JSON, or OFREP's shapes).
 
 use hyper::{header, Response, StatusCode};
 
 use super::body::ResBody;
+use crate::fanout::Rejected;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -34,7 +36,7 @@ pub enum ApiError {
     BodyTimeout,
     /// OFREP endpoints answer in OFREP's own shapes (see [`OfrepError`]).
     #[error("{0}")]
-    Ofrep(OfrepError),
+    Ofrep(#[from] OfrepError),
 }
 
 /// An OFREP error code (ofrep.md §1.5, §4.2).
@@ -104,6 +106,13 @@ impl OfrepError {
             }
         };
         b.body(body).unwrap_or_else(|_| Response::new(ResBody::Empty))
+    }
+}
+
+/// The SSE connection cap: 503, retry in 5 s.
+impl From<Rejected> for ApiError {
+    fn from(_: Rejected) -> ApiError {
+        ApiError::Overloaded { retry_after_secs: 5 }
     }
 }
 
