@@ -151,10 +151,6 @@ impl Fanout {
         })
     }
 
-    pub fn config(&self) -> &SseConfig {
-        &self.cfg
-    }
-
     /// True when the connection cap is reached (a new stream would be rejected).
     pub fn at_capacity(&self) -> bool {
         self.cfg.max_connections > 0 && self.open.load(Ordering::Relaxed) >= self.cfg.max_connections
