@@ -35,6 +35,12 @@ use crate::upstream;
 
 use tasks::{Ended, Tasks};
 
+/// How long the event forwarder may flush its queue at shutdown: most of the shutdown deadline,
+/// so that it ends (and logs what it dropped) before the deadline aborts what is left.
+fn event_flush_budget(shutdown_timeout: Duration) -> Duration {
+    shutdown_timeout.mul_f64(0.9)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("metrics registry: {0}")]
@@ -67,7 +73,7 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
         Upstream::File(_) => "file",
         Upstream::Redis(_) => "redis",
     };
-    let (events, forwarder) = match upstream::event_sink(&config.upstream, metrics.clone(), shutdown.clone()) {
+    let (events, forwarder) = match upstream::event_sink(&config.upstream, metrics.clone(), shutdown.clone(), event_flush_budget(config.shutdown_timeout)) {
         Some((tx, forwarder)) => (Some(tx), Some(forwarder)),
         None => (None, None),
     };

@@ -42,6 +42,7 @@ pub(super) struct RawUpstream {
     pub backoff_cap_ms: Option<u64>,
     pub stable_after_secs: Option<u64>,
     pub events_maxlen: Option<u64>,
+    pub events_queue_bytes: Option<usize>,
     pub snapshot_dir: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_client_cert_file: Option<PathBuf>,

@@ -92,6 +92,9 @@ pub struct RedisUpstream {
     pub stable_after: Duration,
     /// `MAXLEN ~ N` for the events stream.
     pub events_maxlen: u64,
+    /// Bytes of accepted event batches that may wait for Redis; beyond it batches are dropped
+    /// and counted (`events_queue_bytes`, default 16 MiB).
+    pub events_queue_bytes: usize,
     /// Where last good snapshots are persisted for a warm start (none: no persistence).
     pub snapshot_dir: Option<PathBuf>,
     /// `rediss://` only: a PEM file of CA certificates trusted for the server **instead of** the

@@ -43,6 +43,14 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
             format!("must be shorter than shutdown_timeout_secs ({}), or streams are cut before they drain", shutdown_timeout.as_secs()),
         ));
     }
+    if let Upstream::Redis(r) = &upstream {
+        if r.events_queue_bytes <= http.max_body_bytes {
+            return Err(invalid(
+                "upstream.events_queue_bytes",
+                format!("must be larger than http.max_body_bytes ({}), or a batch of that size could never be queued", http.max_body_bytes),
+            ));
+        }
+    }
     if http.sdk_config_header.chars().any(|c| c.is_control() || !c.is_ascii()) {
         return Err(invalid("http.sdk_config", "must encode as single-line ASCII JSON (it is sent as a header)"));
     }
