@@ -31,6 +31,8 @@ pub(super) struct RawUpstream {
     pub kind: Option<String>,
     pub path: Option<PathBuf>,
     pub poll_interval_ms: Option<u64>,
+    pub max_file_bytes: Option<u64>,
+    pub rehash_interval_ms: Option<u64>,
     pub url: Option<String>,
     pub prefix: Option<String>,
     pub sentinel: Option<RawSentinel>,

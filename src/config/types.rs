@@ -75,6 +75,12 @@ pub struct FileUpstream {
     pub path: PathBuf,
     /// How often the file's metadata is checked for a change.
     pub poll_interval: Duration,
+    /// A larger file (or anything but a regular file) is refused (`max_file_bytes`, default
+    /// 64 MiB).
+    pub max_bytes: u64,
+    /// The content is read and hashed at least this often even if nothing says it changed
+    /// (`rehash_interval_ms`, default 30 s).
+    pub rehash_interval: Duration,
 }
 
 /// A Redis upstream; also what the `flags` commands connect with.

@@ -65,6 +65,8 @@ pub struct TestRelayBuilder {
     flags: Value,
     extra_toml: String,
     upstream_toml: Option<String>,
+    /// Extra `key = value` lines of the default file `[upstream]` section.
+    file_upstream_extra: String,
     environments: Vec<(String, Vec<String>, Vec<String>)>,
 }
 
@@ -94,6 +96,13 @@ impl TestRelayBuilder {
         self
     }
 
+    /// Adds `key = value` lines to the default (file) `[upstream]` section.
+    pub fn file_upstream(mut self, lines: &str) -> Self {
+        self.file_upstream_extra.push_str(lines);
+        self.file_upstream_extra.push('\n');
+        self
+    }
+
     /// Replaces the environments (id, server keys, client keys).
     pub fn environments(mut self, envs: &[(&str, &[&str], &[&str])]) -> Self {
         self.environments = envs
@@ -112,8 +121,9 @@ impl TestRelayBuilder {
         match &self.upstream_toml {
             Some(u) => t.push_str(u),
             None => t.push_str(&format!(
-                "[upstream]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 20\n",
-                flags_path.display().to_string()
+                "[upstream]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 20\n{}",
+                flags_path.display().to_string(),
+                self.file_upstream_extra
             )),
         }
         t.push('\n');
@@ -168,6 +178,7 @@ impl TestRelay {
             flags: serde_json::json!({"production": {}, "staging": {}}),
             extra_toml: String::new(),
             upstream_toml: None,
+            file_upstream_extra: String::new(),
             environments: vec![
                 ("production".into(), vec![SERVER_KEY.into()], vec![CLIENT_KEY.into()]),
                 ("staging".into(), vec![STAGING_SERVER_KEY.into()], vec![STAGING_CLIENT_KEY.into()]),
