@@ -7,9 +7,11 @@
 //! only), and `admin server`. A task that panicked is logged by name.
 //!
 //! Shutdown order: stop accepting and drop readiness; SSE streams close over the drain window;
-//! in-flight requests finish and the other tasks end, all within `shutdown_timeout` of the
-//! trigger (a task still running then is aborted); the admin listener closes last, within one
-//! more second. [`run`] returns even if some connection refuses to end.
+//! the event queue closes (a batch posted from then on gets 503) and the forwarder flushes it for
+//! at most 90 % of `shutdown_timeout`, so it can count and log what it could not deliver before
+//! the deadline; in-flight requests finish and the other tasks end, all within
+//! `shutdown_timeout` of the trigger (a task still running then is aborted); the admin listener
+//! closes last, within one more second. [`run`] returns even if some connection refuses to end.
 
 mod tasks;
 
@@ -127,4 +129,16 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
     admin_task.join(tokio::time::Instant::now() + Duration::from_secs(1)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_flush_ends_before_the_shutdown_deadline() {
+        for (deadline_ms, flush_ms) in [(10_000, 9_000), (2_000, 1_800), (0, 0)] {
+            assert_eq!(event_flush_budget(Duration::from_millis(deadline_ms)), Duration::from_millis(flush_ms));
+        }
+    }
 }
