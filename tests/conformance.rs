@@ -1,7 +1,7 @@
 //! Runs the Featureflow SDK testbed (spec §8) against `flagrelay::eval`.
 //!
 //! The testbed lives beside the checkout at `../shared/conformance/featureflow-testbed`. Every
-//! `.feature` file is parsed (own Gherkin reader in `conformance/gherkin.rs`); every scenario row is
+//! `.feature` file is parsed (the `gherkin` crate, expanded into rows by `conformance/rows.rs`); every scenario row is
 //! either run or listed as not applicable with the reason. Unknown step text is a failure, so a new
 //! testbed row cannot be skipped silently.
 //!
@@ -9,8 +9,8 @@
 //! `TZ=Asia/Kolkata` (POSIX `TZ` strings if the zone database is missing), and the child proves the
 //! zone took effect by reporting a non-zero local offset.
 
-#[path = "conformance/gherkin.rs"]
-mod gherkin;
+#[path = "conformance/rows.rs"]
+mod rows;
 #[path = "conformance/steps.rs"]
 mod steps;
 
@@ -39,7 +39,7 @@ fn testbed_dir() -> PathBuf {
     dir
 }
 
-fn feature_files() -> Vec<(String, gherkin::FeatureFile)> {
+fn feature_files() -> Vec<(String, gherkin::Feature, Vec<rows::Row>)> {
     let dir = testbed_dir();
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
@@ -52,8 +52,9 @@ fn feature_files() -> Vec<(String, gherkin::FeatureFile)> {
         .into_iter()
         .map(|n| {
             let text = std::fs::read_to_string(dir.join(&n)).unwrap_or_else(|e| panic!("{n}: {e}"));
-            let parsed = gherkin::parse(&text).unwrap_or_else(|e| panic!("{n}: {e}"));
-            (n, parsed)
+            let parsed = rows::parse(&text).unwrap_or_else(|e| panic!("{n}: {e}"));
+            let rows = rows::rows(&parsed, &text);
+            (n, parsed, rows)
         })
         .collect()
 }
@@ -70,13 +71,12 @@ struct Tally {
 /// Runs every row (or only the date rows); prints per-file summaries; returns the totals.
 fn run_all(only_dates: bool) -> Tally {
     let mut total = Tally::default();
-    for (name, file) in feature_files() {
-        let rows = file.rows();
+    for (name, file, rows) in feature_files() {
         if let Some((_, why)) = NOT_APPLICABLE_FILES.iter().find(|(n, _)| *n == name) {
             if !only_dates {
                 println!("{name}: 0 ran, {} rows not applicable: {why}", rows.len());
                 for s in &file.scenarios {
-                    println!("    n/a line {}: {}", s.line, s.name);
+                    println!("    n/a line {}: {}", s.position.line, s.name);
                 }
                 total.not_applicable.extend(rows.iter().map(|r| format!("{name}:{}", r.line)));
             }
