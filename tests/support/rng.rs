@@ -31,3 +31,17 @@ impl Rng {
         &xs[self.below(xs.len())]
     }
 }
+
+/// A proptest config with `cases` cases drawn from the seed `FLAGRELAY_PROPS_SEED`, or
+/// `default_seed` if it is unset; the seed is printed. Failures are not persisted: the fixed seed
+/// reproduces them.
+pub fn config(default_seed: u64, cases: u32) -> proptest::test_runner::Config {
+    let seed = std::env::var("FLAGRELAY_PROPS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default_seed);
+    println!("FLAGRELAY_PROPS_SEED={seed}");
+    proptest::test_runner::Config {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Default::default()
+    }
+}
