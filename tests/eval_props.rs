@@ -22,7 +22,6 @@ use proptest::collection::vec;
 use proptest::option::weighted;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
-use proptest::test_runner::TestRunner;
 use serde_json::{json, Map, Value};
 
 /// Counts allocations made by the current thread.
@@ -264,14 +263,10 @@ fn check_case(f: &Arc<Feature>, ctx: &Context, validated: bool) {
     }
 }
 
-proptest! {
-    #![proptest_config(rng::config(SEED, 2000))]
-    #[test]
-    fn generated_features_and_contexts_never_panic_and_agree(
-        fv in valid_feature(),
-        contexts in vec(context(), 4),
-        (unvalidated, (_, unvalidated_ctx)) in (unvalidated_feature(), context()),
-    ) {
+#[test]
+fn generated_features_and_contexts_never_panic_and_agree() {
+    let cases = (valid_feature(), vec(context(), 4), unvalidated_feature(), context());
+    proptest!(rng::config(SEED, 2000), |((fv, contexts, unvalidated, (_, unvalidated_ctx)) in cases)| {
         let f = Feature::from_value(fv["key"].as_str().unwrap_or("k"), fv.clone());
         let f = f.unwrap_or_else(|e| panic!("generator made an invalid feature: {e}\n{fv}"));
         for (_, ctx) in &contexts {
@@ -280,46 +275,37 @@ proptest! {
         if let Some(u) = unvalidated {
             check_case(&u, &unvalidated_ctx, false);
         }
-    }
+    });
 }
 
-proptest! {
-    #![proptest_config(rng::config(SEED, 5000))]
-    #[test]
-    fn context_constructors_never_panic(doc in any_json(4), id in string(), deep_doc in deep(100)) {
+#[test]
+fn context_constructors_never_panic() {
+    proptest!(rng::config(SEED, 5000), |(doc in any_json(4), id in string(), deep_doc in deep(100))| {
         let _ = Context::from_featureflow_user(&doc);
         let _ = Context::from_ofrep(&doc);
         let _ = Context::from_featureflow_user(&json!({"id": id, "attributes": doc.clone(), "sessionAttributes": doc}));
         let nested = Context::from_ofrep(&json!({"x": deep_doc})).unwrap();
         prop_assert!(nested.values("x").is_none(), "an attribute nested 100 deep was kept");
-    }
+    });
 }
 
 #[test]
 fn bucket_is_always_1_to_100() {
     let seen = Cell::new([false; 101]);
-    let mut runner = TestRunner::new(rng::config(SEED, 20_000));
-    let result = runner.run(&(string(), string(), string()), |(salt, feature, id)| {
+    proptest!(rng::config(SEED, 20_000), |((salt, feature, id) in (string(), string(), string()))| {
         let b = bucket(&salt, &feature, &id);
-        prop_assert!((1..=100).contains(&b), "bucket {b}");
+        prop_assert!((1..=100).contains(&b), "bucket {}", b);
         let mut s = seen.get();
         s[b as usize] = true;
         seen.set(s);
-        Ok(())
     });
-    result.unwrap_or_else(|e| panic!("{e}"));
     assert!(seen.get()[1..].iter().all(|&s| s), "every bucket is reachable");
 }
 
-proptest! {
-    #![proptest_config(rng::config(SEED, 3000))]
-    #[test]
-    fn a_single_full_default_rule_always_serves_its_variant(
-        x in string(),
-        zero_splits in vec((any::<Index>(), select(VARIANTS)), 0..3),
-        salt in string(),
-        (_, ctx) in context(),
-    ) {
+#[test]
+fn a_single_full_default_rule_always_serves_its_variant() {
+    let zero_splits = vec((any::<Index>(), select(VARIANTS)), 0..3);
+    proptest!(rng::config(SEED, 3000), |(x in string(), zero_splits in zero_splits, salt in string(), (_, ctx) in context())| {
         let x = if x.is_empty() { "x".to_string() } else { x };
         let mut splits = vec![json!({"variantKey": x, "split": 100})];
         for (at, variant) in zero_splits {
@@ -329,7 +315,7 @@ proptest! {
         let f = CompiledFeature::compile(&Feature::from_value("f", fv).unwrap());
         let e = f.evaluate(&ctx).unwrap();
         prop_assert_eq!((e.variant, e.reason, e.rule_index), (x.as_str(), Reason::Default, Some(0)));
-    }
+    });
 }
 
 #[test]
