@@ -4,11 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use flagrelay::cli::{Cli, Command, FlagsCommand};
-use flagrelay::config::{Config, LogFormat, RedisUpstream, ServeArgs};
+use flagrelay::cli::{Cli, Command, FlagsCommand, ServeArgs};
+use flagrelay::config::{Config, LogFormat, Overrides, RedisUpstream};
 use flagrelay::upstream::redis::writer;
 use flagrelay::shutdown::{self, Shutdown};
 
+/// Installs the global subscriber. The filter is `RUST_LOG` when that is set and non-empty,
+/// else `config.log_level`; one that does not parse becomes `info` without a word.
 fn init_logging(config: &Config) {
     let filter = std::env::var("RUST_LOG")
         .ok()
@@ -24,7 +26,7 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args)?;
+    let config = Config::load(&Overrides::from(args))?;
     init_logging(&config);
     let api = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -47,7 +49,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn check_config(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args)?;
+    let config = Config::load(&Overrides::from(args))?;
     println!("{}", config.redacted());
     println!("config OK");
     Ok(())
@@ -55,7 +57,7 @@ fn check_config(args: ServeArgs) -> anyhow::Result<()> {
 
 fn flags(cmd: FlagsCommand) -> anyhow::Result<()> {
     let (args, env, action) = cmd.into_parts();
-    let (cfg, known) = RedisUpstream::for_tool(&args)?;
+    let (cfg, known) = RedisUpstream::for_tool(&Overrides::from(args))?;
     run_async(async {
         let out = writer::execute(&cfg, &env, known.as_deref(), action).await?;
         print!("{out}");

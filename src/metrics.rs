@@ -41,6 +41,7 @@ pub struct Metrics {
     // upstream (Redis)
     pub upstream_connected: IntGaugeVec,
     pub upstream_reconnects: IntCounterVec,
+    pub upstream_connect_failures: IntCounterVec,
     pub upstream_resyncs: IntCounterVec,
     pub upstream_messages: IntCounterVec,
     pub propagation_seconds: HistogramVec,
@@ -120,8 +121,9 @@ impl Metrics {
             },
             upstream_connected: gauge(r, "flagrelay_upstream_connected", "1 while the upstream subscription is connected and synced.", &["env"])?,
             upstream_reconnects: counter(r, "flagrelay_upstream_reconnects_total", "Upstream reconnects.", &["env"])?,
+            upstream_connect_failures: counter(r, "flagrelay_upstream_connect_failures_total", "Failed attempts to reach the upstream and subscribe (resolve, connect, TLS, subscribe).", &["env"])?,
             upstream_resyncs: counter(r, "flagrelay_upstream_resyncs_total", "Upstream resyncs by reason.", &["env", "reason"])?,
-            upstream_messages: counter(r, "flagrelay_upstream_messages_total", "Upstream change messages by result (applied, stale, malformed).", &["env", "result"])?,
+            upstream_messages: counter(r, "flagrelay_upstream_messages_total", "Upstream change messages by result (applied, stale, malformed, ignored).", &["env", "result"])?,
             propagation_seconds: histogram(r, "flagrelay_propagation_seconds", "Time from the upstream publish (message ts) until the change was written to every SDK connection of the environment.", &["env"], latency_buckets())?,
             events_forwarded: counter(r, "flagrelay_events_forwarded_total", "SDK event batches forwarded upstream, by result (sent, dropped).", &["env", "result"])?,
             evaluations: counter(r, "flagrelay_evaluations_total", "Evaluation requests by API (ofrep, ofrep_bulk, thin_client, stream).", &["env", "api"])?,
@@ -150,6 +152,7 @@ impl Metrics {
             &self.sse_max_age_closes,
             &self.invalid_features,
             &self.upstream_reconnects,
+            &self.upstream_connect_failures,
         ] {
             c.with_label_values(&[env]);
         }
@@ -172,7 +175,7 @@ impl Metrics {
         for r in ["initial", "gap", "probe_ahead", "probe_behind", "epoch", "reset", "reconnect", "overflow"] {
             self.upstream_resyncs.with_label_values(&[env, r]);
         }
-        for r in ["applied", "stale", "malformed"] {
+        for r in ["applied", "stale", "malformed", "ignored"] {
             self.upstream_messages.with_label_values(&[env, r]);
         }
         for r in ["sent", "dropped"] {

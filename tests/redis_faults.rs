@@ -1,6 +1,7 @@
 //! The Redis upstream through faults, against real redis-server processes driven by PID:
-//! kill and restart with changed data, a frozen server, a subscriber cut off by the pub/sub
-//! output-buffer limit, a Sentinel failover to a lower revision, and a seeded randomized soak.
+//! kill and restart with changed data, a fresh empty instance filled by `import`, a frozen
+//! server, a subscriber cut off by the pub/sub output-buffer limit, a Sentinel failover to a
+//! lower revision, a seeded randomized soak, and a restarted server still loading its data.
 //! A connected SSE client and polling watch every scenario; everything is compared as exact JSON
 //! against `flags export`.
 
@@ -13,6 +14,9 @@ use ::redis::AsyncCommands;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use support::redis::*;
+use support::redis::sentinel::TestSentinel;
+use support::redis::server::TestRedis;
+use support::redis::watcher::{converge, exact, poll_flags, wait_poll, WatchingClient};
 use support::*;
 
 const ENV: &str = "production";

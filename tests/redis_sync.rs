@@ -10,6 +10,8 @@ use std::time::Duration;
 use ::redis::AsyncCommands;
 use serde_json::{json, Value};
 use support::redis::*;
+use support::redis::server::TestRedis;
+use support::redis::watcher::{converge, poll_flags, wait_poll, WatchingClient};
 use support::*;
 
 const ENV: &str = "production";
@@ -233,8 +235,10 @@ async fn an_environment_not_initialised_upstream_keeps_its_last_good_data() {
     let ready = within("readyz", http().get(relay.admin_url("/readyz")).send()).await.unwrap();
     assert_eq!(ready.status(), 200, "still ready: the data was loaded");
     // A put alone does not make the set complete; an import does.
+    let ignored = [("env", ENV), ("result", "ignored")];
+    let seen = counter(&relay, "flagrelay_upstream_messages_total", &ignored).await;
     redis.writer(ENV).await.put(vec![("zeta".into(), simple_feature("zeta", "on"))]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_counter(&relay, "flagrelay_upstream_messages_total", &ignored, seen + 1.0).await; // the relay has the put's message
     assert_eq!(poll_flags(&relay, SERVER_KEY).await, before);
     redis.writer(ENV).await.import(flags(&[("zeta", "off")])).await.unwrap();
     converge(&relay, &redis.url(), ENV, SERVER_KEY, &mut [&mut sse]).await;

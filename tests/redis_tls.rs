@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::redis::*;
+use support::redis::sentinel::TestSentinel;
+use support::redis::server::TestRedis;
+use support::redis::tls::TlsFiles;
+use support::redis::watcher::{exact, poll_flags, wait_poll, WatchingClient};
 use support::*;
 
 const ENV: &str = "production";
@@ -123,8 +127,10 @@ async fn without_the_ca_file_verification_fails_and_nothing_falls_back() {
     let relay = relay_on(&redis.url(), "").start_unready().await;
     let err = assert_refused(&relay, &["invalid peer certificate: UnknownIssuer"]).await;
     assert!(err.contains("connecting"), "{err}");
-    // Still refused after several reconnect attempts (backoff cap 300 ms in tests).
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Still refused after several more attempts.
+    let failures = [("env", ENV)];
+    let seen = counter(&relay, "flagrelay_upstream_connect_failures_total", &failures).await;
+    wait_counter(&relay, "flagrelay_upstream_connect_failures_total", &failures, seen + 3.0).await;
     assert!(counter(&relay, "flagrelay_upstream_reconnects_total", &[("env", ENV)]).await == 0.0, "never connected, so never reconnected");
     let st = relay.env_status(ENV).await;
     assert_eq!(st["source"]["state"], "disconnected", "{st}");

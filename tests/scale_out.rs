@@ -5,6 +5,8 @@ mod support;
 
 use serde_json::{json, Value};
 use support::redis::*;
+use support::redis::server::TestRedis;
+use support::redis::watcher::{converge, wait_poll, WatchingClient};
 use support::*;
 
 const ENV: &str = "production";

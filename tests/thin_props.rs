@@ -277,7 +277,7 @@ fn ofrep_body() -> impl Strategy<Value = Vec<u8>> {
 fn ofrep_bodies_never_panic_and_contexts_decode_like_from_ofrep() {
     let map = features();
     proptest!(rng::config(SEED, 20_000), |(body in ofrep_body())| {
-        let got = parse_request(&body);
+        let got = parse_request(&body).map_err(|e| e.to_string());
         if let Ok(v) = serde_json::from_slice::<Value>(&body) {
             if let Some(c) = v.get("context").filter(|c| !c.is_null()) {
                 prop_assert_eq!(&got, &Context::from_ofrep(c).map_err(|e| e.to_string()));

@@ -13,9 +13,6 @@ use bytes::Bytes;
 use crate::model::{Feature, Revision};
 use crate::store::{encode_map, ChangeRecord, Snapshot};
 
-/// This stream kind's frame slot on snapshots and changes.
-pub(crate) const SLOT: usize = 0;
-
 pub(crate) fn push_event(out: &mut Vec<u8>, event: &str, data: &[u8], id: Option<Revision>) {
     if let Some(id) = id {
         out.extend_from_slice(b"id: ");
@@ -55,12 +52,12 @@ pub fn encode_change<'a>(
 
 /// The frame for one change, encoded once and cached on the record.
 pub fn change_frame(c: &ChangeRecord) -> &Bytes {
-    c.frames[SLOT].get_or_init(|| encode_change(c.upserts.iter(), !c.upserts.is_empty(), &c.deletes, c.revision))
+    c.frame(crate::store::FrameSlot::Featureflow).get_or_init(|| encode_change(c.upserts.iter(), !c.upserts.is_empty(), &c.deletes, c.revision))
 }
 
 /// The full-state frame of a snapshot, encoded once and cached on the snapshot.
 pub fn full_frame(s: &Snapshot) -> &Bytes {
-    s.full_frames[SLOT].get_or_init(|| {
+    s.full_frame_slot(crate::store::FrameSlot::Featureflow).get_or_init(|| {
         let mut out = Vec::with_capacity(s.encoded().body.len() + 64);
         push_event(&mut out, "features.updated", &s.encoded().body, Some(s.revision));
         Bytes::from(out)

@@ -41,7 +41,7 @@ impl FeatureflowRenderer {
                 metrics.sse_coalesced.with_label_values(&[&env.id]).inc();
                 // Clients behind by the same changes share one encoding.
                 let from_seq = c[0].seq.saturating_sub(1);
-                vec![to.catchup_frame(frames::SLOT, from_seq, || frames::coalesced_frame(&c, to))]
+                vec![to.catchup_frame(crate::store::FrameSlot::Featureflow, from_seq, || frames::coalesced_frame(&c, to))]
             }
             Catchup::FullState { tombstones } => {
                 let mut out = vec![frames::full_frame(to).clone()];

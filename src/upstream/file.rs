@@ -1,8 +1,10 @@
 //! The watched flags file: `{ "<env id>": { "<feature key>": <control>, ... }, ... }`.
 //!
-//! The file's metadata (mtime, size, inode) is polled; when it changes the file is re-read, each
-//! environment is diffed against its current snapshot and only what changed is published, as one
-//! new revision per environment.
+//! The file's metadata (mtime, size, inode) is polled; when it changes, or while the mtime is too
+//! recent to prove the content unchanged, the file is re-read. When its content (SHA-1) differs
+//! from the last good load, or the last attempt failed, each environment is diffed against its
+//! current snapshot and only what changed is published, as one new revision per environment;
+//! otherwise the data is confirmed current. A file-level failure is a [`FileError`].
 //!
 //! Invariants:
 //! - A file that cannot be read or parsed changes nothing: it is logged, counted and shown in
@@ -11,7 +13,7 @@
 //! - An environment of the config that the file lacks serves an empty set, and `/status` says so.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,6 +25,19 @@ use crate::metrics::Metrics;
 use crate::model::Feature;
 use crate::shutdown::Shutdown;
 use crate::store::{EnvStore, FeatureMap, Store};
+
+/// Why the flags file changed nothing (shown in `/status` and logged).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the flags file must be a JSON object of environment id -> features")]
+    NotAnObject,
+    #[error("environment {0:?}: expected an object of feature key -> control")]
+    EnvNotAnObject(String),
+}
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 struct Stamp {
@@ -59,8 +74,8 @@ async fn watch(cfg: FileUpstream, store: Arc<Store>, metrics: Arc<Metrics>, shut
         }
         let now = match stamp(&cfg.path) {
             Ok(s) => s,
-            Err(e) => {
-                let msg = format!("cannot read {}: {e}", cfg.path.display());
+            Err(source) => {
+                let msg = FileError::Read { path: cfg.path.clone(), source }.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
                     tracing::warn!("{msg}; serving the last good data");
                     fail_all(&store, &msg);
@@ -87,14 +102,15 @@ async fn watch(cfg: FileUpstream, store: Arc<Store>, metrics: Arc<Metrics>, shut
                     last_error = None;
                     last_hash = Some(content_hash(&bytes));
                 }
-                Err(msg) => {
+                Err(e) => {
+                    let msg = e.to_string();
                     tracing::warn!(error = %msg, "flags file rejected; serving the last good data");
                     fail_all(&store, &msg);
                     last_error = Some(msg);
                 }
             },
-            Err(e) => {
-                let msg = format!("cannot read {}: {e}", cfg.path.display());
+            Err(source) => {
+                let msg = FileError::Read { path: cfg.path.clone(), source }.to_string();
                 tracing::warn!("{msg}");
                 fail_all(&store, &msg);
                 last_error = Some(msg);
@@ -130,14 +146,14 @@ fn fail_all(store: &Store, msg: &str) {
 
 /// Parses the whole file and applies it to every environment. Errors only for a file-level
 /// problem (bad JSON, wrong shape); invalid features are handled per feature.
-pub fn load(bytes: &[u8], store: &Store, metrics: &Metrics) -> Result<(), String> {
-    let root: Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+fn load(bytes: &[u8], store: &Store, metrics: &Metrics) -> Result<(), FileError> {
+    let root: Value = serde_json::from_slice(bytes)?;
     let Value::Object(mut envs) = root else {
-        return Err("the flags file must be a JSON object of environment id -> features".into());
+        return Err(FileError::NotAnObject);
     };
     for (id, v) in &envs {
         if !v.is_object() {
-            return Err(format!("environment {id:?}: expected an object of feature key -> control"));
+            return Err(FileError::EnvNotAnObject(id.clone()));
         }
         if store.get(id).is_none() {
             tracing::warn!(env = %id, "the flags file has an environment the config does not list; ignored");
@@ -186,5 +202,31 @@ fn apply_env(env: &EnvStore, features: serde_json::Map<String, Value>, metrics: 
     }
     if let Some(change) = env.replace(next, None, None) {
         tracing::info!(env = %env.id, revision = change.revision, upserts = change.upserts.len(), deletes = change.deletes.len(), "flags file change published");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreLimits;
+
+    fn store() -> (Store, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).unwrap());
+        (Store::new(["production"], StoreLimits::default(), metrics.clone()), metrics)
+    }
+
+    #[test]
+    fn a_file_level_problem_is_refused_with_its_reason() {
+        let (store, metrics) = store();
+        let rows: [(&str, &[u8], &str); 3] = [
+            ("not JSON", b"{torn", "invalid JSON"),
+            ("not an object", b"[1]", "must be a JSON object of environment id -> features"),
+            ("an environment that is not an object", br#"{"production": 1}"#, "environment \"production\": expected an object"),
+        ];
+        for (name, bytes, reason) in rows {
+            let e = load(bytes, &store, &metrics).unwrap_err();
+            assert!(e.to_string().contains(reason), "{name}: {e}");
+        }
+        assert!(!store.envs()[0].snapshot().loaded, "nothing was applied");
     }
 }

@@ -1,5 +1,6 @@
 //! Sources that feed the [`store`](crate::store): the watched flags file (the default) and Redis
-//! ([`redis`](self::redis), which also forwards SDK events upstream).
+//! ([`redis`](self::redis), which also forwards SDK events upstream). [`run`] is the source task
+//! and [`event_sink`] makes the events forwarder; `app` spawns and joins both.
 //!
 //! Invariant: a source only ever publishes valid features; anything it cannot parse is counted,
 //! logged and skipped, and the last good data keeps being served.
@@ -23,9 +24,10 @@ pub struct EventBatch {
     pub body: bytes::Bytes,
 }
 
-/// The queue SDK event batches go to, if the upstream takes them (Redis mode). In file mode
-/// there is none: batches are accepted and counted only.
-pub fn event_sink(upstream: &Upstream, metrics: Arc<Metrics>, shutdown: Shutdown) -> Option<tokio::sync::mpsc::Sender<EventBatch>> {
+/// The queue SDK event batches go to, and the task that forwards them, if the upstream takes
+/// them (Redis mode); the caller spawns and joins the forwarder. In file mode there is none:
+/// batches are accepted and counted only.
+pub fn event_sink(upstream: &Upstream, metrics: Arc<Metrics>, shutdown: Shutdown) -> Option<(tokio::sync::mpsc::Sender<EventBatch>, self::redis::Forwarder)> {
     match upstream {
         Upstream::File(_) => None,
         Upstream::Redis(cfg) => Some(self::redis::event_sink(cfg, metrics, shutdown)),

@@ -3,13 +3,14 @@
 //! `XADD key MAXLEN ~ N * kind <kind> body <json> ts <unix ms>`.
 //!
 //! Invariants: requests never wait on Redis: they `try_send` into a bounded queue and a full
-//! queue drops and counts (`events_forwarded_total{result="dropped"}`). This task owns its own
-//! connection (re-resolved through Sentinel on every reconnect); while Redis is unreachable,
-//! batches are dropped and counted at once rather than queued behind a reconnect.
+//! queue drops and counts (`events_forwarded_total{result="dropped"}`). The [`Forwarder`] (one
+//! task, which `app` spawns and joins) owns its own connection (re-resolved through Sentinel on
+//! every reconnect); while Redis is unreachable, batches are dropped and counted at once rather
+//! than queued behind a reconnect.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -26,15 +27,30 @@ use super::sentinel::{self, Target};
 /// Batches waiting to be forwarded, at most.
 pub const QUEUE: usize = 4096;
 
-/// Starts the forwarder; returns the queue the API hands batches to.
-pub fn start(cfg: RedisUpstream, metrics: Arc<Metrics>, shutdown: Shutdown) -> mpsc::Sender<EventBatch> {
+/// Makes the queue the API hands batches to, and the forwarder that drains it.
+pub fn channel(cfg: RedisUpstream, metrics: Arc<Metrics>, shutdown: Shutdown) -> (mpsc::Sender<EventBatch>, Forwarder) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let span = tracing::info_span!("redis_events");
-    tokio::spawn(run(cfg, rx, metrics, shutdown).instrument(span));
-    tx
+    (tx, Forwarder { cfg, rx, metrics, shutdown })
 }
 
-async fn run(cfg: RedisUpstream, mut rx: mpsc::Receiver<EventBatch>, metrics: Arc<Metrics>, shutdown: Shutdown) {
+/// The events forwarder: a future for the caller to run as a task (`app` owns it). It ends at
+/// shutdown, or when every sender is gone.
+pub struct Forwarder {
+    cfg: RedisUpstream,
+    rx: mpsc::Receiver<EventBatch>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+}
+
+impl Forwarder {
+    /// Forwards batches until shutdown (span `redis_events`).
+    pub async fn run(self) {
+        let span = tracing::info_span!("redis_events");
+        forward(self.cfg, self.rx, self.metrics, self.shutdown).instrument(span).await
+    }
+}
+
+async fn forward(cfg: RedisUpstream, mut rx: mpsc::Receiver<EventBatch>, metrics: Arc<Metrics>, shutdown: Shutdown) {
     let target = match Target::new(&cfg) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -92,7 +108,7 @@ async fn run(cfg: RedisUpstream, mut rx: mpsc::Receiver<EventBatch>, metrics: Ar
             .arg("body")
             .arg(batch.body.as_ref())
             .arg("ts")
-            .arg(super::writer::now_ms())
+            .arg(now_ms())
             .query_async(c)
             .await;
         match res {
@@ -109,4 +125,9 @@ async fn run(cfg: RedisUpstream, mut rx: mpsc::Receiver<EventBatch>, metrics: Ar
             }
         }
     }
+}
+
+/// Unix milliseconds now (the `ts` field of an event entry).
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
 }

@@ -11,6 +11,10 @@
 //! Sentinel + TLS: a `rediss://` URL makes the connection to the master TLS, verified for the
 //! address the sentinels announce. The sentinels themselves are asked over plain TCP unless an
 //! address is written `rediss://host:port` (then with the same certificates).
+//!
+//! Also here, what every Redis connection goes through: [`connect`] (the relay's connect and
+//! response timeouts, keepalive), [`with_protocol`] and [`resp3_refused`] (the RESP2 fallback),
+//! [`describe`] (an address for logs and `/status`).
 
 use std::time::Duration;
 
@@ -40,7 +44,7 @@ pub fn describe(info: &ConnectionInfo) -> String {
 
 impl Target {
     pub fn new(cfg: &RedisUpstream) -> Result<Target, SyncError> {
-        let base = cfg.url.0.as_str().into_connection_info().map_err(|e| SyncError::Other(format!("invalid redis url: {e}")))?;
+        let base = cfg.url.0.as_str().into_connection_info().map_err(SyncError::InvalidUrl)?;
         let base = tls::with_certificates(base, cfg)?;
         Ok(Target {
             base,
@@ -81,7 +85,7 @@ impl Target {
                 Err(e) => errors.push(format!("{address}: {e}")),
             }
         }
-        Err(SyncError::Other(format!("no sentinel named a master for {:?} ({})", s.master_name, errors.join("; "))))
+        Err(SyncError::NoSentinelAnswered { master: s.master_name.clone(), errors: errors.join("; ") })
     }
 
     async fn ask_one(&self, address: &str, master: &str) -> Result<(String, u16), SyncError> {
@@ -97,8 +101,8 @@ impl Target {
         })
         .await
         .map_err(|_| SyncError::Timeout(budget, "asking a sentinel"))??;
-        let (host, port) = reply.ok_or_else(|| SyncError::Other(format!("sentinel knows no master named {master:?}")))?;
-        let port = port.parse().map_err(|_| SyncError::Other(format!("sentinel gave a bad port {port:?}")))?;
+        let (host, port) = reply.ok_or_else(|| SyncError::UnknownMaster(master.to_string()))?;
+        let port = port.parse().map_err(|_| SyncError::BadPort(port.clone()))?;
         Ok((host, port))
     }
 }

@@ -12,7 +12,8 @@
 //! on its own, and never on a timeout: the supervisor does.
 //!
 //! RESP2 (a server that refuses `HELLO 3`): `aio::PubSub` for the messages, forwarded by a task
-//! into the same bounded queue, plus a separate command connection for the probe. The probe is
+//! into the same bounded queue (the [`Subscription`] owns the task and aborts it when dropped),
+//! plus a separate command connection for the probe. The probe is
 //! then not ordered with the messages, so trailing loss is declared only when the applied
 //! revision is still below the value read by the *previous* probe.
 
@@ -185,7 +186,7 @@ impl Subscription {
             .map_err(|_| SyncError::Timeout(self.response_timeout, "probing the revision"))??;
         match r {
             None => Ok(0),
-            Some(s) => s.trim().parse().map_err(|_| SyncError::Other(format!("{rev_key} does not hold a revision"))),
+            Some(s) => s.trim().parse().map_err(|_| SyncError::ProbeNotARevision(rev_key.to_string())),
         }
     }
 }

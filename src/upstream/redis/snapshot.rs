@@ -44,7 +44,7 @@ pub async fn fetch(con: &mut MultiplexedConnection, keys: &EnvKeys, limit: Durat
         None => 0,
         Some(b) => {
             let s = String::from_utf8_lossy(&b);
-            s.trim().parse().map_err(|_| SyncError::Other(format!("{} holds {:?}, not a revision", keys.rev, super::message::truncate(&s, 40))))?
+            s.trim().parse().map_err(|_| SyncError::NotARevision { key: keys.rev.clone(), shown: super::message::truncate(&s, 40).to_string() })?
         }
     };
     let mut map = HashMap::with_capacity(features.len());

@@ -14,7 +14,6 @@
 //! skips verification.
 
 use std::path::Path;
-use std::sync::Once;
 
 use redis::{ClientTlsConfig, ConnectionAddr, ConnectionInfo, TlsCertificates};
 
@@ -22,19 +21,19 @@ use crate::config::RedisUpstream;
 
 use super::SyncError;
 
-/// Installs ring as rustls's process-wide crypto provider, once. redis-rs builds its rustls
-/// configs with the process default and brings no provider of its own; a provider the embedding
-/// program installed first is kept.
+/// Installs ring as rustls's process-wide default crypto provider unless there is one already
+/// (rustls keeps the first it is given; the default is rustls's own process state). redis-rs
+/// builds its rustls configs with the process default and brings no provider of its own; a
+/// provider the embedding program installed first is kept.
 pub fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Err = a provider is already installed: keep it.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err = another caller installed one meanwhile: keep it.
         let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+    }
 }
 
-fn read(field: &str, path: &Path) -> Result<Vec<u8>, SyncError> {
-    std::fs::read(path).map_err(|e| SyncError::Other(format!("upstream.{field}: cannot read {}: {e}", path.display())))
+fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SyncError> {
+    std::fs::read(path).map_err(|source| SyncError::TlsFile { field, path: path.to_path_buf(), source })
 }
 
 /// `info` with the configured CA and client certificate attached (a `rediss://` address), or
@@ -53,7 +52,7 @@ pub fn with_certificates(info: ConnectionInfo, cfg: &RedisUpstream) -> Result<Co
         _ => None,
     };
     let client = redis::Client::build_with_tls(info, TlsCertificates { client_tls, root_cert })
-        .map_err(|e| SyncError::Other(format!("TLS certificates: {e}")))?;
+        .map_err(SyncError::TlsCertificates)?;
     Ok(client.get_connection_info().clone())
 }
 

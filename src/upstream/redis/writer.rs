@@ -1,4 +1,6 @@
-//! The reference writer of the upstream contract, used by `flagrelay flags ...` and the tests.
+//! The reference writer of the upstream contract ([`Writer`]), used by `flagrelay flags ...`, the
+//! load tool and the tests, and the `flags` commands themselves ([`execute`]: input parsing and
+//! validation before connecting, then one write, and the summary printed).
 //!
 //! All writes go through one atomic Lua script, `scripts/redis/flagrelay-write.lua` (embedded
 //! here with `include_str!`; other writers load the same file). Its contract is in the script's
@@ -9,7 +11,6 @@
 //! in the input is dropped: the script stamps `version` with the revision of the write.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
 use serde_json::{Map, Value};
@@ -25,7 +26,7 @@ use super::SyncError;
 pub const WRITE_SCRIPT: &str = include_str!("../../../scripts/redis/flagrelay-write.lua");
 
 /// Feature documents longer than this are published without their body (the relay `HGET`s them).
-pub const DEFAULT_INLINE_MAX: usize = 16 * 1024;
+pub const INLINE_MAX: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -58,7 +59,6 @@ pub struct Writer {
     con: MultiplexedConnection,
     keys: EnvKeys,
     script: redis::Script,
-    inline_max: usize,
 }
 
 /// A feature ready to write: its key and compact JSON without `version`.
@@ -123,22 +123,13 @@ impl Writer {
         let info = target.resolve().await?;
         // Writes may be large (imports): give them the snapshot budget.
         let con = sentinel::connect(&info, cfg.connect_timeout, cfg.snapshot_timeout.max(cfg.response_timeout), None).await?;
-        Ok(Writer { con, keys: EnvKeys::new(&cfg.prefix, env), script: redis::Script::new(WRITE_SCRIPT), inline_max: DEFAULT_INLINE_MAX })
-    }
-
-    /// Documents longer than `n` bytes are published without their body.
-    pub fn set_inline_max(&mut self, n: usize) {
-        self.inline_max = n;
-    }
-
-    pub fn keys(&self) -> &EnvKeys {
-        &self.keys
+        Ok(Writer { con, keys: EnvKeys::new(&cfg.prefix, env), script: redis::Script::new(WRITE_SCRIPT) })
     }
 
     fn invocation(&self, mode: &str, epoch: &str) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
         inv.key(&self.keys.rev).key(&self.keys.features).key(&self.keys.meta).key(&self.keys.changes);
-        inv.arg(&self.keys.env).arg(mode).arg(self.inline_max).arg(epoch);
+        inv.arg(&self.keys.env).arg(mode).arg(INLINE_MAX).arg(epoch);
         inv
     }
 
@@ -215,23 +206,8 @@ impl Writer {
             })
             .collect())
     }
-
-    /// The stored revision (0 when `rev` is missing).
-    pub async fn revision(&mut self) -> Result<Revision, WriteError> {
-        let r: Option<u64> = redis::cmd("GET").arg(&self.keys.rev).query_async(&mut self.con).await?;
-        Ok(r.unwrap_or(0))
-    }
-
-    /// A connection for ad-hoc commands (tests inject faults with it).
-    pub fn connection(&self) -> MultiplexedConnection {
-        self.con.clone()
-    }
 }
 
-/// Unix milliseconds now (for hand-made messages in tests and tools).
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
-}
 
 /// Where `flags put` / `flags import` read their JSON.
 #[derive(Debug, Clone)]

@@ -1,0 +1,171 @@
+//! The validated configuration: the types the rest of the relay reads ([`Config`] and its
+//! sections), [`Secret`], which keeps SDK keys and the Redis URL out of `Debug` output, and
+//! [`Config::redacted`], the `check-config` printout.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A value that must not be printed (an SDK key, the Redis URL): its `Debug` is [`redact`]ed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+/// A short, non-reversible label for a key: its first characters (a third of it, at most 8)
+/// and 8 hex digits of its SHA-1. Used in [`Secret`]'s `Debug` and in config errors.
+pub fn redact(key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(key.as_bytes());
+    let shown = (key.chars().count() / 3).min(8);
+    let prefix: String = key.chars().take(shown).collect();
+    format!("{prefix}…#{}", &hex::encode(digest)[..8])
+}
+
+/// The effective configuration ([`crate::config`] says where each value comes from).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: Upstream,
+    pub environments: Vec<EnvironmentConfig>,
+    pub sse: SseConfig,
+    pub http: HttpConfig,
+    pub shutdown_timeout: Duration,
+    /// The `log_level` setting, not checked here; the binary uses `RUST_LOG` instead when that is
+    /// set and non-empty.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// The file it was read from (none for text from nowhere); only shown by `check-config`.
+    pub source_path: Option<PathBuf>,
+}
+
+/// `log_format`: `text` (the default) or `json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One `[[environments]]` entry: a well-formed id and its keys, each used once in the file.
+#[derive(Debug, Clone)]
+pub struct EnvironmentConfig {
+    pub id: String,
+    pub server_keys: Vec<Secret>,
+    pub client_keys: Vec<Secret>,
+}
+
+/// Where the flags come from: the flags file, or Redis.
+// Built once at startup and held by one task: boxing the Redis variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    File(FileUpstream),
+    Redis(RedisUpstream),
+}
+
+/// `[upstream] kind = "file"` (the default).
+#[derive(Debug, Clone)]
+pub struct FileUpstream {
+    pub path: PathBuf,
+    /// How often the file's metadata is checked for a change.
+    pub poll_interval: Duration,
+}
+
+/// A Redis upstream; also what the `flags` commands connect with.
+#[derive(Debug, Clone)]
+pub struct RedisUpstream {
+    pub url: Secret,
+    pub prefix: String,
+    pub sentinel: Option<SentinelConfig>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub snapshot_timeout: Duration,
+    pub probe_interval: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub stable_after: Duration,
+    /// `MAXLEN ~ N` for the events stream.
+    pub events_maxlen: u64,
+    /// Where last good snapshots are persisted for a warm start (none: no persistence).
+    pub snapshot_dir: Option<PathBuf>,
+    /// `rediss://` only: a PEM file of CA certificates trusted for the server **instead of** the
+    /// system roots (self-signed deployments). Checked readable and parseable at startup.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `rediss://` only, both or neither: the PEM client certificate chain and private key for
+    /// mutual TLS.
+    pub tls_client_cert_file: Option<PathBuf>,
+    pub tls_client_key_file: Option<PathBuf>,
+}
+
+/// `[upstream.sentinel]`: the master is looked up through these Sentinels.
+#[derive(Debug, Clone)]
+pub struct SentinelConfig {
+    pub addresses: Vec<String>,
+    pub master_name: String,
+}
+
+/// `[sse]`: streams, their replay history and their flow control.
+#[derive(Debug, Clone)]
+pub struct SseConfig {
+    pub heartbeat: Duration,
+    /// The `retry:` hint sent at the start of every stream, in milliseconds.
+    pub retry_ms: u64,
+    /// How many revisions the replay ring keeps for `Last-Event-ID` resumes.
+    pub replay_revisions: usize,
+    /// Tombstones (deleted keys) kept for resumes beyond the ring: count and age.
+    pub tombstones_max: usize,
+    pub tombstone_ttl: Duration,
+    /// Bytes a connection may have queued but not yet written before it counts as lagging.
+    pub client_buffer_bytes: usize,
+    /// SO_SNDBUF of API sockets (none: kernel autotuning).
+    pub socket_send_buffer_bytes: Option<usize>,
+    /// How long a client may stay over budget before it is disconnected.
+    pub slow_client_timeout: Duration,
+    /// Per-instance cap on SSE connections (0 = no cap).
+    pub max_connections: usize,
+    /// Maximum age of an SSE connection (with jitter), for rebalancing; none = unlimited.
+    pub max_connection_age: Option<Duration>,
+    /// On shutdown, SSE connections are closed spread over this window.
+    pub drain_window: Duration,
+}
+
+/// `[http]`: request limits and response headers of the API.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub max_body_bytes: usize,
+    pub cors_allowed_origins: Vec<String>,
+    /// `X-Featureflow-Sdk-Config` header value (single-line JSON).
+    pub sdk_config_header: String,
+    /// OFREP requests per second per key (0 = unlimited).
+    pub ofrep_rate_limit: u32,
+}
+
+impl Config {
+    /// The effective configuration for `check-config`: Rust's pretty `Debug` notation
+    /// (`Config { listen: 127.0.0.1:7700, ... }`), not TOML and not meant to be parsed back.
+    /// Every [`Secret`] (the SDK keys, the Redis URL) prints as its [`redact`] label; the rest,
+    /// Sentinel addresses included, prints as it is.
+    pub fn redacted(&self) -> String {
+        format!("{self:#?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{load, MIN};
+    use crate::config::Overrides;
+
+    #[test]
+    fn redacted_output_hides_keys() {
+        let c = load(MIN, &Overrides::default()).unwrap();
+        let out = c.redacted();
+        assert!(!out.contains("sdk-srv-env-1"), "{out}");
+        assert!(out.contains("production"));
+    }
+}

@@ -1,0 +1,253 @@
+//! Stage two: the raw file ([`RawConfig`]) and the command-line overrides validated into a
+//! [`Config`], defaults applied, each failure naming the key (`sse.heartbeat_secs`,
+//! `environments[1].id`). The checks run in a fixed order and the first failure is the one
+//! reported. The Redis section is validated in [`super::redis`].
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawEnvironment, RawHttp, RawSse, RawUpstream};
+use super::redis::redis_upstream;
+use super::{
+    invalid, ms, redact, Config, ConfigError, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, Secret, Overrides,
+    SseConfig, Upstream,
+};
+
+pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<PathBuf>) -> Result<Config, ConfigError> {
+    let listen_s = overrides.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:7700".into());
+    let listen = parse_addr("listen", &listen_s)?;
+    let admin_s = overrides.admin_listen.clone().or(file.admin_listen).unwrap_or_else(|| "127.0.0.1:7701".into());
+    let admin_listen = parse_addr("admin_listen", &admin_s)?;
+    if listen == admin_listen && listen.port() != 0 {
+        return Err(invalid("admin_listen", "must differ from `listen`"));
+    }
+
+    let log_level = overrides.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+    let log_format = match overrides.log_format.clone().or(file.log_format).as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => return Err(invalid("log_format", format!("{other:?}: expected \"text\" or \"json\""))),
+    };
+
+    let environments = environments(file.environments)?;
+    let upstream = upstream(file.upstream.unwrap_or_default(), overrides)?;
+    let sse = sse(file.sse.unwrap_or_default())?;
+    let http = http(file.http.unwrap_or_default())?;
+
+    let shutdown_timeout = Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(10));
+    if sse.drain_window >= shutdown_timeout && !sse.drain_window.is_zero() {
+        return Err(invalid(
+            "sse.drain_window_secs",
+            format!("must be shorter than shutdown_timeout_secs ({}), or streams are cut before they drain", shutdown_timeout.as_secs()),
+        ));
+    }
+    if http.sdk_config_header.chars().any(|c| c.is_control() || !c.is_ascii()) {
+        return Err(invalid("http.sdk_config", "must encode as single-line ASCII JSON (it is sent as a header)"));
+    }
+    Ok(Config {
+        listen,
+        admin_listen,
+        upstream,
+        environments,
+        sse,
+        http,
+        shutdown_timeout,
+        log_level,
+        log_format,
+        source_path,
+    })
+}
+
+fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|e| invalid(field, format!("{s:?} is not an address like 127.0.0.1:7700 ({e})")))
+}
+
+/// `[[environments]]`: at least one; ids well-formed and unique; every key non-empty, without
+/// spaces and used once across all environments (the error redacts the key).
+fn environments(raw: Vec<RawEnvironment>) -> Result<Vec<EnvironmentConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(invalid("environments", "at least one [[environments]] entry is required"));
+    }
+    let mut ids = HashSet::new();
+    let mut keys = HashSet::new();
+    let mut environments = Vec::new();
+    for (i, e) in raw.into_iter().enumerate() {
+        let field = format!("environments[{i}]");
+        if e.id.is_empty() || !e.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(invalid(format!("{field}.id"), format!("{:?}: use letters, digits, '-', '_' or '.'", e.id)));
+        }
+        if !ids.insert(e.id.clone()) {
+            return Err(invalid(format!("{field}.id"), format!("environment {:?} is listed twice", e.id)));
+        }
+        if e.server_keys.is_empty() && e.client_keys.is_empty() {
+            return Err(invalid(format!("{field}.server_keys"), "an environment needs at least one key"));
+        }
+        for (kind, list) in [("server_keys", &e.server_keys), ("client_keys", &e.client_keys)] {
+            for k in list {
+                if k.trim().is_empty() || k.chars().any(char::is_whitespace) {
+                    return Err(invalid(format!("{field}.{kind}"), "keys must be non-empty and without spaces"));
+                }
+                if !keys.insert(k.clone()) {
+                    return Err(invalid(format!("{field}.{kind}"), format!("key {} is used twice", redact(k))));
+                }
+            }
+        }
+        environments.push(EnvironmentConfig {
+            id: e.id,
+            server_keys: e.server_keys.into_iter().map(Secret).collect(),
+            client_keys: e.client_keys.into_iter().map(Secret).collect(),
+        });
+    }
+    Ok(environments)
+}
+
+/// `[upstream]`: Redis when `--redis-url` is given (whatever `kind` says) or `kind = "redis"`,
+/// else the flags file.
+fn upstream(up: RawUpstream, overrides: &Overrides) -> Result<Upstream, ConfigError> {
+    let redis_url = overrides.redis_url.clone().or_else(|| match up.kind.as_deref() {
+        Some("redis") => up.url.clone(),
+        _ => None,
+    });
+    Ok(match (redis_url, up.kind.as_deref()) {
+        (Some(url), _) => Upstream::Redis(redis_upstream(url, &up, overrides)?),
+        (None, Some("redis")) => return Err(invalid("upstream.url", "kind = \"redis\" needs a url (or --redis-url)")),
+        (None, None | Some("file")) => {
+            let path = up.path.clone().unwrap_or_else(|| PathBuf::from("config/flags.json"));
+            let poll = ms(up.poll_interval_ms, 200);
+            if poll.is_zero() {
+                return Err(invalid("upstream.poll_interval_ms", "must be > 0"));
+            }
+            Upstream::File(FileUpstream { path, poll_interval: poll })
+        }
+        (None, Some(other)) => {
+            return Err(invalid("upstream.kind", format!("{other:?}: expected \"file\" or \"redis\"")))
+        }
+    })
+}
+
+fn sse(sse_f: RawSse) -> Result<SseConfig, ConfigError> {
+    let heartbeat_secs = sse_f.heartbeat_secs.unwrap_or(15);
+    if heartbeat_secs == 0 {
+        return Err(invalid("sse.heartbeat_secs", "must be > 0"));
+    }
+    let replay = sse_f.replay_revisions.unwrap_or(1024);
+    let client_buffer_bytes = sse_f.client_buffer_bytes.unwrap_or(64 * 1024);
+    if client_buffer_bytes < 8192 {
+        return Err(invalid("sse.client_buffer_bytes", "must be at least 8192"));
+    }
+    let sse = SseConfig {
+        heartbeat: Duration::from_secs(heartbeat_secs),
+        retry_ms: sse_f.retry_ms.unwrap_or(3000),
+        replay_revisions: replay,
+        tombstones_max: sse_f.tombstones_max.unwrap_or(10_000),
+        tombstone_ttl: Duration::from_secs(sse_f.tombstone_ttl_secs.unwrap_or(24 * 3600)),
+        client_buffer_bytes,
+        socket_send_buffer_bytes: sse_f.socket_send_buffer_bytes.filter(|n| *n > 0),
+        slow_client_timeout: ms(sse_f.slow_client_timeout_ms, 10_000),
+        max_connections: sse_f.max_connections.unwrap_or(0),
+        max_connection_age: sse_f.max_connection_age_secs.filter(|s| *s > 0).map(Duration::from_secs),
+        drain_window: Duration::from_secs(sse_f.drain_window_secs.unwrap_or(5)),
+    };
+
+    if sse.retry_ms > 3_600_000 {
+        return Err(invalid("sse.retry_ms", "must be at most 3600000 (one hour)"));
+    }
+    if heartbeat_secs > 3600 {
+        return Err(invalid("sse.heartbeat_secs", "must be at most 3600"));
+    }
+    if sse.slow_client_timeout.is_zero() {
+        return Err(invalid("sse.slow_client_timeout_ms", "must be > 0"));
+    }
+    if sse.max_connection_age.is_some_and(|a| a > Duration::from_secs(30 * 86_400)) {
+        return Err(invalid("sse.max_connection_age_secs", "must be at most 30 days (0 = unlimited)"));
+    }
+    if sse.drain_window > Duration::from_secs(3600) {
+        return Err(invalid("sse.drain_window_secs", "must be at most 3600"));
+    }
+    Ok(sse)
+}
+
+/// `[http]`; the header check on the encoded `sdk_config` runs later in [`build`] (after the
+/// drain-window check, so which failure is reported first is what it was before the split).
+fn http(http_f: RawHttp) -> Result<HttpConfig, ConfigError> {
+    let sdk_config = match http_f.sdk_config {
+        Some(t) => serde_json::to_string(&t).map_err(|e| invalid("http.sdk_config", e.to_string()))?,
+        None => r#"{"eventsEnabled":true,"mode":"summary","flushIntervalSeconds":60,"pollIntervalSeconds":20}"#.into(),
+    };
+    let max_body_bytes = http_f.max_body_bytes.unwrap_or(1024 * 1024);
+    if max_body_bytes == 0 {
+        return Err(invalid("http.max_body_bytes", "must be > 0"));
+    }
+    Ok(HttpConfig {
+        max_body_bytes,
+        cors_allowed_origins: http_f.cors_allowed_origins.unwrap_or_else(|| vec!["*".into()]),
+        sdk_config_header: sdk_config,
+        ofrep_rate_limit: http_f.ofrep_rate_limit.unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::testing::{load, MIN};
+    use crate::config::{Overrides, Upstream};
+
+    #[test]
+    fn defaults() {
+        let c = load(MIN, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.sse.heartbeat, Duration::from_secs(15));
+        assert!(matches!(c.upstream, Upstream::File(_)));
+        assert_eq!(c.http.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn cli_beats_file() {
+        let text = format!("listen = \"127.0.0.1:1\"\n{MIN}");
+        let args = Overrides { listen: Some("127.0.0.1:2".into()), ..Default::default() };
+        assert_eq!(load(&text, &args).unwrap().listen.port(), 2);
+        assert_eq!(load(&text, &Overrides::default()).unwrap().listen.port(), 1);
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let e = load(&format!("listen = \"nope\"\n{MIN}"), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("`listen`"), "{e}");
+        let e = load(&format!("{MIN}[sse]\nheartbeat_secs = 0\n"), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("sse.heartbeat_secs"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_keys_rejected() {
+        let text = r#"
+[[environments]]
+id = "a"
+server_keys = ["k1"]
+[[environments]]
+id = "b"
+server_keys = ["k1"]
+"#;
+        let e = load(text, &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("used twice"), "{e}");
+        assert!(!e.to_string().contains("k1\""), "key leaked: {e}");
+    }
+
+    #[test]
+    fn the_drain_window_must_fit_in_the_shutdown_deadline() {
+        let e = load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 5\n"), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("sse.drain_window_secs"), "{e}");
+        assert!(load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 4\n"), &Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn redis_url_switches_upstream() {
+        let args = Overrides { redis_url: Some("redis://127.0.0.1:6379".into()), ..Default::default() };
+        let c = load(MIN, &args).unwrap();
+        let Upstream::Redis(r) = c.upstream else { panic!("expected redis") };
+        assert_eq!(r.prefix, "flagrelay");
+        assert!(!format!("{:?}", r.url).contains("6379"));
+    }
+}

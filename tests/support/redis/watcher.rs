@@ -1,0 +1,150 @@
+//! What the clients of a relay hold: polling ([`poll_flags`], [`wait_poll`]) and an SSE client
+//! that applies events the way an SDK does ([`WatchingClient`]), compared exactly with what Redis
+//! holds ([`converge`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{writer_for, Flags};
+use crate::support::{within, SseClient, SseEvent, TestRelay, WAIT};
+
+/// Exact JSON text of every feature (object member order included).
+pub fn exact(map: &Flags) -> BTreeMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), serde_json::to_string(v).expect("json"))).collect()
+}
+
+fn object_to_flags(v: Value) -> Flags {
+    match v {
+        Value::Object(o) => o.into_iter().collect(),
+        other => panic!("expected a JSON object, got {other}"),
+    }
+}
+
+/// The relay's map for a key, by polling.
+pub async fn poll_flags(relay: &TestRelay, key: &str) -> Flags {
+    let r = relay.poll(key).await;
+    assert_eq!(r.status(), 200);
+    object_to_flags(within("poll body", r.json()).await.expect("poll json"))
+}
+
+/// Polls until the relay serves exactly `want` for `key`.
+pub async fn wait_poll(relay: &TestRelay, key: &str, want: &Flags) {
+    let want = exact(want);
+    let mut last = BTreeMap::new();
+    let r = tokio::time::timeout(WAIT, async {
+        loop {
+            last = exact(&poll_flags(relay, key).await);
+            if last == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if r.is_err() {
+        panic!("polling never served the expected flags\n want: {want:?}\n last: {last:?}");
+    }
+}
+
+/// An SSE client that applies events the way an SDK does. `replace_on_first` = replace the map
+/// with the first event of every connection (full state); otherwise only upsert and remove
+/// (Java SDK semantics).
+pub struct WatchingClient {
+    pub sse: SseClient,
+    pub flags: Flags,
+    replace_on_first: bool,
+    first: bool,
+    url: String,
+    key: String,
+    pub events: usize,
+    pub last_id: Option<u64>,
+}
+
+impl WatchingClient {
+    pub async fn upsert_only(relay: &TestRelay, key: &str) -> WatchingClient {
+        Self::connect(relay, key, false).await
+    }
+
+    pub async fn replacing(relay: &TestRelay, key: &str) -> WatchingClient {
+        Self::connect(relay, key, true).await
+    }
+
+    async fn connect(relay: &TestRelay, key: &str, replace_on_first: bool) -> WatchingClient {
+        let url = relay.url("/api/sdk/v1/features");
+        let sse = SseClient::connect(&url, &[("authorization", &format!("Bearer {key}"))]).await;
+        assert_eq!(sse.status, 200);
+        WatchingClient { sse, flags: Flags::new(), replace_on_first, first: true, url, key: key.into(), events: 0, last_id: None }
+    }
+
+    /// Drops the connection and opens a fresh one (no Last-Event-ID): full state again.
+    pub async fn reconnect(&mut self) {
+        self.sse.close();
+        self.sse = SseClient::connect(&self.url, &[("authorization", &format!("Bearer {}", self.key))]).await;
+        assert_eq!(self.sse.status, 200);
+        self.first = true;
+    }
+
+    fn apply(&mut self, e: &SseEvent) {
+        self.events += 1;
+        if let Some(id) = e.id.as_deref().and_then(|i| i.parse().ok()) {
+            self.last_id = Some(id);
+        }
+        match e.event.as_str() {
+            "features.updated" => {
+                let m = object_to_flags(e.json());
+                if self.first && self.replace_on_first {
+                    self.flags = m;
+                } else {
+                    self.flags.extend(m);
+                }
+            }
+            "features.deleted" => {
+                for k in e.json().as_array().expect("deleted keys array") {
+                    self.flags.remove(k.as_str().expect("key"));
+                }
+            }
+            other => panic!("unexpected SSE event {other}: {}", e.data),
+        }
+        self.first = false;
+    }
+
+    /// Reads one event and applies it.
+    pub async fn step(&mut self) {
+        let e = self.sse.expect().await;
+        self.apply(&e);
+    }
+
+    /// Reads events until the held map is exactly `want`.
+    pub async fn wait_for(&mut self, want: &Flags) {
+        let want_x = exact(want);
+        let r = tokio::time::timeout(WAIT, async {
+            while exact(&self.flags) != want_x {
+                let e = match self.sse.next_any().await {
+                    Some(e) => e,
+                    None => panic!("SSE stream ended"),
+                };
+                if e.data.starts_with("{\"heartbeat\"") {
+                    continue;
+                }
+                self.apply(&e);
+            }
+        })
+        .await;
+        if r.is_err() {
+            panic!("SSE client never held the expected flags\n want: {want_x:?}\n held: {:?}", exact(&self.flags));
+        }
+    }
+}
+
+/// Waits until every watcher and polling hold exactly what Redis holds (`flags export`).
+pub async fn converge(relay: &TestRelay, url: &str, env: &str, key: &str, clients: &mut [&mut WatchingClient]) -> Flags {
+    let want = within("export", writer_for(url, env).await.export()).await.expect("export");
+    wait_poll(relay, key, &want).await;
+    for c in clients.iter_mut() {
+        c.wait_for(&want).await;
+    }
+    want
+}
+
