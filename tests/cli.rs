@@ -1,7 +1,7 @@
 //! The `flagrelay` binary as a process: config validation before binding, check-config, and
 //! graceful shutdown on SIGTERM.
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -55,11 +55,6 @@ pub struct Overrides {
     pub prefix: Option<String>,
 }
 
-/// Transitional (issue 9 merge): the old name, for callers outside `config` and `cli` that still
-/// build their overrides as `config::ServeArgs { .. }`. Rename them to [`Overrides`] and delete
-/// this alias; the clap options themselves are [`crate::cli::ServeArgs`].
-pub type ServeArgs = Overrides;
-
 /// Why there is no `Config`: the file cannot be read, is not valid TOML for the file structs,
 /// or a value fails a check (`field` is the key as the file spells it).
 #[derive(Debug, thiserror::Error)]
