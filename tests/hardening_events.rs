@@ -2,7 +2,7 @@
 //! bounded by bytes; at shutdown the forwarder flushes what it accepted within its deadline and
 //! counts (and logs) what it could not deliver; a batch posted after shutdown began gets 503.
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use support::process::{RelayProcess, Stderr};
 use support::redis::server::TestRedis;
 use support::redis::{fast_upstream, relay_on, tool_config, wait_counter};
 use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flagrelay");
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ENV: &str = "production";
@@ -172,7 +174,7 @@ async fn every_batch_answered_200_while_redis_is_frozen_is_delivered_or_logged_a
         ),
     )
     .unwrap();
-    let relay = RelayProcess::start(&cfg, &[], Stderr::Collect).await;
+    let relay = RelayProcess::start(BIN, &cfg, &[], Stderr::Collect).await;
     let c = http();
     let post = |n: usize| c.post(relay.url("/api/sdk/v1/events")).bearer_auth(SERVER_KEY).body(format!("[{n}]")).send();
     let scrape = || async { within("/metrics", c.get(relay.admin_url("/metrics")).send()).await.unwrap().text().await.unwrap() };

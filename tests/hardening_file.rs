@@ -3,7 +3,7 @@
 //! mtime is seen (inotify), a malformed environment blocks no other, and a problem is logged
 //! once, not on every poll.
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::io::Write;
 use std::path::Path;
@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 use support::process::{file_config, RelayProcess, Stderr};
 use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flagrelay");
 
 /// A feature whose variants are `on` and `of`, so that switching is a same-size edit.
 fn feature(key: &str, variant: &str) -> Value {
@@ -48,10 +50,12 @@ fn write_in_place(path: &Path, flags: &Value, mtime: SystemTime) {
     f.set_modified(mtime).unwrap();
 }
 
+/// Puts a FIFO at `path` in one rename (the relay never sees the path missing).
 fn replace_with_fifo(path: &Path) {
-    std::fs::remove_file(path).unwrap();
-    let ok = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    let tmp = path.with_extension("fifo");
+    let ok = std::process::Command::new("mkfifo").arg(&tmp).status().unwrap();
     assert!(ok.success(), "mkfifo");
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 #[tokio::test]
@@ -61,7 +65,6 @@ async fn a_fifo_at_the_path_is_refused_and_the_watcher_goes_on() {
     let st = relay.wait_status("production", "the FIFO to be refused in /status", |s| s["source"]["state"] == "error").await;
     assert!(st["source"]["last_error"].as_str().unwrap().contains("a FIFO, not a regular file"), "{st}");
     assert_eq!(served(&relay, SERVER_KEY, "a").await.as_deref(), Some("on"), "the last good data is served");
-    std::fs::remove_file(&relay.flags_path).unwrap();
     relay.write_flags(&flags("of", "on"));
     wait_served(&relay, SERVER_KEY, "a", "of").await;
     relay.wait_status("production", "recovery", |s| s["source"]["state"] == "ok").await;
@@ -148,7 +151,7 @@ async fn admin_json(relay: &RelayProcess, path: &str) -> Value {
 async fn a_flags_file_that_stays_broken_is_logged_once_not_on_every_poll() {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, path) = file_config(dir.path(), &json!({"production": {"a": feature("a", "on")}}), "", "");
-    let relay = RelayProcess::start(&cfg, &[], Stderr::Collect).await;
+    let relay = RelayProcess::start(BIN, &cfg, &[], Stderr::Collect).await;
     std::fs::write(&path, b"{ \"production\": { torn").unwrap();
     within("the broken file in /status", async {
         while admin_json(&relay, "/status").await["environments"][0]["source"]["state"] != "error" {
@@ -173,7 +176,7 @@ async fn an_environment_the_config_does_not_list_is_warned_about_once() {
     let dir = tempfile::tempdir().unwrap();
     let with_other = |v: &str| json!({"production": {"a": feature("a", v)}, "other": {}});
     let (cfg, path) = file_config(dir.path(), &with_other("on"), "", "");
-    let relay = RelayProcess::start(&cfg, &[], Stderr::Collect).await;
+    let relay = RelayProcess::start(BIN, &cfg, &[], Stderr::Collect).await;
     let c = http();
     for v in ["of", "on", "of"] {
         let tmp = path.with_extension("tmp");

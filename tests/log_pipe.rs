@@ -1,13 +1,15 @@
 //! A relay whose stderr reader went away (`… 2>&1 | head`, a dead log shipper) keeps working:
 //! logging a line never kills or blocks the task that logged it.
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::process::{file_config, RelayProcess, Stderr};
 use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flagrelay");
 
 /// Polls the features endpoint with `If-None-Match: etag` until a new version is served, and
 /// returns it with its ETag.
@@ -37,7 +39,7 @@ fn write_atomically(path: &std::path::Path, flags: &Value) {
 async fn with_its_stderr_closed_the_relay_still_serves_every_change_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, flags) = file_config(dir.path(), &json!({"production": {"a": simple_feature("a", "on")}}), "", "");
-    let relay = RelayProcess::start(&cfg, &[], Stderr::CloseOnceServing).await;
+    let relay = RelayProcess::start(BIN, &cfg, &[], Stderr::CloseOnceServing).await;
     let (mut etag, first) = next_version(&relay, "\"none\"").await;
     assert_eq!(first["a"]["rules"][0]["variantSplits"][0]["variantKey"], "on");
 

@@ -10,8 +10,6 @@ use serde_json::Value;
 
 use super::{within, CLIENT_KEY, SERVER_KEY};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_flagrelay");
-
 /// What the test does with the relay's stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stderr {
@@ -51,9 +49,10 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Starts `flagrelay --config <cfg> --log-format json <extra>` and waits for it to serve.
-    pub async fn start(cfg: &Path, extra: &[&str], stderr: Stderr) -> RelayProcess {
-        let mut child = Command::new(BIN)
+    /// Starts `<bin> --config <cfg> --log-format json <extra>` and waits for it to serve; `bin`
+    /// is the relay binary (`env!("CARGO_BIN_EXE_flagrelay")` in the test).
+    pub async fn start(bin: &str, cfg: &Path, extra: &[&str], stderr: Stderr) -> RelayProcess {
+        let mut child = Command::new(bin)
             .args(["--config", cfg.to_str().expect("utf-8 path"), "--log-format", "json"])
             .args(extra)
             .stderr(Stdio::piped())
