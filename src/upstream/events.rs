@@ -85,7 +85,8 @@ struct Shared {
 impl Shared {
     fn release(&self, cost: usize) {
         let left = self.bytes.fetch_sub(cost, Ordering::AcqRel).saturating_sub(cost);
-        self.metrics.events_queue_bytes.set(left as i64);
+        // add/sub, not set: concurrent updates of the gauge always converge on the real total.
+        self.metrics.events_queue_bytes.sub(cost as i64);
         if left <= self.budget / 2 && self.full.swap(false, Ordering::AcqRel) {
             let dropped = self.dropped_while_full.swap(0, Ordering::AcqRel);
             tracing::info!(dropped, "the event queue has room again");
@@ -142,15 +143,15 @@ impl EventSender {
         }
         let cost = batch.body.len().saturating_add(BATCH_OVERHEAD);
         let reserved = s.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_add(cost).filter(|n| *n <= s.budget));
-        let Ok(before) = reserved else {
+        if reserved.is_err() {
             count_drop(&s.metrics, &batch.env, DropReason::QueueFull);
             s.dropped_while_full.fetch_add(1, Ordering::AcqRel);
             if !s.full.swap(true, Ordering::AcqRel) {
                 tracing::warn!(budget_bytes = s.budget, "the event queue is full (Redis is slow or unreachable); dropping batches until it drains");
             }
             return Ok(Accepted::Dropped);
-        };
-        s.metrics.events_queue_bytes.set((before + cost) as i64);
+        }
+        s.metrics.events_queue_bytes.add(cost as i64);
         let owned = EventBatch { env: batch.env, kind: batch.kind, body: bytes::Bytes::copy_from_slice(&batch.body) };
         match self.tx.send((owned, cost)) {
             Ok(()) => Ok(Accepted::Queued),

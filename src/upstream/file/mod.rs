@@ -1,11 +1,11 @@
 //! The watched flags file: `{ "<env id>": { "<feature key>": <control>, ... }, ... }`.
 //!
-//! The file is checked every `poll_interval` ([`read::probe`], on a blocking thread): its
+//! The file is checked every `poll_interval` (`read::probe`, on a blocking thread): its
 //! metadata (mtime, size, inode, type) is compared with the last read; the content is read
 //! again when the metadata changed, while the mtime is too recent to prove it unchanged, when
-//! an inotify event came for the file ([`watch`]), and every `rehash_interval` in any case (a
+//! an inotify event came for the file (`watch`), and every `rehash_interval` in any case (a
 //! same-size edit that keeps the mtime, on a file system without events). When the content
-//! (SHA-1) differs from the last one parsed, it is parsed ([`load::parse`]) and each
+//! (SHA-1) differs from the last one parsed, it is parsed (`load::parse`) and each
 //! environment of the config is diffed against its snapshot; only what changed is published,
 //! as one revision per environment. Otherwise the data is confirmed current.
 //!
