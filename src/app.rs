@@ -7,9 +7,11 @@
 //! only), and `admin server`. A task that panicked is logged by name.
 //!
 //! Shutdown order: stop accepting and drop readiness; SSE streams close over the drain window;
-//! in-flight requests finish and the other tasks end, all within `shutdown_timeout` of the
-//! trigger (a task still running then is aborted); the admin listener closes last, within one
-//! more second. [`run`] returns even if some connection refuses to end.
+//! the event queue closes (a batch posted from then on gets 503) and the forwarder flushes it for
+//! at most 90 % of `shutdown_timeout`, so it can count and log what it could not deliver before
+//! the deadline; in-flight requests finish and the other tasks end, all within
+//! `shutdown_timeout` of the trigger (a task still running then is aborted); the admin listener
+//! closes last, within one more second. [`run`] returns even if some connection refuses to end.
 
 mod tasks;
 
@@ -28,12 +30,18 @@ use crate::http::rate_limit::KeyedRateLimit;
 use crate::http::route::Template;
 use crate::http::server::{Server, ServerOptions};
 use crate::http::state::Api;
-use crate::metrics::Metrics;
+use crate::metrics::{LogCounters, Metrics};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreLimits};
 use crate::upstream;
 
 use tasks::{Ended, Tasks};
+
+/// How long the event forwarder may flush its queue at shutdown: most of the shutdown deadline,
+/// so that it ends (and logs what it dropped) before the deadline aborts what is left.
+fn event_flush_budget(shutdown_timeout: Duration) -> Duration {
+    shutdown_timeout.mul_f64(0.9)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -43,7 +51,13 @@ pub enum AppError {
 
 /// Runs the relay on already-bound listeners until `shutdown` is triggered and the drain ends.
 pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpListener, shutdown: Shutdown) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new(Registry::new())?);
+    run_with(config, api_listener, admin_listener, shutdown, LogCounters::new()?).await
+}
+
+/// [`run`], exporting the counters of the log output that was set up before it
+/// ([`crate::logging`]).
+pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener: TcpListener, shutdown: Shutdown, log: LogCounters) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::with_log_counters(Registry::new(), log)?);
     let api_addr = api_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let admin_addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let limits = StoreLimits {
@@ -61,7 +75,7 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
         Upstream::File(_) => "file",
         Upstream::Redis(_) => "redis",
     };
-    let (events, forwarder) = match upstream::event_sink(&config.upstream, metrics.clone(), shutdown.clone()) {
+    let (events, forwarder) = match upstream::event_sink(&config.upstream, metrics.clone(), shutdown.clone(), event_flush_budget(config.shutdown_timeout)) {
         Some((tx, forwarder)) => (Some(tx), Some(forwarder)),
         None => (None, None),
     };
@@ -115,4 +129,16 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
     admin_task.join(tokio::time::Instant::now() + Duration::from_secs(1)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_flush_ends_before_the_shutdown_deadline() {
+        for (deadline_ms, flush_ms) in [(10_000, 9_000), (2_000, 1_800), (0, 0)] {
+            assert_eq!(event_flush_budget(Duration::from_millis(deadline_ms)), Duration::from_millis(flush_ms));
+        }
+    }
 }

@@ -5,29 +5,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use flagrelay::cli::{Cli, Command, FlagsCommand, ServeArgs};
-use flagrelay::config::{Config, LogFormat, Overrides, RedisUpstream};
+use flagrelay::config::{Config, Overrides, RedisUpstream};
 use flagrelay::upstream::redis::writer;
 use flagrelay::shutdown::{self, Shutdown};
 
-/// Installs the global subscriber. The filter is `RUST_LOG` when that is set and non-empty,
-/// else `config.log_level`; one that does not parse becomes `info` without a word.
-fn init_logging(config: &Config) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| config.log_level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&Overrides::from(args))?;
-    init_logging(&config);
+    let logging = flagrelay::logging::init(&config)?;
     let api = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
@@ -44,7 +28,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown::signal().await;
         std::process::exit(130);
     });
-    flagrelay::app::run(config, api, admin, shutdown).await?;
+    flagrelay::app::run_with(config, api, admin, shutdown, logging.counters()).await?;
     Ok(())
 }
 

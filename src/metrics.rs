@@ -46,9 +46,42 @@ pub struct Metrics {
     pub upstream_messages: IntCounterVec,
     pub propagation_seconds: HistogramVec,
     pub events_forwarded: IntCounterVec,
+    pub events_dropped: IntCounterVec,
+    pub events_queue_bytes: IntGauge,
     // evaluation
     pub evaluations: IntCounterVec,
     pub evaluation_errors: IntCounterVec,
+    // logging
+    pub log: LogCounters,
+}
+
+/// Values of the `reason` label of `flagrelay_events_dropped_total`.
+pub const EVENT_DROP_REASONS: [&str; 4] = ["queue_full", "unreachable", "refused", "shutdown"];
+
+/// Values of the `reason` label of `flagrelay_log_lines_dropped_total`.
+pub const LOG_DROP_REASONS: [&str; 2] = ["write_error", "backlog"];
+
+/// The log writer's counters. They exist before the registry does (logging is set up before
+/// the relay starts), so they are made on their own and registered by
+/// [`Metrics::with_log_counters`].
+#[derive(Clone)]
+pub struct LogCounters {
+    /// `flagrelay_log_lines_dropped_total{reason}`: log lines that never reached the log output.
+    pub lines_dropped: IntCounterVec,
+}
+
+impl LogCounters {
+    /// New counters at zero, registered nowhere yet.
+    pub fn new() -> prometheus::Result<LogCounters> {
+        let lines_dropped = IntCounterVec::new(
+            Opts::new("flagrelay_log_lines_dropped_total", "Log lines lost: the log output failed (write_error) or fell behind (backlog)."),
+            &["reason"],
+        )?;
+        for r in LOG_DROP_REASONS {
+            lines_dropped.with_label_values(&[r]);
+        }
+        Ok(LogCounters { lines_dropped })
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -86,7 +119,13 @@ fn latency_buckets() -> Vec<f64> {
 impl Metrics {
     /// Registers every metric on `registry`. Fails only if a name is registered twice.
     pub fn new(registry: Registry) -> prometheus::Result<Metrics> {
+        Metrics::with_log_counters(registry, LogCounters::new()?)
+    }
+
+    /// [`Metrics::new`] with the log writer's counters (made before the registry) registered too.
+    pub fn with_log_counters(registry: Registry, log: LogCounters) -> prometheus::Result<Metrics> {
         let r = &registry;
+        r.register(Box::new(log.lines_dropped.clone()))?;
         #[cfg(target_os = "linux")]
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         let m = Metrics {
@@ -126,8 +165,15 @@ impl Metrics {
             upstream_messages: counter(r, "flagrelay_upstream_messages_total", "Upstream change messages by result (applied, stale, malformed, ignored).", &["env", "result"])?,
             propagation_seconds: histogram(r, "flagrelay_propagation_seconds", "Time from the upstream publish (message ts) until the change was written to every SDK connection of the environment.", &["env"], latency_buckets())?,
             events_forwarded: counter(r, "flagrelay_events_forwarded_total", "SDK event batches forwarded upstream, by result (sent, dropped).", &["env", "result"])?,
+            events_dropped: counter(r, "flagrelay_events_dropped_total", "SDK event batches accepted but not forwarded upstream, by reason (queue_full, unreachable, refused, shutdown).", &["env", "reason"])?,
+            events_queue_bytes: {
+                let g = IntGauge::new("flagrelay_events_queue_bytes", "Bytes of SDK event batches queued for the upstream (bounded by upstream.events_queue_bytes).")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             evaluations: counter(r, "flagrelay_evaluations_total", "Evaluation requests by API (ofrep, ofrep_bulk, thin_client, stream).", &["env", "api"])?,
             evaluation_errors: counter(r, "flagrelay_evaluation_errors_total", "Evaluation errors by code.", &["env", "code"])?,
+            log,
             registry,
         };
         Ok(m)
@@ -180,6 +226,9 @@ impl Metrics {
         }
         for r in ["sent", "dropped"] {
             self.events_forwarded.with_label_values(&[env, r]);
+        }
+        for r in EVENT_DROP_REASONS {
+            self.events_dropped.with_label_values(&[env, r]);
         }
         for a in ["ofrep", "ofrep_bulk", "thin_client", "stream"] {
             self.evaluations.with_label_values(&[env, a]);

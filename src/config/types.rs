@@ -75,6 +75,12 @@ pub struct FileUpstream {
     pub path: PathBuf,
     /// How often the file's metadata is checked for a change.
     pub poll_interval: Duration,
+    /// A larger file (or anything but a regular file) is refused (`max_file_bytes`, default
+    /// 64 MiB).
+    pub max_bytes: u64,
+    /// The content is read and hashed at least this often even if nothing says it changed
+    /// (`rehash_interval_ms`, default 30 s).
+    pub rehash_interval: Duration,
 }
 
 /// A Redis upstream; also what the `flags` commands connect with.
@@ -92,6 +98,9 @@ pub struct RedisUpstream {
     pub stable_after: Duration,
     /// `MAXLEN ~ N` for the events stream.
     pub events_maxlen: u64,
+    /// Bytes of accepted event batches that may wait for Redis; beyond it batches are dropped
+    /// and counted (`events_queue_bytes`, default 16 MiB).
+    pub events_queue_bytes: usize,
     /// Where last good snapshots are persisted for a warm start (none: no persistence).
     pub snapshot_dir: Option<PathBuf>,
     /// `rediss://` only: a PEM file of CA certificates trusted for the server **instead of** the

@@ -43,6 +43,14 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
             format!("must be shorter than shutdown_timeout_secs ({}), or streams are cut before they drain", shutdown_timeout.as_secs()),
         ));
     }
+    if let Upstream::Redis(r) = &upstream {
+        if r.events_queue_bytes <= http.max_body_bytes {
+            return Err(invalid(
+                "upstream.events_queue_bytes",
+                format!("must be larger than http.max_body_bytes ({}), or a batch of that size could never be queued", http.max_body_bytes),
+            ));
+        }
+    }
     if http.sdk_config_header.chars().any(|c| c.is_control() || !c.is_ascii()) {
         return Err(invalid("http.sdk_config", "must encode as single-line ASCII JSON (it is sent as a header)"));
     }
@@ -119,7 +127,15 @@ fn upstream(up: RawUpstream, overrides: &Overrides) -> Result<Upstream, ConfigEr
             if poll.is_zero() {
                 return Err(invalid("upstream.poll_interval_ms", "must be > 0"));
             }
-            Upstream::File(FileUpstream { path, poll_interval: poll })
+            let max_bytes = up.max_file_bytes.unwrap_or(64 * 1024 * 1024);
+            if max_bytes == 0 {
+                return Err(invalid("upstream.max_file_bytes", "must be > 0"));
+            }
+            let rehash_interval = ms(up.rehash_interval_ms, 30_000);
+            if rehash_interval.is_zero() {
+                return Err(invalid("upstream.rehash_interval_ms", "must be > 0"));
+            }
+            Upstream::File(FileUpstream { path, poll_interval: poll, max_bytes, rehash_interval })
         }
         (None, Some(other)) => {
             return Err(invalid("upstream.kind", format!("{other:?}: expected \"file\" or \"redis\"")))
@@ -240,6 +256,19 @@ server_keys = ["k1"]
         let e = load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 5\n"), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("sse.drain_window_secs"), "{e}");
         assert!(load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 4\n"), &Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn the_flags_file_is_bounded_to_64_mib_and_rehashed_every_30_s_by_default() {
+        let Upstream::File(f) = load(MIN, &Overrides::default()).unwrap().upstream else { panic!("file") };
+        assert_eq!((f.max_bytes, f.rehash_interval), (64 << 20, Duration::from_secs(30)));
+        let text = format!("[upstream]\nmax_file_bytes = 1000\nrehash_interval_ms = 50\n{MIN}");
+        let Upstream::File(f) = load(&text, &Overrides::default()).unwrap().upstream else { panic!("file") };
+        assert_eq!((f.max_bytes, f.rehash_interval), (1000, Duration::from_millis(50)));
+        for (key, field) in [("max_file_bytes = 0", "upstream.max_file_bytes"), ("rehash_interval_ms = 0", "upstream.rehash_interval_ms")] {
+            let e = load(&format!("[upstream]\n{key}\n{MIN}"), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
     }
 
     #[test]

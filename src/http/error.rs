@@ -1,10 +1,11 @@
 //! Typed request errors, the conversions into them from the layers below (the SSE connection
-//! cap), and the one place they become HTTP status codes and bodies (JSON, or OFREP's shapes).
+//! cap, the closed event queue), and the one place they become HTTP status codes and bodies (JSON, or OFREP's shapes).
 
 use hyper::{header, Response, StatusCode};
 
 use super::body::ResBody;
 use crate::fanout::Rejected;
+use crate::upstream::QueueClosed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -30,6 +31,8 @@ pub enum ApiError {
     NotReady,
     #[error("the request body was not received in time")]
     BodyTimeout,
+    #[error("the relay is shutting down; retry on another instance")]
+    ShuttingDown,
     /// OFREP endpoints answer in OFREP's own shapes (see [`OfrepError`]).
     #[error("{0}")]
     Ofrep(#[from] OfrepError),
@@ -97,6 +100,13 @@ impl OfrepError {
     }
 }
 
+/// Shutdown has begun: the event queue takes nothing more (503, retry in 1 s).
+impl From<QueueClosed> for ApiError {
+    fn from(_: QueueClosed) -> ApiError {
+        ApiError::ShuttingDown
+    }
+}
+
 /// The SSE connection cap: 503, retry in 5 s.
 impl From<Rejected> for ApiError {
     fn from(_: Rejected) -> ApiError {
@@ -113,7 +123,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Overloaded { .. } | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Ofrep(e) => e.status(),
@@ -133,6 +143,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::NotReady => "not_ready",
             ApiError::BodyTimeout => "request_timeout",
+            ApiError::ShuttingDown => "shutting_down",
             ApiError::Ofrep(_) => "ofrep",
         }
     }
@@ -151,7 +162,7 @@ impl ApiError {
             ApiError::Overloaded { retry_after_secs } | ApiError::RateLimited { retry_after_secs } => {
                 b = b.header(header::RETRY_AFTER, retry_after_secs.to_string());
             }
-            ApiError::NotReady => b = b.header(header::RETRY_AFTER, "1"),
+            ApiError::NotReady | ApiError::ShuttingDown => b = b.header(header::RETRY_AFTER, "1"),
             ApiError::MissingKey | ApiError::UnknownKey => b = b.header(header::WWW_AUTHENTICATE, "Bearer"),
             _ => {}
         }
@@ -182,6 +193,7 @@ mod tests {
             (ApiError::RateLimited { retry_after_secs: 1 }, StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             (ApiError::NotReady, StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             (ApiError::BodyTimeout, StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            (ApiError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         ];
         for (e, status, code) in cases {
             assert_eq!((e.status(), e.code()), (status, code), "{e:?}");

@@ -64,7 +64,7 @@ pub async fn accept_batch(api: &Arc<Api>, req: Request<Incoming>, kind: &'static
     let (parts, body) = req.into_parts();
     let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
     util::json_array(&bytes)?;
+    api.forward(&env.id, kind, bytes)?;
     api.metrics.sdk_events.with_label_values(&[&env.id, kind]).inc();
-    api.forward(&env.id, kind, bytes);
     Ok(util::json(StatusCode::OK, &b"{}"[..]))
 }

@@ -165,8 +165,8 @@ pub async fn client_events(api: &Arc<Api>, req: Request<Incoming>, key: &str) ->
     let (parts, body) = req.into_parts();
     let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
     util::json_array(&bytes)?;
+    api.forward(&env.id, "client_events", bytes)?;
     api.metrics.sdk_events.with_label_values(&[&env.id, "client_events"]).inc();
-    api.forward(&env.id, "client_events", bytes);
     Ok(util::json(StatusCode::OK, &b"{}"[..]))
 }
 

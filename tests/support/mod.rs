@@ -2,6 +2,7 @@
 //! Every network await has a timeout so nothing hangs.
 
 pub mod node;
+pub mod process;
 pub mod redis;
 pub mod sse;
 
@@ -62,6 +63,8 @@ pub struct TestRelayBuilder {
     flags: Value,
     extra_toml: String,
     upstream_toml: Option<String>,
+    /// Extra `key = value` lines of the default file `[upstream]` section.
+    file_upstream_extra: String,
     environments: Vec<(String, Vec<String>, Vec<String>)>,
 }
 
@@ -91,6 +94,13 @@ impl TestRelayBuilder {
         self
     }
 
+    /// Adds `key = value` lines to the default (file) `[upstream]` section.
+    pub fn file_upstream(mut self, lines: &str) -> Self {
+        self.file_upstream_extra.push_str(lines);
+        self.file_upstream_extra.push('\n');
+        self
+    }
+
     /// Replaces the environments (id, server keys, client keys).
     pub fn environments(mut self, envs: &[(&str, &[&str], &[&str])]) -> Self {
         self.environments = envs
@@ -109,8 +119,9 @@ impl TestRelayBuilder {
         match &self.upstream_toml {
             Some(u) => t.push_str(u),
             None => t.push_str(&format!(
-                "[upstream]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 20\n",
-                flags_path.display().to_string()
+                "[upstream]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 20\n{}",
+                flags_path.display().to_string(),
+                self.file_upstream_extra
             )),
         }
         t.push('\n');
@@ -165,6 +176,7 @@ impl TestRelay {
             flags: serde_json::json!({"production": {}, "staging": {}}),
             extra_toml: String::new(),
             upstream_toml: None,
+            file_upstream_extra: String::new(),
             environments: vec![
                 ("production".into(), vec![SERVER_KEY.into()], vec![CLIENT_KEY.into()]),
                 ("staging".into(), vec![STAGING_SERVER_KEY.into()], vec![STAGING_CLIENT_KEY.into()]),
