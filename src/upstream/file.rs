@@ -6,6 +6,9 @@
 //! current snapshot and only what changed is published, as one new revision per environment;
 //! otherwise the data is confirmed current. A file-level failure is a [`FileError`].
 //!
+//! [`parse`] is the file's format, shared with `flags import --all` (which writes a whole flags
+//! file to Redis); [`check`] is what `check-config` reports about the file before a start.
+//!
 //! Invariants:
 //! - A file that cannot be read or parsed changes nothing: it is logged, counted and shown in
 //!   `/status`, and the last good data keeps being served.
@@ -17,22 +20,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use crate::config::FileUpstream;
 use crate::metrics::Metrics;
-use crate::model::Feature;
+use crate::model::{Feature, InvalidFeature};
 use crate::shutdown::Shutdown;
 use crate::store::{EnvStore, FeatureMap, Store};
 
-/// Why the flags file changed nothing (shown in `/status` and logged).
+/// Why the flags file changed nothing (shown in `/status` and logged). The messages include
+/// their cause, so no variant also returns it as `source()` (a chain printer would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("invalid JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("the flags file must be a JSON object of environment id -> features")]
     NotAnObject,
     #[error("environment {0:?}: expected an object of feature key -> control")]
@@ -74,8 +78,8 @@ async fn watch(cfg: FileUpstream, store: Arc<Store>, metrics: Arc<Metrics>, shut
         }
         let now = match stamp(&cfg.path) {
             Ok(s) => s,
-            Err(source) => {
-                let msg = FileError::Read { path: cfg.path.clone(), source }.to_string();
+            Err(error) => {
+                let msg = FileError::Read { path: cfg.path.clone(), error }.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
                     tracing::warn!("{msg}; serving the last good data");
                     fail_all(&store, &msg);
@@ -109,8 +113,8 @@ async fn watch(cfg: FileUpstream, store: Arc<Store>, metrics: Arc<Metrics>, shut
                     last_error = Some(msg);
                 }
             },
-            Err(source) => {
-                let msg = FileError::Read { path: cfg.path.clone(), source }.to_string();
+            Err(error) => {
+                let msg = FileError::Read { path: cfg.path.clone(), error }.to_string();
                 tracing::warn!("{msg}");
                 fail_all(&store, &msg);
                 last_error = Some(msg);
@@ -144,17 +148,60 @@ fn fail_all(store: &Store, msg: &str) {
     }
 }
 
+/// The file's format: a JSON object of environment id -> an object of feature key -> control.
+/// Every value of the map returned is a JSON object; the features in it are not validated here.
+pub fn parse(bytes: &[u8]) -> Result<Map<String, Value>, FileError> {
+    let root: Value = serde_json::from_slice(bytes).map_err(FileError::Json)?;
+    let Value::Object(envs) = root else {
+        return Err(FileError::NotAnObject);
+    };
+    if let Some((id, _)) = envs.iter().find(|(_, v)| !v.is_object()) {
+        return Err(FileError::EnvNotAnObject(id.clone()));
+    }
+    Ok(envs)
+}
+
+/// What the relay would load from the file now, for `check-config`.
+#[derive(Debug, Default, PartialEq)]
+pub struct FileCheck {
+    /// Each environment of the config that the file has, and how many valid features it holds.
+    pub loaded: Vec<(String, usize)>,
+    /// Environments of the config that the file lacks (each would serve an empty set).
+    pub missing: Vec<String>,
+    /// Environments of the file that the config does not list (ignored).
+    pub ignored: Vec<String>,
+    /// Features that would be rejected, with their environment.
+    pub invalid: Vec<(String, InvalidFeature)>,
+}
+
+/// Reads and parses the file as the relay does at start, and validates every feature of the
+/// environments `env_ids` (the config's).
+pub fn check(path: &Path, env_ids: &[&str]) -> Result<FileCheck, FileError> {
+    let bytes = std::fs::read(path).map_err(|error| FileError::Read { path: path.to_path_buf(), error })?;
+    let mut envs = parse(&bytes)?;
+    let mut out = FileCheck { ignored: envs.keys().filter(|id| !env_ids.contains(&id.as_str())).cloned().collect(), ..FileCheck::default() };
+    for id in env_ids {
+        let Some(Value::Object(features)) = envs.remove(*id) else {
+            out.missing.push(id.to_string());
+            continue;
+        };
+        let mut valid = 0;
+        for (key, raw) in features {
+            match Feature::from_value(&key, raw) {
+                Ok(_) => valid += 1,
+                Err(e) => out.invalid.push((id.to_string(), e)),
+            }
+        }
+        out.loaded.push((id.to_string(), valid));
+    }
+    Ok(out)
+}
+
 /// Parses the whole file and applies it to every environment. Errors only for a file-level
 /// problem (bad JSON, wrong shape); invalid features are handled per feature.
 fn load(bytes: &[u8], store: &Store, metrics: &Metrics) -> Result<(), FileError> {
-    let root: Value = serde_json::from_slice(bytes)?;
-    let Value::Object(mut envs) = root else {
-        return Err(FileError::NotAnObject);
-    };
-    for (id, v) in &envs {
-        if !v.is_object() {
-            return Err(FileError::EnvNotAnObject(id.clone()));
-        }
+    let mut envs = parse(bytes)?;
+    for id in envs.keys() {
         if store.get(id).is_none() {
             tracing::warn!(env = %id, "the flags file has an environment the config does not list; ignored");
         }
@@ -228,5 +275,28 @@ mod tests {
             assert!(e.to_string().contains(reason), "{name}: {e}");
         }
         assert!(!store.envs()[0].snapshot().loaded, "nothing was applied");
+    }
+
+    #[test]
+    fn check_reports_what_a_start_would_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.json");
+        let good = serde_json::json!({"key": "a", "enabled": true, "variants": [{"key": "on"}, {"key": "off"}], "offVariantKey": "off",
+            "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": "on", "split": 100}]}]});
+        let file = serde_json::json!({"production": {"a": good, "b": {"key": "c"}}, "qa": {}});
+        std::fs::write(&path, file.to_string()).unwrap();
+        let c = check(&path, &["production", "staging"]).unwrap();
+        assert_eq!(c.loaded, vec![("production".to_string(), 1)]);
+        assert_eq!(c.missing, vec!["staging".to_string()]);
+        assert_eq!(c.ignored, vec!["qa".to_string()]);
+        assert_eq!(c.invalid.len(), 1);
+        assert_eq!((c.invalid[0].0.as_str(), c.invalid[0].1.key.as_str()), ("production", "b"));
+    }
+
+    #[test]
+    fn check_names_a_missing_file_once() {
+        let e = check(Path::new("/nonexistent/flags.json"), &["production"]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/flags.json: No such file"), "{e}");
+        assert!(std::error::Error::source(&e).is_none(), "the cause is in the message, not also in the chain");
     }
 }
