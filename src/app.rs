@@ -21,10 +21,13 @@ use tokio::net::TcpListener;
 
 use crate::admin::Admin;
 use crate::config::{Config, Upstream};
+use crate::fanout::eval_stream::ContextGroups;
 use crate::fanout::Fanout;
-use crate::http::api::Api;
 use crate::http::auth::Keys;
+use crate::http::rate_limit::KeyedRateLimit;
+use crate::http::route::Template;
 use crate::http::server::{Server, ServerOptions};
+use crate::http::state::Api;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreLimits};
@@ -51,7 +54,7 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
     for e in &config.environments {
         metrics.init_env(&e.id);
     }
-    metrics.init_routes(crate::http::api::routes::ALL);
+    metrics.init_routes(&Template::labels());
     let store = Arc::new(Store::new(config.environments.iter().map(|e| e.id.as_str()), limits, metrics.clone()));
     let fanout = Fanout::new(config.sse.clone(), metrics.clone(), shutdown.clone());
     let upstream_kind = match &config.upstream {
@@ -71,13 +74,13 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
     }
 
     let api = Arc::new(Api {
-        store: store.clone(),
         keys: Keys::new(&config.environments, &store),
         fanout: fanout.clone(),
         metrics: metrics.clone(),
         http: config.http.clone(),
         events,
-        shutdown: shutdown.clone(),
+        ofrep_limit: KeyedRateLimit::per_second(config.http.ofrep_rate_limit),
+        context_groups: ContextGroups::default(),
     });
     let opts = ServerOptions {
         max_buf_size: config.sse.client_buffer_bytes,

@@ -264,7 +264,7 @@ fn ofrep_bodies_never_panic_and_contexts_decode_like_from_ofrep() {
             _ => json!({"context": any(&mut r, 4)}).to_string().into_bytes(),
         };
         let case = format!("case {i}: {:?}", String::from_utf8_lossy(&body));
-        let got = no_panic(&case, || parse_request(&body));
+        let got = no_panic(&case, || parse_request(&body).map_err(|e| e.to_string()));
         if let Ok(v) = serde_json::from_slice::<Value>(&body) {
             if let Some(c) = v.get("context").filter(|c| !c.is_null()) {
                 assert_eq!(got, Context::from_ofrep(c).map_err(|e| e.to_string()), "{case}");

@@ -1,7 +1,7 @@
 //! Thin-client partial evaluation (spec §5.1, "Suggested server-side compilation").
 //!
-//! Owns: [`CompiledFeature::evaluate_thin`] and the per-feature value of the
-//! `/api/js/v1/evaluate` response body ([`ThinResult`]).
+//! Owns: which features thin clients see at all ([`served`]), [`CompiledFeature::evaluate_thin`]
+//! and the per-feature value of the `/api/js/v1/evaluate` response body ([`ThinResult`]).
 //!
 //! Invariants:
 //! - Only conditions on the time targets `featureflow.date` / `featureflow.hourofday` are ever
@@ -90,6 +90,14 @@ impl<'a> ThinResult<'a> {
     }
 }
 
+/// True if thin clients (the thin-client API, its streams, OFREP) may see this feature: not one
+/// marked `deleted: true` (hidden as the Java SDK hides it), nor one with `inClientApi: false`
+/// (upstream keeps it out of the client API, so browsers never see it). Absent means served.
+pub fn served(f: &CompiledFeature) -> bool {
+    let c = &f.feature().control;
+    !c.deleted && c.in_client_api != Some(false)
+}
+
 impl CompiledFeature {
     /// Partially evaluates the feature for a thin client: everything but the time conditions is
     /// resolved for `ctx` (see the module invariants). Fails like [`CompiledFeature::evaluate`] for an
@@ -129,5 +137,35 @@ impl CompiledFeature {
             }
         }
         Ok(ThinResult::Rules(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::Feature;
+
+    fn feature(extra: Value) -> CompiledFeature {
+        let mut v = json!({"key": "f", "enabled": true, "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": "on", "split": 100}]}]});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        CompiledFeature::compile(&Feature::from_value("f", v).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[test]
+    fn thin_clients_see_every_feature_but_deleted_ones_and_those_kept_out_of_the_client_api() {
+        let cases = [
+            (json!({}), true),
+            (json!({"inClientApi": true}), true),
+            (json!({"inClientApi": false}), false),
+            (json!({"deleted": true}), false),
+            (json!({"deleted": false, "inClientApi": true}), true),
+        ];
+        for (extra, want) in cases {
+            assert_eq!(served(&feature(extra.clone())), want, "{extra}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //!   disconnected by the reaper (through the connection's kill switch) and counted.
 //! - The number of open streams never exceeds `max_connections` (when set).
 
+pub mod eval_stream;
 pub mod frames;
 mod render;
 mod stream;
@@ -148,10 +149,6 @@ impl Fanout {
             envs: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         })
-    }
-
-    pub fn config(&self) -> &SseConfig {
-        &self.cfg
     }
 
     /// True when the connection cap is reached (a new stream would be rejected).

@@ -1,79 +1,44 @@
-//! The API listener: routing, per-request metrics, and the shared state handlers use.
+//! The API listener's [`Handler`]: one dispatch over the parsed [`Route`], the CORS headers of the
+//! browser-facing routes, per-request metrics, and the Featureflow SSE fast path.
 //!
-//! Invariant: every response, error or not, is counted once under a bounded route template.
+//! Invariant: every response, error or not, is counted once under its route template: here for
+//! hyper's requests, in [`Handler::fast_sse`] for a stream served without hyper.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
-use tokio::sync::mpsc;
+use hyper::header;
+use hyper::{Method, Request, Response, StatusCode};
 
-use super::auth::Keys;
 use super::body::ResBody;
+use super::cors;
 use super::error::ApiError;
+use super::route::{Route, Template};
 use super::server::Handler;
-use super::featureflow;
-use super::{ofrep, thin};
-use crate::config::HttpConfig;
-use crate::fanout::{ConnState, Fanout};
-use crate::metrics::{status_class, Metrics};
-use crate::shutdown::Shutdown;
-use crate::store::Store;
-use crate::upstream::EventBatch;
-
-pub struct Api {
-    pub store: Arc<Store>,
-    pub keys: Keys,
-    pub fanout: Arc<Fanout>,
-    pub metrics: Arc<Metrics>,
-    pub http: HttpConfig,
-    /// Where accepted SDK events go (forwarded upstream in Redis mode).
-    pub events: Option<mpsc::Sender<EventBatch>>,
-    pub shutdown: Shutdown,
-}
-
-/// Route templates: the only values of the `route` label.
-pub mod routes {
-    pub const FEATURES: &str = "/api/sdk/v1/features";
-    pub const REGISTER: &str = "/api/sdk/v1/register";
-    pub const EVENTS: &str = "/api/sdk/v1/events";
-    pub const JS_EVALUATE: &str = "/api/js/v1/evaluate/{key}/user/{user}";
-    pub const JS_EVENT: &str = "/api/js/v1/event/{key}";
-    pub const JS_STREAM: &str = "/api/js/v1/stream/{key}";
-    pub const EVAL_STREAM: &str = "/api/v1/eval/stream/{key}/user/{user}";
-    pub const OFREP_FLAG: &str = "/ofrep/v1/evaluate/flags/{key}";
-    pub const OFREP_BULK: &str = "/ofrep/v1/evaluate/flags";
-    pub const OFREP_STREAM: &str = "/ofrep/v1/stream/{key}";
-    pub const UNKNOWN: &str = "unmatched";
-    /// Every template, for initialising the request metrics.
-    pub const ALL: &[&str] = &[
-        FEATURES, REGISTER, EVENTS, JS_EVALUATE, JS_EVENT, JS_STREAM, EVAL_STREAM, OFREP_FLAG, OFREP_BULK, OFREP_STREAM, UNKNOWN,
-    ];
-}
+use super::sse_fast::Head;
+use super::state::Api;
+use super::{featureflow, ofrep, thin, util};
+use crate::fanout::{ConnState, SseStream};
 
 impl Api {
-    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, conn: Arc<ConnState>) -> (&'static str, Result<Response<ResBody>, ApiError>) {
-        let path = req.uri().path().to_string();
-        let method = req.method().clone();
-        match path.as_str() {
-            routes::FEATURES => (routes::FEATURES, match method {
-                Method::GET | Method::HEAD => featureflow::features(self, req, conn),
-                m => Err(ApiError::MethodNotAllowed(m.to_string())),
-            }),
-            routes::REGISTER => (routes::REGISTER, match method {
-                Method::PUT | Method::POST => Box::pin(featureflow::accept_batch(self, req, "register")).await,
-                m => Err(ApiError::MethodNotAllowed(m.to_string())),
-            }),
-            routes::EVENTS => (routes::EVENTS, match method {
-                Method::POST => Box::pin(featureflow::accept_batch(self, req, "events")).await,
-                m => Err(ApiError::MethodNotAllowed(m.to_string())),
-            }),
-            // Request-scoped futures are boxed: hyper keeps the top-level future's allocation for
-            // the connection's whole life, so it must stay small (it was 2.7 KB per SSE client).
-            p if thin::owns(p) => Box::pin(thin::handle(self, req, conn)).await,
-            p if ofrep::owns(p) => Box::pin(ofrep::handle(self, req, conn)).await,
-            _ => (routes::UNKNOWN, Err(ApiError::NotFound(path))),
+    async fn dispatch(self: &Arc<Self>, route: Route, req: Request<Incoming>, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
+        // Request-scoped futures are boxed: they are freed when the response is ready, while the
+        // connection (and an SSE body) lives on.
+        match route {
+            Route::Features => featureflow::features(self, &req, conn),
+            Route::Register => Box::pin(featureflow::accept_batch(self, req, "register")).await,
+            Route::Events => Box::pin(featureflow::accept_batch(self, req, "events")).await,
+            Route::JsEvaluate { key, user } => thin::evaluate(self, &req, &key, &user),
+            Route::JsEvent { key } => Box::pin(thin::client_events(self, req, &key)).await,
+            Route::JsStream { key } => thin::legacy_stream(self, &req, &key, conn),
+            Route::EvalStream { key, user } => thin::eval_stream(self, &key, &user, conn),
+            Route::OfrepFlag { key } => Box::pin(ofrep::single(self, req, &key)).await,
+            Route::OfrepBulk => Box::pin(ofrep::bulk(self, req)).await,
+            Route::OfrepStream { token } => ofrep::stream(self, &req, &token, conn),
+            Route::Preflight(_) => Ok(cors::preflight()),
+            Route::MethodNotAllowed(_, m) => Err(ApiError::MethodNotAllowed(m.to_string())),
+            Route::NotFound { path, .. } => Err(ApiError::NotFound(path)),
         }
     }
 }
@@ -81,11 +46,16 @@ impl Api {
 impl Handler for Api {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Arc<ConnState>) -> Response<ResBody> {
         let start = Instant::now();
-        let (route, result) = self.dispatch(req, conn).await;
-        let resp = result.unwrap_or_else(ApiError::into_response);
-        let m = &self.metrics;
-        m.http_requests.with_label_values(&[route, status_class(resp.status().as_u16())]).inc();
-        m.http_duration.with_label_values(&[route]).observe(start.elapsed().as_secs_f64());
+        let route = Route::parse(req.method(), req.uri().path());
+        let template = route.template();
+        let cors_kind = route.cors();
+        let origin = cors_kind.and_then(|_| req.headers().get(header::ORIGIN).cloned());
+        let preflight = req.method() == Method::OPTIONS;
+        let mut resp = self.dispatch(route, req, conn).await.unwrap_or_else(ApiError::into_response);
+        if let Some(kind) = cors_kind {
+            cors::apply(&self.http.cors_allowed_origins, origin.as_ref(), resp.headers_mut(), kind, preflight);
+        }
+        self.record(template, resp.status(), start);
         resp
     }
 
@@ -95,24 +65,17 @@ impl Handler for Api {
 
     /// The Featureflow server-SDK stream without hyper, when the request is exactly that and
     /// would succeed; anything else (including every error) is answered by the normal path.
-    fn fast_sse(self: &Arc<Self>, head: &super::sse_fast::Head, conn: &Arc<ConnState>) -> Option<crate::fanout::SseStream> {
+    fn fast_sse(self: &Arc<Self>, head: &Head, conn: &Arc<ConnState>) -> Option<SseStream> {
         let start = Instant::now();
-        if head.method != "GET" || head.path != routes::FEATURES || !super::util::wants_event_stream(&head.headers) {
+        // The path is the whole request target here: one with a query is left to hyper.
+        if head.method != "GET" || Route::parse(&Method::GET, &head.path) != Route::Features || !util::wants_event_stream(&head.headers) {
             return None;
         }
-        let env = self.keys.server_env(&head.headers).ok()?.clone();
         if self.fanout.at_capacity() {
             return None; // the normal path answers (and counts) the 503
         }
-        let opts = crate::fanout::OpenOptions {
-            last_event_id: super::util::last_event_id(&head.headers),
-            protocol: "featureflow",
-            conn: conn.clone(),
-        };
-        let stream = self.fanout.open(env, Box::new(crate::fanout::FeatureflowRenderer), opts).ok()?;
-        let m = &self.metrics;
-        m.http_requests.with_label_values(&[routes::FEATURES, "2xx"]).inc();
-        m.http_duration.with_label_values(&[routes::FEATURES]).observe(start.elapsed().as_secs_f64());
+        let stream = featureflow::stream(self, &head.headers, conn.clone()).ok()?;
+        self.record(Template::Features, StatusCode::OK, start);
         Some(stream)
     }
 

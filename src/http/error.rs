@@ -1,8 +1,10 @@
-//! Typed request errors and the one place they become HTTP status codes and JSON bodies.
+//! Typed request errors, the conversions into them from the layers below (the SSE connection
+//! cap), and the one place they become HTTP status codes and bodies (JSON, or OFREP's shapes).
 
 use hyper::{header, Response, StatusCode};
 
 use super::body::ResBody;
+use crate::fanout::Rejected;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -20,21 +22,17 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     BadRequest(String),
-    #[error("unsupported media type: {0}")]
-    UnsupportedMediaType(String),
     #[error("too many connections; retry later")]
     Overloaded { retry_after_secs: u64 },
     #[error("rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
-    #[error("shutting down")]
-    ShuttingDown,
     #[error("no flag data loaded yet for this environment; retry shortly")]
     NotReady,
     #[error("the request body was not received in time")]
     BodyTimeout,
     /// OFREP endpoints answer in OFREP's own shapes (see [`OfrepError`]).
     #[error("{0}")]
-    Ofrep(OfrepError),
+    Ofrep(#[from] OfrepError),
 }
 
 /// An OFREP error code (ofrep.md §1.5, §4.2).
@@ -42,9 +40,7 @@ pub enum ApiError {
 pub enum OfrepCode {
     FlagNotFound,
     ParseError,
-    TargetingKeyMissing,
     InvalidContext,
-    General,
 }
 
 impl OfrepCode {
@@ -52,23 +48,18 @@ impl OfrepCode {
         match self {
             OfrepCode::FlagNotFound => "FLAG_NOT_FOUND",
             OfrepCode::ParseError => "PARSE_ERROR",
-            OfrepCode::TargetingKeyMissing => "TARGETING_KEY_MISSING",
             OfrepCode::InvalidContext => "INVALID_CONTEXT",
-            OfrepCode::General => "GENERAL",
         }
     }
 }
 
 /// OFREP's error responses differ from the relay's generic `{"error","message"}` (ofrep.md §0.5):
-/// auth failures have no body, a single-flag failure names the flag, a bulk failure does not.
+/// an auth failure has no body, a single-flag failure names the flag, a bulk failure does not.
 #[derive(Debug, thiserror::Error)]
 pub enum OfrepError {
     /// 401 without a body.
     #[error("missing or unknown key")]
     Unauthorized,
-    /// 403 without a body.
-    #[error("this key may not evaluate here")]
-    Forbidden,
     /// Single flag: 404 `FLAG_NOT_FOUND` or 400 with another code; `{"key","errorCode","errorDetails"}`.
     #[error("{details}")]
     Flag { key: String, code: OfrepCode, details: String },
@@ -81,7 +72,6 @@ impl OfrepError {
     fn status(&self) -> StatusCode {
         match self {
             OfrepError::Unauthorized => StatusCode::UNAUTHORIZED,
-            OfrepError::Forbidden => StatusCode::FORBIDDEN,
             OfrepError::Flag { code: OfrepCode::FlagNotFound, .. } => StatusCode::NOT_FOUND,
             OfrepError::Flag { .. } | OfrepError::Bulk { .. } => StatusCode::BAD_REQUEST,
         }
@@ -89,7 +79,7 @@ impl OfrepError {
 
     fn into_response(self) -> Response<ResBody> {
         let body = match &self {
-            OfrepError::Unauthorized | OfrepError::Forbidden => None,
+            OfrepError::Unauthorized => None,
             OfrepError::Flag { key, code, details } => {
                 Some(serde_json::json!({ "key": key, "errorCode": code.as_str(), "errorDetails": details }))
             }
@@ -107,6 +97,13 @@ impl OfrepError {
     }
 }
 
+/// The SSE connection cap: 503, retry in 5 s.
+impl From<Rejected> for ApiError {
+    fn from(_: Rejected) -> ApiError {
+        ApiError::Overloaded { retry_after_secs: 5 }
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -116,8 +113,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Overloaded { .. } | ApiError::ShuttingDown | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Ofrep(e) => e.status(),
@@ -133,10 +129,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::ShuttingDown => "shutting_down",
             ApiError::NotReady => "not_ready",
             ApiError::BodyTimeout => "request_timeout",
             ApiError::Ofrep(_) => "ofrep",
@@ -157,11 +151,64 @@ impl ApiError {
             ApiError::Overloaded { retry_after_secs } | ApiError::RateLimited { retry_after_secs } => {
                 b = b.header(header::RETRY_AFTER, retry_after_secs.to_string());
             }
-            ApiError::ShuttingDown | ApiError::NotReady => b = b.header(header::RETRY_AFTER, "1"),
+            ApiError::NotReady => b = b.header(header::RETRY_AFTER, "1"),
             ApiError::MissingKey | ApiError::UnknownKey => b = b.header(header::WWW_AUTHENTICATE, "Bearer"),
             _ => {}
         }
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         b.body(ResBody::full(bytes)).unwrap_or_else(|_| Response::new(ResBody::Empty))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(r: &Response<ResBody>, name: header::HeaderName) -> Option<&str> {
+        r.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn each_error_has_its_status_and_code() {
+        let cases = [
+            (ApiError::MissingKey, StatusCode::UNAUTHORIZED, "missing_key"),
+            (ApiError::UnknownKey, StatusCode::UNAUTHORIZED, "unknown_key"),
+            (ApiError::ClientKeyOnServerEndpoint, StatusCode::FORBIDDEN, "server_key_required"),
+            (ApiError::NotFound("/x".into()), StatusCode::NOT_FOUND, "not_found"),
+            (ApiError::MethodNotAllowed("PUT".into()), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            (ApiError::PayloadTooLarge(1), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            (ApiError::BadRequest("no".into()), StatusCode::BAD_REQUEST, "bad_request"),
+            (ApiError::Overloaded { retry_after_secs: 5 }, StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            (ApiError::RateLimited { retry_after_secs: 1 }, StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            (ApiError::NotReady, StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            (ApiError::BodyTimeout, StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status(), e.code()), (status, code), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_connection_cap_is_a_503_that_says_when_to_retry() {
+        let r = ApiError::from(Rejected).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(&r, header::RETRY_AFTER), Some("5"));
+    }
+
+    #[test]
+    fn auth_failures_ask_for_a_bearer_key() {
+        let r = ApiError::UnknownKey.into_response();
+        assert_eq!(header(&r, header::WWW_AUTHENTICATE), Some("Bearer"));
+        assert_eq!(header(&r, header::CONTENT_TYPE), Some("application/json"));
+    }
+
+    #[test]
+    fn ofrep_errors_keep_ofreps_shapes() {
+        let r = ApiError::from(OfrepError::Unauthorized).into_response();
+        assert_eq!((r.status(), header(&r, header::CONTENT_TYPE)), (StatusCode::UNAUTHORIZED, None));
+        let e = OfrepError::Flag { key: "f".into(), code: OfrepCode::FlagNotFound, details: "gone".into() };
+        assert_eq!(ApiError::from(e).status(), StatusCode::NOT_FOUND);
+        let e = OfrepError::Bulk { code: OfrepCode::InvalidContext, details: "bad".into() };
+        assert_eq!(ApiError::from(e).status(), StatusCode::BAD_REQUEST);
     }
 }

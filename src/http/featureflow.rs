@@ -1,31 +1,27 @@
 //! Featureflow server-SDK endpoints (spec §2): the ruleset poll with ETags, the SSE stream on the
-//! same path, and the registration and events sinks.
+//! same path, and the registration and events sinks. Every one needs a server key
+//! (`Authorization: Bearer <key>`).
 
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
-use super::api::Api;
 use super::body::ResBody;
 use super::error::ApiError;
+use super::sse;
+use super::state::Api;
 use super::util;
 use crate::fanout::{ConnState, FeatureflowRenderer, OpenOptions, SseStream};
-use crate::upstream::EventBatch;
 
 /// `GET /api/sdk/v1/features`: the bare JSON map, or an SSE stream with `Accept: text/event-stream`.
-pub fn features(api: &Arc<Api>, req: Request<Incoming>, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
+pub fn features(api: &Arc<Api>, req: &Request<Incoming>, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
     let headers = req.headers();
-    let env = api.keys.server_env(headers)?.clone();
     if util::wants_event_stream(headers) {
-        let opts = OpenOptions { last_event_id: util::last_event_id(headers), protocol: "featureflow", conn };
-        let stream = api
-            .fanout
-            .open(env, Box::new(FeatureflowRenderer), opts)
-            .map_err(|_| ApiError::Overloaded { retry_after_secs: 5 })?;
-        return Ok(sse_response(stream));
+        return Ok(sse::response(stream(api, headers, conn)?));
     }
+    let env = api.keys.server_env(headers)?;
     let snap = env.snapshot();
     if !snap.loaded {
         // An empty 200 would make replacing SDKs (node, Go, Ruby, Python, .NET) drop every flag.
@@ -54,14 +50,12 @@ pub fn features(api: &Arc<Api>, req: Request<Incoming>, conn: Arc<ConnState>) ->
     Ok(resp)
 }
 
-/// A `200 text/event-stream` response around a fan-out stream.
-pub fn sse_response(stream: SseStream) -> Response<ResBody> {
-    let mut r = Response::new(ResBody::Sse(stream));
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
+/// The server-SDK stream (spec §2.5) for a request's headers; both the hyper path and the fast
+/// path open it here.
+pub fn stream(api: &Api, headers: &HeaderMap, conn: Arc<ConnState>) -> Result<SseStream, ApiError> {
+    let env = api.keys.server_env(headers)?.clone();
+    let opts = OpenOptions { last_event_id: util::last_event_id(headers), protocol: "featureflow", conn };
+    sse::open(&api.fanout, env, Box::new(FeatureflowRenderer), opts)
 }
 
 /// `PUT /api/sdk/v1/register` and `POST /api/sdk/v1/events`: a server key and a JSON array.
@@ -71,16 +65,6 @@ pub async fn accept_batch(api: &Arc<Api>, req: Request<Incoming>, kind: &'static
     let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
     util::json_array(&bytes)?;
     api.metrics.sdk_events.with_label_values(&[&env.id, kind]).inc();
-    forward(api, &env.id, kind, bytes);
+    api.forward(&env.id, kind, bytes);
     Ok(util::json(StatusCode::OK, &b"{}"[..]))
-}
-
-/// Hands a batch to the upstream forwarder without waiting: a full queue drops and counts it.
-pub fn forward(api: &Api, env: &Arc<str>, kind: &'static str, body: bytes::Bytes) {
-    if let Some(tx) = &api.events {
-        let batch = EventBatch { env: env.clone(), kind, body };
-        if tx.try_send(batch).is_err() {
-            api.metrics.events_forwarded.with_label_values(&[env, "dropped"]).inc();
-        }
-    }
 }

@@ -1,13 +1,24 @@
-//! HTTP: the accept loop, the API routes and handlers, and the one place errors become status
-//! codes ([`error::ApiError`]).
+//! HTTP: the accept loop ([`server`], with the SSE fast path [`sse_fast`]), the API listener's
+//! route table ([`route`]) and dispatch ([`api`]) over its shared state ([`state`]), the protocol
+//! handlers ([`featureflow`], [`thin`], [`ofrep`]), and what they share: keys ([`auth`]), CORS
+//! ([`cors`]), opening SSE streams ([`sse`]), the OFREP rate limiter ([`rate_limit`]), helpers
+//! ([`util`]), and the one place errors become status codes ([`error::ApiError`]).
+//!
+//! Dependencies point one way: the protocol handlers use the shared modules and never each other;
+//! only [`api`] knows every handler.
 
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod cors;
 pub mod error;
 pub mod featureflow;
 pub mod ofrep;
+pub mod rate_limit;
+pub mod route;
 pub mod server;
+pub mod sse;
 pub mod sse_fast;
+pub mod state;
 pub mod thin;
 pub mod util;

@@ -64,6 +64,8 @@ impl Default for ServerOptions {
 pub struct Server {
     tracker: TaskTracker,
     accept: tokio::task::JoinHandle<()>,
+    /// The listener's address, to name it in logs.
+    addr: String,
 }
 
 impl Server {
@@ -71,13 +73,17 @@ impl Server {
     pub fn start<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: Shutdown, opts: ServerOptions) -> Server {
         let tracker = TaskTracker::new();
         let t = tracker.clone();
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let accept = tokio::spawn(accept_loop(listener, handler, shutdown, opts, t));
-        Server { tracker, accept }
+        Server { tracker, accept, addr }
     }
 
-    /// Waits until the accept loop stopped and every connection ended.
+    /// Waits until the accept loop stopped and every connection ended. An accept loop that
+    /// panicked (or was cancelled) is logged as an error naming the listener.
     pub async fn wait(self) {
-        let _ = self.accept.await;
+        if let Err(e) = self.accept.await {
+            tracing::error!(listener = %self.addr, error = %e, "the accept loop ended abnormally");
+        }
         self.tracker.close();
         self.tracker.wait().await;
     }

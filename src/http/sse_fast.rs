@@ -5,6 +5,7 @@
 //! Why: hyper keeps two 8 KiB buffers and its dispatcher per connection for the stream's whole
 //! life and frames every event with chunked encoding (three-part writes). A stream needs none of
 //! that: the response is `Connection: close` with no length, so the body is the frames, verbatim.
+//! The response head is [`super::sse::FAST_HEAD`], the same headers hyper sends for a stream.
 //!
 //! Invariants:
 //! - Only a request head that fits in one peek, parses completely, and that the handler turns
@@ -24,6 +25,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::sse::FAST_HEAD;
 use crate::fanout::{ConnState, SseStream};
 use crate::shutdown::Shutdown;
 
@@ -61,8 +63,6 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
     Some(Head { method: req.method?.to_string(), path: req.path?.to_string(), headers, len })
 }
 
-const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
-
 /// Serves `stream` on `socket` after consuming the request head. Returns when the connection is
 /// done.
 pub async fn serve(mut socket: TcpStream, head_len: usize, mut stream: SseStream, conn: Arc<ConnState>, shutdown: Shutdown, grace: Duration) {
@@ -74,7 +74,7 @@ pub async fn serve(mut socket: TcpStream, head_len: usize, mut stream: SseStream
     }
     drop(sink);
     let (mut rd, mut wr) = socket.split();
-    if wr.write_all(RESPONSE_HEAD).await.is_err() {
+    if wr.write_all(&FAST_HEAD).await.is_err() {
         return;
     }
     let pump = async {

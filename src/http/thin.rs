@@ -1,5 +1,5 @@
 //! Featureflow thin-client API (spec §5): the evaluate endpoint, client events, the legacy
-//! change stream, the per-context evaluation stream, and CORS for browsers.
+//! change stream, the per-context evaluation stream, and reading the user segment they share.
 //!
 //! - `GET /api/js/v1/evaluate/{key}/user/{base64 user}[?keys=a,b]`: the user's features, partially
 //!   evaluated (see [`crate::eval::thin`]): conditions on `featureflow.date` / `featureflow.hourofday`
@@ -11,7 +11,7 @@
 //! - `POST /api/js/v1/event/{key}`: a JSON array, answered `200 {}` and forwarded (`client_events`).
 //! - `GET /api/js/v1/stream/{key}`: the legacy change stream (spec §5.3).
 //! - `GET /api/v1/eval/stream/{key}/user/{base64 user}`: the per-context evaluation stream (same
-//!   user encoding; see [`crate::fanout::thin_streams`]).
+//!   user encoding; see [`crate::fanout::eval_stream`]).
 //!
 //! Keys: any key of an environment, client or server (client keys are what browsers hold). A
 //! missing or unknown key is 401 with the relay's JSON error.
@@ -21,7 +21,8 @@
 //!   each entry; this module only ever serializes [`ThinResult`](crate::eval::ThinResult)s).
 //! - A feature that cannot be evaluated (compile error) is left out; the client serves `"off"` for it.
 //! - Every response on these paths, errors included, carries the CORS headers, so a browser can
-//!   read the status; `OPTIONS` is a preflight answered 204 without looking at the key.
+//!   read the status; `OPTIONS` is a preflight answered 204 without looking at the key (both done
+//!   by the dispatcher for the route: [`super::route`], [`super::cors`]).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -29,139 +30,24 @@ use std::sync::Arc;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::api::{routes, Api};
 use super::body::ResBody;
 use super::error::ApiError;
-use super::featureflow::{forward, sse_response};
+use super::sse;
+use super::state::Api;
 use super::util;
+/// Re-exported where the user-segment and `keys` decoders are, for their property tests.
+pub use super::util::percent_decode;
+use crate::eval::thin::served;
 use crate::eval::Context;
-use crate::fanout::thin_streams::{served, ContextGroup, EvalRenderer, LegacyJsRenderer};
+use crate::fanout::eval_stream::EvalRenderer;
+use crate::fanout::thin_streams::LegacyJsRenderer;
 use crate::fanout::{ConnState, OpenOptions};
-
-const EVALUATE: &str = "/api/js/v1/evaluate/";
-const EVENT: &str = "/api/js/v1/event/";
-const STREAM: &str = "/api/js/v1/stream/";
-const EVAL_STREAM: &str = "/api/v1/eval/stream/";
 
 /// The exact content type featureflow-client 1.3.x and 2.x accept (spec §5.1).
 pub const CONTENT_TYPE: &str = "application/json;charset=UTF-8";
-
-/// True for every path this module serves.
-pub fn owns(path: &str) -> bool {
-    path.starts_with("/api/js/v1/") || path.starts_with(EVAL_STREAM)
-}
-
-/// Routes a request under [`owns`]; returns the route template for metrics and the response
-/// (errors already turned into responses so the CORS headers can be added to them).
-pub async fn handle(api: &Arc<Api>, req: Request<Incoming>, conn: Arc<ConnState>) -> (&'static str, Result<Response<ResBody>, ApiError>) {
-    let path = req.uri().path().to_string();
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let method = req.method().clone();
-    let (route, result) = if let Some(rest) = path.strip_prefix(EVALUATE) {
-        (routes::JS_EVALUATE, match &method {
-            &Method::GET | &Method::HEAD => evaluate(api, &req, rest),
-            m => not_allowed(m),
-        })
-    } else if let Some(key) = path.strip_prefix(EVENT) {
-        (routes::JS_EVENT, match &method {
-            &Method::POST => client_events(api, req, key.to_string()).await,
-            m => not_allowed(m),
-        })
-    } else if let Some(key) = path.strip_prefix(STREAM) {
-        (routes::JS_STREAM, match &method {
-            &Method::GET => legacy_stream(api, &req, key, conn),
-            m => not_allowed(m),
-        })
-    } else if let Some(rest) = path.strip_prefix(EVAL_STREAM) {
-        (routes::EVAL_STREAM, match &method {
-            &Method::GET => eval_stream(api, &req, rest, conn),
-            m => not_allowed(m),
-        })
-    } else {
-        (routes::UNKNOWN, Err(ApiError::NotFound(path.clone())))
-    };
-    let mut resp = result.unwrap_or_else(ApiError::into_response);
-    cors(&api.http.cors_allowed_origins, origin.as_ref(), resp.headers_mut(), CorsKind::Featureflow, method == Method::OPTIONS);
-    (route, Ok(resp))
-}
-
-fn not_allowed(m: &Method) -> Result<Response<ResBody>, ApiError> {
-    if m == Method::OPTIONS {
-        Ok(preflight())
-    } else {
-        Err(ApiError::MethodNotAllowed(m.to_string()))
-    }
-}
-
-// ---- CORS -----------------------------------------------------------------------------------
-
-/// Which API a CORS header set is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CorsKind {
-    /// featureflow-client: `X-Featureflow-Client`, `Content-Type`; exposes `Retry-After`.
-    Featureflow,
-    /// OFREP: `If-None-Match`, `Authorization`, `X-API-Key`, `Content-Type`; exposes `ETag`, `Retry-After`.
-    Ofrep,
-}
-
-/// A bare `204` preflight answer; [`cors`] adds the headers.
-pub fn preflight() -> Response<ResBody> {
-    let mut r = Response::new(ResBody::Empty);
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    r
-}
-
-/// Adds the CORS headers for `origin` (allowed origins from the config; `*` allows any): the
-/// allowed origin and the exposed headers, plus, on a `preflight`, the allowed methods and headers.
-pub fn cors(allowed: &[String], origin: Option<&HeaderValue>, h: &mut HeaderMap, kind: CorsKind, preflight: bool) {
-    let allow = if allowed.iter().any(|o| o == "*") {
-        Some(HeaderValue::from_static("*"))
-    } else {
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
-        origin.filter(|o| o.to_str().is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))).cloned()
-    };
-    let Some(allow) = allow else { return };
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-    let (methods, headers, expose) = match kind {
-        CorsKind::Featureflow => ("GET, POST, OPTIONS", "X-Featureflow-Client, Content-Type", "Retry-After"),
-        CorsKind::Ofrep => ("GET, POST, OPTIONS", "If-None-Match, Authorization, X-API-Key, Content-Type", "ETag, Retry-After"),
-    };
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(expose));
-    if !preflight {
-        return;
-    }
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(headers));
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
-}
-
-// ---- decoding -------------------------------------------------------------------------------
-
-/// Decodes `%XX` escapes (invalid escapes are kept as they are). Borrowed when there are none.
-pub fn percent_decode(s: &str) -> Cow<'_, [u8]> {
-    if !s.contains('%') {
-        return Cow::Borrowed(s.as_bytes());
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    Cow::Owned(out)
-}
 
 const B64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
@@ -214,7 +100,7 @@ pub fn requested_keys(query: Option<&str>) -> Option<Vec<String>> {
     let v = q.split('&').find_map(|p| p.strip_prefix("keys="))?;
     let mut keys: Vec<String> = v
         .split(',')
-        .map(|k| String::from_utf8_lossy(&percent_decode(k)).into_owned())
+        .map(util::percent_decode_lossy)
         .filter(|k| !k.is_empty())
         .collect();
     keys.sort();
@@ -222,24 +108,18 @@ pub fn requested_keys(query: Option<&str>) -> Option<Vec<String>> {
     (!keys.is_empty()).then_some(keys)
 }
 
-/// `{key}/user/{segment}` → (key, segment).
-fn key_and_user(rest: &str) -> Option<(&str, &str)> {
-    let (key, tail) = rest.split_once('/')?;
-    let user = tail.strip_prefix("user/")?;
-    Some((key, user))
-}
-
-fn bad_user(e: UserError) -> ApiError {
-    ApiError::BadRequest(e.to_string())
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> ApiError {
+        ApiError::BadRequest(e.to_string())
+    }
 }
 
 // ---- handlers -------------------------------------------------------------------------------
 
 /// `GET /api/js/v1/evaluate/{key}/user/{base64 user}`.
-fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, rest: &str) -> Result<Response<ResBody>, ApiError> {
-    let (key, segment) = key_and_user(rest).ok_or_else(|| ApiError::NotFound(req.uri().path().to_string()))?;
+pub fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, key: &str, user: &str) -> Result<Response<ResBody>, ApiError> {
     let (env, _) = api.keys.any_env(key)?;
-    let ctx = decode_user(segment).map_err(bad_user)?;
+    let ctx = decode_user(user)?;
     let snap = env.snapshot();
     if !snap.loaded {
         // An empty answer would be cached by the client as "everything off".
@@ -280,42 +160,33 @@ fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, rest: &str) -> Result<Respo
 }
 
 /// `POST /api/js/v1/event/{key}`: like the server events endpoint, keyed by the path.
-async fn client_events(api: &Arc<Api>, req: Request<Incoming>, key: String) -> Result<Response<ResBody>, ApiError> {
-    let env = api.keys.any_env(&key)?.0.clone();
+pub async fn client_events(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result<Response<ResBody>, ApiError> {
+    let env = api.keys.any_env(key)?.0.clone();
     let (parts, body) = req.into_parts();
     let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
     util::json_array(&bytes)?;
     api.metrics.sdk_events.with_label_values(&[&env.id, "client_events"]).inc();
-    forward(api, &env.id, "client_events", bytes);
+    api.forward(&env.id, "client_events", bytes);
     Ok(util::json(StatusCode::OK, &b"{}"[..]))
 }
 
 /// `GET /api/js/v1/stream/{key}`: changed keys per change (spec §5.3).
-fn legacy_stream(api: &Arc<Api>, req: &Request<Incoming>, key: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
+pub fn legacy_stream(api: &Arc<Api>, req: &Request<Incoming>, key: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
     let env = api.keys.any_env(key)?.0.clone();
     let opts = OpenOptions { last_event_id: util::last_event_id(req.headers()), protocol: "js_legacy", conn };
-    let stream = api
-        .fanout
-        .open(env, Box::new(LegacyJsRenderer), opts)
-        .map_err(|_| ApiError::Overloaded { retry_after_secs: 5 })?;
-    Ok(sse_response(stream))
+    Ok(sse::response(sse::open(&api.fanout, env, Box::new(LegacyJsRenderer), opts)?))
 }
 
 /// `GET /api/v1/eval/stream/{key}/user/{base64 user}`: the per-context evaluation stream.
-fn eval_stream(api: &Arc<Api>, req: &Request<Incoming>, rest: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
-    let (key, segment) = key_and_user(rest).ok_or_else(|| ApiError::NotFound(req.uri().path().to_string()))?;
+pub fn eval_stream(api: &Arc<Api>, key: &str, user: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
     let env = api.keys.any_env(key)?.0.clone();
-    let ctx = decode_user(segment).map_err(bad_user)?;
+    let ctx = decode_user(user)?;
     if !env.snapshot().loaded {
         return Err(ApiError::NotReady); // "everything off" would be cached by the client
     }
-    let group = ContextGroup::get(&env, ctx);
+    let group = api.context_groups.get(&env, ctx);
     let opts = OpenOptions { last_event_id: None, protocol: "eval", conn };
-    let stream = api
-        .fanout
-        .open(env, Box::new(EvalRenderer::new(group)), opts)
-        .map_err(|_| ApiError::Overloaded { retry_after_secs: 5 })?;
-    Ok(sse_response(stream))
+    Ok(sse::response(sse::open(&api.fanout, env, Box::new(EvalRenderer::new(group)), opts)?))
 }
 
 #[cfg(test)]
@@ -353,14 +224,6 @@ mod tests {
         assert!(matches!(decode_user(&b64(b"{nope")), Err(UserError::Json(_))));
         assert!(matches!(decode_user(&b64(b"[1,2]")), Err(UserError::Shape(_))));
         assert!(matches!(decode_user(&b64(br#"{"id":5}"#)), Err(UserError::Shape(_))));
-    }
-
-    #[test]
-    fn percent_decoding_keeps_invalid_escapes() {
-        assert_eq!(&*percent_decode("a%2Fb"), b"a/b");
-        assert_eq!(&*percent_decode("a%zz%"), b"a%zz%");
-        assert_eq!(&*percent_decode("%4"), b"%4");
-        assert_eq!(&*percent_decode("%41"), b"A");
     }
 
     #[test]

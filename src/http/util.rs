@@ -1,4 +1,7 @@
-//! Small request/response helpers: bounded body reads, JSON responses, header checks.
+//! Small request/response helpers: bounded body reads, JSON responses, header checks, and
+//! percent-decoding of path and query parts.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -84,4 +87,46 @@ pub fn last_event_id(headers: &HeaderMap) -> Option<u64> {
 
 pub fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Decodes `%XX` escapes; an invalid or cut-off escape is kept as it is, and `+` stays `+`.
+/// Borrowed when there is nothing to decode.
+pub fn percent_decode(s: &str) -> Cow<'_, [u8]> {
+    percent_encoding::percent_decode_str(s).into()
+}
+
+/// [`percent_decode`], then UTF-8 with invalid sequences replaced.
+pub fn percent_decode_lossy(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_keeps_invalid_escapes() {
+        assert_eq!(&*percent_decode("a%2Fb"), b"a/b");
+        assert_eq!(&*percent_decode("a%zz%"), b"a%zz%");
+        assert_eq!(&*percent_decode("%4"), b"%4");
+        assert_eq!(&*percent_decode("%41"), b"A");
+        assert_eq!(&*percent_decode("%4a%4A"), b"JJ");
+    }
+
+    #[test]
+    fn percent_decoding_never_reads_a_plus_as_a_space() {
+        assert_eq!(&*percent_decode("a+b%2B"), b"a+b+");
+    }
+
+    #[test]
+    fn percent_decoding_borrows_when_there_is_nothing_to_decode() {
+        assert!(matches!(percent_decode("abc"), Cow::Borrowed(b"abc")));
+        assert!(matches!(percent_decode("a%zz"), Cow::Borrowed(b"a%zz")));
+    }
+
+    #[test]
+    fn lossy_decoding_replaces_invalid_utf8() {
+        assert_eq!(percent_decode_lossy("z%C3%ABe"), "zëe");
+        assert_eq!(percent_decode_lossy("%FF!"), "\u{FFFD}!");
+    }
 }

@@ -1,0 +1,52 @@
+//! The API listener's shared state: what every handler reads (keys, fan-out, metrics, the HTTP
+//! config, the event sink) and the per-relay state that `app::run` builds for the handlers (the
+//! OFREP rate limiter, the per-context stream groups); plus the two things every handler family
+//! does with it: count a response ([`Api::record`]) and hand on an event batch ([`Api::forward`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::StatusCode;
+use tokio::sync::mpsc;
+
+use super::auth::Keys;
+use super::rate_limit::KeyedRateLimit;
+use super::route::Template;
+use crate::config::HttpConfig;
+use crate::fanout::eval_stream::ContextGroups;
+use crate::fanout::Fanout;
+use crate::metrics::{status_class, Metrics};
+use crate::upstream::EventBatch;
+
+pub struct Api {
+    pub keys: Keys,
+    pub fanout: Arc<Fanout>,
+    pub metrics: Arc<Metrics>,
+    pub http: HttpConfig,
+    /// Where accepted SDK events go (forwarded upstream in Redis mode).
+    pub events: Option<mpsc::Sender<EventBatch>>,
+    /// Each key's OFREP budget (`http.ofrep_rate_limit`); `None`: unlimited.
+    pub ofrep_limit: Option<KeyedRateLimit>,
+    /// The groups the per-context evaluation streams share.
+    pub context_groups: ContextGroups,
+}
+
+impl Api {
+    /// Counts one response under its route template (every response, on either path, once).
+    pub fn record(&self, template: Template, status: StatusCode, start: Instant) {
+        let m = &self.metrics;
+        let route = template.label();
+        m.http_requests.with_label_values(&[route, status_class(status.as_u16())]).inc();
+        m.http_duration.with_label_values(&[route]).observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Hands a batch to the upstream forwarder without waiting: a full queue drops and counts it.
+    pub fn forward(&self, env: &Arc<str>, kind: &'static str, body: bytes::Bytes) {
+        if let Some(tx) = &self.events {
+            let batch = EventBatch { env: env.clone(), kind, body };
+            if tx.try_send(batch).is_err() {
+                self.metrics.events_forwarded.with_label_values(&[env, "dropped"]).inc();
+            }
+        }
+    }
+}
