@@ -274,9 +274,12 @@ fn check_env(env: &str, known_envs: Option<&[String]>) -> Result<(), WriteError>
     Ok(())
 }
 
+/// One environment of a flags file and its map of key -> feature.
+type EnvFeatures = (String, Map<String, Value>);
+
 /// `flags import --all` input: every environment of a flags file, each checked as an id, each
 /// feature validated. Invalid features of all environments are reported together.
-fn parse_import_all(bytes: &[u8], known_envs: Option<&[String]>) -> Result<Vec<(String, Map<String, Value>)>, WriteError> {
+fn parse_import_all(bytes: &[u8], known_envs: Option<&[String]>) -> Result<Vec<EnvFeatures>, WriteError> {
     let envs = crate::upstream::file::parse(bytes).map_err(|e| WriteError::Input(format!("not a flags file: {e}")))?;
     if envs.is_empty() {
         return Err(WriteError::Input("the flags file has no environment".into()));
@@ -339,7 +342,7 @@ pub async fn execute(cfg: &RedisUpstream, known_envs: Option<&[String]>, action:
 
 /// Imports each environment in turn on one connection; notes the config's environments that
 /// the file lacks (they stay as they are in Redis).
-async fn import_all(cfg: &RedisUpstream, known_envs: Option<&[String]>, envs: Vec<(String, Map<String, Value>)>) -> Result<String, WriteError> {
+async fn import_all(cfg: &RedisUpstream, known_envs: Option<&[String]>, envs: Vec<EnvFeatures>) -> Result<String, WriteError> {
     let Some((first, _)) = envs.first() else { return Err(WriteError::Input("the flags file has no environment".into())) };
     let mut w = Writer::connect(cfg, first).await?;
     let mut out = String::new();
@@ -368,4 +371,40 @@ fn summary(cfg: &RedisUpstream, env: &str, verb: &str, r: &WriteReport) -> Strin
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feature(key: &str) -> Value {
+        serde_json::json!({"key": key, "enabled": true, "offVariantKey": "off", "variants": [{"key": "on"}, {"key": "off"}],
+            "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": "on", "split": 100}]}]})
+    }
+
+    #[test]
+    fn import_all_takes_every_environment_of_a_flags_file() {
+        let file = serde_json::json!({"production": {"a": feature("a")}, "staging": {}}).to_string();
+        let envs = parse_import_all(file.as_bytes(), Some(&["production".into(), "staging".into()])).unwrap();
+        let names: Vec<(&str, usize)> = envs.iter().map(|(e, f)| (e.as_str(), f.len())).collect();
+        assert_eq!(names, [("production", 1), ("staging", 0)]);
+    }
+
+    #[test]
+    fn import_all_refuses_before_writing_anything() {
+        let known = ["production".to_string()];
+        let rows: [(&str, String, &str); 5] = [
+            ("not a flags file", "[1]".into(), "not a flags file"),
+            ("no environment", "{}".into(), "no environment"),
+            ("an environment the config lacks", serde_json::json!({"prod": {}}).to_string(), "not in the config"),
+            ("a malformed id", serde_json::json!({"pro duction": {}}).to_string(), "not in the config"),
+            ("an invalid feature, named with its environment", serde_json::json!({"production": {"a": {"key": "b"}}}).to_string(), "production/a"),
+        ];
+        for (name, file, says) in rows {
+            let e = parse_import_all(file.as_bytes(), Some(&known)).unwrap_err();
+            assert!(e.to_string().contains(says), "{name}: {e}");
+        }
+        let e = parse_import_all(br#"{"pro duction": {}}"#, None).unwrap_err();
+        assert!(e.to_string().contains("not an environment id"), "without a config: {e}");
+    }
 }
