@@ -37,7 +37,8 @@ key=sdk-srv-bench-fanout-0001
 redis_port=${REDIS_PORT:-16390}
 if [ -z "${UPSTREAM:-}" ]; then command -v redis-server >/dev/null && UPSTREAM=redis || UPSTREAM=file; fi
 
-cargo build --release --bin flagrelay --bin flagrelay-load >&2
+# The relay and the load tool (its own workspace package, benches/load).
+cargo build --release -p flagrelay -p flagrelay-load >&2
 load=$repo/target/release/flagrelay-load
 relay=$repo/target/release/flagrelay
 mkdir -p "$out"

@@ -11,7 +11,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::within;
 
-pub fn clients_dir() -> PathBuf {
+/// Where the client scripts and their `node_modules` live.
+fn clients_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
 
