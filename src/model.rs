@@ -7,7 +7,9 @@
 //!   typed view (`control`) that the rule engine and validation read.
 //! - `Feature::json` is the compact serialization of `raw`, encoded once when the feature is built and
 //!   shared by every response and frame that carries the feature.
-//! - A `Feature` only exists if it passed [`validate`]; invalid controls are rejected with a reason.
+//! - Every `Feature` the sources build comes from [`Feature::from_value`] / `from_slice`, which run
+//!   [`validate`]: invalid controls are rejected with a reason. The fields are public, so code (tests)
+//!   can assemble an unvalidated one; the rule engine must not panic on it either.
 
 use std::fmt;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! is not), and graceful shutdown on SIGTERM. (Over the house's ~400 lines: one process
 //! helper, [`RelayProcess`], serves every test here.)
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

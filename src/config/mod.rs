@@ -63,11 +63,6 @@ pub struct Overrides {
     pub prefix: Option<String>,
 }
 
-/// Transitional (issue 9 merge): the old name, for callers outside `config` and `cli` that still
-/// build their overrides as `config::ServeArgs { .. }`. Rename them to [`Overrides`] and delete
-/// this alias; the clap options themselves are in [`crate::cli`].
-pub type ServeArgs = Overrides;
-
 /// Why there is no `Config`: the file cannot be read, is not valid TOML for the file structs,
 /// or a value fails a check (`field` is the key as the file spells it, or the flag or variable
 /// the value came from).

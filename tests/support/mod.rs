@@ -1,6 +1,5 @@
 //! Test harness: a real relay on loopback ports the test owns, real HTTP and SSE clients.
 //! Every network await has a timeout so nothing hangs.
-#![allow(dead_code)]
 
 pub mod node;
 pub mod redis;
@@ -9,12 +8,11 @@ pub mod sse;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flagrelay::config::{Config, ServeArgs};
+use flagrelay::config::{Config, Overrides};
 use flagrelay::shutdown::Shutdown;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-#[allow(unused_imports)]
 pub use sse::{SseClient, SseEvent};
 
 /// The timeout for any single network await in tests.
@@ -138,7 +136,7 @@ impl TestRelayBuilder {
         let config_text = self.render_config(&flags_path);
         let config_path = dir.path().join("flagrelay.toml");
         std::fs::write(&config_path, &config_text).expect("write config");
-        let args = ServeArgs { config: config_path.clone(), ..Default::default() };
+        let args = Overrides { config: config_path.clone(), ..Default::default() };
         let config = Config::load(&args).unwrap_or_else(|e| panic!("test config invalid: {e}\n{config_text}"));
         let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");

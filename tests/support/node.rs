@@ -13,7 +13,7 @@ use super::within;
 
 /// Where the client scripts and their `node_modules` live.
 fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients")
 }
 
 fn require_node() {
