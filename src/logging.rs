@@ -1,6 +1,6 @@
 //! Log output that never panics and never blocks the task that logs: the global `tracing`
-//! subscriber ([`init`]) formats each event as today (text or JSON, filter from `RUST_LOG` or
-//! `log_level`) and hands the line to a bounded in-memory queue; one dedicated thread writes the
+//! subscriber ([`init`]) formats each event as today (text or JSON, filter as the config
+//! resolved it) and hands the line to a bounded in-memory queue; one dedicated thread writes the
 //! queue to stderr.
 //!
 //! Invariants:
@@ -35,6 +35,8 @@ pub enum LoggingError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot start the log writer thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("log filter {0:?}: {1}")]
+    Filter(String, String),
     #[error("a global log subscriber is already installed")]
     AlreadyInstalled,
 }
@@ -58,19 +60,18 @@ impl Drop for Logging {
     }
 }
 
-/// Installs the global subscriber writing to stderr through the queue. The filter is
-/// `RUST_LOG` when that is set and non-empty, else `config.log_level`; one that does not parse
-/// becomes `info` without a word. ANSI colours only when stderr is a terminal.
+/// Installs the global subscriber writing to stderr through the queue, with the filter the
+/// config resolved and checked (`config.log_level`: `--log-level`, `RUST_LOG`,
+/// `FLAGRELAY_LOG_LEVEL`, the file, `info`). ANSI colours only when stderr is a terminal.
 pub fn init(config: &Config) -> Result<Logging, LoggingError> {
     let counters = LogCounters::new()?;
     let queue = Arc::new(Queue::new(QUEUE_BYTES, counters.clone()));
     let writer = queue.clone();
     std::thread::Builder::new().name("log-writer".into()).spawn(move || writer.drain_into(std::io::stderr()))?;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| config.log_level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The config resolved and checked the filter (`--log-level`, `RUST_LOG`, `log_level`).
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&config.log_level)
+        .map_err(|e| LoggingError::Filter(config.log_level.clone(), e.to_string()))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,6 +1,7 @@
 //! Runs the Featureflow SDK testbed (spec §8) against `flagrelay::eval`.
 //!
-//! The testbed lives beside the checkout at `../shared/conformance/featureflow-testbed`. Every
+//! The testbed is carried in the crate, in `tests/conformance/testbed/` (`conformance/vectors.rs`
+//! resolves it; origin and licence in its `ORIGIN.md`). Every
 //! `.feature` file is parsed (the `gherkin` crate, expanded into rows by `conformance/rows.rs`);
 //! every scenario row is either run or listed as not applicable with the reason. Unknown step
 //! text is a failure, so a new testbed row cannot be skipped silently.
@@ -15,6 +16,8 @@
 mod rows;
 #[path = "conformance/steps.rs"]
 mod steps;
+#[path = "conformance/vectors.rs"]
+mod vectors;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,12 +36,8 @@ const NOT_APPLICABLE_FILES: [(&str, &str); 4] = [
 ];
 
 fn testbed_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/featureflow-testbed");
-    assert!(
-        dir.is_dir(),
-        "conformance testbed not found at {} (CI must check out `shared/` beside the crate)",
-        dir.display()
-    );
+    let dir = vectors::dir(Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert!(dir.is_dir(), "conformance testbed not found at {}", dir.display());
     dir
 }
 

@@ -1,6 +1,6 @@
 //! The validated configuration: the types the rest of the relay reads ([`Config`] and its
-//! sections), [`Secret`], which keeps SDK keys and the Redis URL out of `Debug` output, and
-//! [`Config::redacted`], the `check-config` printout.
+//! sections), and [`Secret`], which keeps SDK keys and the Redis URL out of `Debug` output.
+//! (`check-config` prints a `Config` as TOML: [`super::print`].)
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -37,8 +37,8 @@ pub struct Config {
     pub sse: SseConfig,
     pub http: HttpConfig,
     pub shutdown_timeout: Duration,
-    /// The `log_level` setting, not checked here; the binary uses `RUST_LOG` instead when that is
-    /// set and non-empty.
+    /// The log filter (`RUST_LOG` syntax, every bare directive a level), from the first source
+    /// that gives one: `--log-level`, `RUST_LOG`, `FLAGRELAY_LOG_LEVEL`, `log_level`, `info`.
     pub log_level: String,
     pub log_format: LogFormat,
     /// The file it was read from (none for text from nowhere); only shown by `check-config`.
@@ -153,16 +153,6 @@ pub struct HttpConfig {
     pub sdk_config_header: String,
     /// OFREP requests per second per key (0 = unlimited).
     pub ofrep_rate_limit: u32,
-}
-
-impl Config {
-    /// The effective configuration for `check-config`: Rust's pretty `Debug` notation
-    /// (`Config { listen: 127.0.0.1:7700, ... }`), not TOML and not meant to be parsed back.
-    /// Every [`Secret`] (the SDK keys, the Redis URL) prints as its [`redact`] label; the rest,
-    /// Sentinel addresses included, prints as it is.
-    pub fn redacted(&self) -> String {
-        format!("{self:#?}")
-    }
 }
 
 #[cfg(test)]

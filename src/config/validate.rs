@@ -1,7 +1,8 @@
 //! Stage two: the raw file ([`RawConfig`]) and the command-line overrides validated into a
 //! [`Config`], defaults applied, each failure naming the key (`sse.heartbeat_secs`,
-//! `environments[1].id`). The checks run in a fixed order and the first failure is the one
-//! reported. The Redis section is validated in [`super::redis`].
+//! `environments[1].id`, or the flag or variable a value came from: `--log-level`). The checks
+//! run in a fixed order and the first failure is the one reported. The Redis section is
+//! validated in [`super::redis`].
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
         return Err(invalid("admin_listen", "must differ from `listen`"));
     }
 
-    let log_level = overrides.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+    let log_level = log_level(overrides, file.log_level)?;
     let log_format = match overrides.log_format.clone().or(file.log_format).as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -66,6 +67,45 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
         log_format,
         source_path,
     })
+}
+
+/// The log filter from the first source that gives one (`--log-level`, `RUST_LOG`,
+/// `FLAGRELAY_LOG_LEVEL`, the file, `info`), checked by [`check_log_filter`] and named by its
+/// source when it fails.
+fn log_level(overrides: &Overrides, file: Option<String>) -> Result<String, ConfigError> {
+    let sources = [
+        ("--log-level", overrides.log_level.clone()),
+        ("RUST_LOG", overrides.rust_log.clone()),
+        ("FLAGRELAY_LOG_LEVEL", overrides.log_level_env.clone()),
+        ("log_level", file),
+    ];
+    match sources.into_iter().find_map(|(from, v)| v.map(|v| (from, v))) {
+        Some((from, v)) => match check_log_filter(&v) {
+            Ok(()) => Ok(v),
+            Err(why) => Err(invalid(from, format!("{v:?} {why}"))),
+        },
+        None => Ok("info".into()),
+    }
+}
+
+/// A filter in `RUST_LOG` syntax that tracing's `EnvFilter` accepts, in which every directive
+/// without `=` is a level (`trace` `debug` `info` `warn` `error` `off`). `EnvFilter` reads a bare
+/// word as a target to log at every level, so `verbose` would pass it and then log nothing the
+/// relay writes; `flagrelay=trace` says that on purpose.
+pub(super) fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    if filter.trim().is_empty() {
+        return Err("is empty: give a level, e.g. info".into());
+    }
+    tracing_subscriber::EnvFilter::builder().parse(filter).map_err(|e| format!("is not a log filter ({e})"))?;
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !d.contains('=') && !d.contains('[') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) {
+            return Err(format!(
+                "is not a log filter: {d:?} is not a level (trace, debug, info, warn, error, off); for a target write {d}=LEVEL"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -234,6 +274,47 @@ mod tests {
         assert!(e.to_string().contains("`listen`"), "{e}");
         let e = load(&format!("{MIN}[sse]\nheartbeat_secs = 0\n"), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("sse.heartbeat_secs"), "{e}");
+    }
+
+    #[test]
+    fn a_log_filter_is_a_level_or_target_directives() {
+        use super::check_log_filter;
+        for ok in ["info", "WARN", "off", "flagrelay=debug", "info,flagrelay=debug,hyper=warn", "info,[request]=trace"] {
+            assert_eq!(check_log_filter(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [("verbose", "not a level"), ("warn[", "not a log filter"), ("info,lots", "\"lots\""), ("", "empty")] {
+            let e = check_log_filter(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_log_level_is_named_by_where_it_came_from() {
+        let file = format!("log_level = \"verbose\"\n{MIN}");
+        let e = load(&file, &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("`log_level`") && e.contains("verbose"), "{e}");
+        let flag = Overrides { log_level: Some("warn[".into()), ..Default::default() };
+        let e = load(MIN, &flag).unwrap_err().to_string();
+        assert!(e.contains("`--log-level`"), "{e}");
+        let rust_log = Overrides { rust_log: Some("loud".into()), ..Default::default() };
+        assert!(load(MIN, &rust_log).unwrap_err().to_string().contains("`RUST_LOG`"));
+    }
+
+    #[test]
+    fn the_log_level_flag_beats_rust_log_which_beats_the_variable_and_the_file() {
+        let file = format!("log_level = \"error\"\n{MIN}");
+        let level = |o: Overrides| load(&file, &o).unwrap().log_level;
+        let all = Overrides {
+            log_level: Some("debug".into()),
+            rust_log: Some("trace".into()),
+            log_level_env: Some("warn".into()),
+            ..Default::default()
+        };
+        assert_eq!(level(all.clone()), "debug");
+        assert_eq!(level(Overrides { log_level: None, ..all.clone() }), "trace");
+        assert_eq!(level(Overrides { log_level: None, rust_log: None, ..all }), "warn");
+        assert_eq!(level(Overrides::default()), "error");
+        assert_eq!(load(MIN, &Overrides::default()).unwrap().log_level, "info");
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! What the flags file says, per environment ([`parse`], pure), and applying one environment's
-//! part to its store ([`apply_features`]).
+//! What the flags file says: the format itself ([`parse`], the file taken whole, shared with
+//! `flags import --all`), per configured environment ([`parse_wanted`], what the watcher loads),
+//! what a start would load ([`check`], for `check-config`), and applying one environment's part
+//! to its store ([`apply_features`]).
 //!
 //! Invariants:
 //! - Only a file that is not JSON, or not an object at the top, is refused as a whole. An
@@ -13,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::metrics::Metrics;
 use crate::model::{Feature, InvalidFeature};
@@ -34,13 +36,28 @@ pub(super) enum EnvPart {
     Malformed(MalformedEnv),
 }
 
+/// The top level: a JSON object of environment id -> anything.
+fn root(bytes: &[u8]) -> Result<Map<String, Value>, FileError> {
+    match serde_json::from_slice(bytes).map_err(FileError::Json)? {
+        Value::Object(envs) => Ok(envs),
+        _ => Err(FileError::NotAnObject),
+    }
+}
+
+/// The file's format taken whole: a JSON object of environment id -> an object of feature key ->
+/// control. Every value of the map returned is a JSON object; the features are not validated.
+pub fn parse(bytes: &[u8]) -> Result<Map<String, Value>, FileError> {
+    let envs = root(bytes)?;
+    if let Some((id, _)) = envs.iter().find(|(_, v)| !v.is_object()) {
+        return Err(FileError::EnvNotAnObject(id.clone()));
+    }
+    Ok(envs)
+}
+
 /// Parses the whole file and validates every feature of the environments in `wanted` (the
 /// others are listed by id only: the config does not use them).
-pub(super) fn parse(bytes: &[u8], wanted: &[Arc<str>]) -> Result<Parsed, FileError> {
-    let root: Value = serde_json::from_slice(bytes)?;
-    let Value::Object(envs) = root else {
-        return Err(FileError::NotAnObject);
-    };
+pub(super) fn parse_wanted(bytes: &[u8], wanted: &[Arc<str>]) -> Result<Parsed, FileError> {
+    let envs = root(bytes)?;
     let mut parsed = Parsed::default();
     for (id, v) in envs {
         if !wanted.iter().any(|w| w.as_ref() == id) {
@@ -57,6 +74,50 @@ pub(super) fn parse(bytes: &[u8], wanted: &[Arc<str>]) -> Result<Parsed, FileErr
         parsed.envs.insert(id, part);
     }
     Ok(parsed)
+}
+
+/// What the relay would load from the file now, for `check-config`.
+#[derive(Debug, Default, PartialEq)]
+pub struct FileCheck {
+    /// Each environment of the config that the file has, and how many valid features it holds.
+    pub loaded: Vec<(String, usize)>,
+    /// Environments of the config that the file lacks (each would serve an empty set).
+    pub missing: Vec<String>,
+    /// Environments of the file that the config does not list (ignored).
+    pub ignored: Vec<String>,
+    /// Environments of the config whose part is not an object of features.
+    pub malformed: Vec<String>,
+    /// Features that would be rejected, with their environment.
+    pub invalid: Vec<(String, InvalidFeature)>,
+}
+
+/// Reads the file as the watcher does (a regular file within `cfg.max_bytes`) and parses it
+/// as the watcher does, for the environments `env_ids` (the config's).
+pub fn check(cfg: &crate::config::FileUpstream, env_ids: &[&str]) -> Result<FileCheck, FileError> {
+    let bytes = match super::read::probe(&cfg.path, cfg.max_bytes, None, true)? {
+        super::read::Probe::Read(_, bytes) => bytes,
+        super::read::Probe::Unchanged => Vec::new(), // not with `forced` and no previous stamp
+    };
+    let wanted: Vec<Arc<str>> = env_ids.iter().map(|id| Arc::from(*id)).collect();
+    let mut parsed = parse_wanted(&bytes, &wanted)?;
+    let mut out = FileCheck { ignored: std::mem::take(&mut parsed.unknown), ..FileCheck::default() };
+    for id in env_ids {
+        match parsed.envs.remove(*id) {
+            None => out.missing.push(id.to_string()),
+            Some(EnvPart::Malformed(_)) => out.malformed.push(id.to_string()),
+            Some(EnvPart::Features(features)) => {
+                let mut valid = 0;
+                for (_, f) in features {
+                    match f {
+                        Ok(_) => valid += 1,
+                        Err(e) => out.invalid.push((id.to_string(), e)),
+                    }
+                }
+                out.loaded.push((id.to_string(), valid));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A parsed file: the configured environments it has, and the ids of the others.
@@ -112,20 +173,51 @@ mod tests {
     }
 
     #[test]
+    fn check_reports_what_a_start_would_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.json");
+        let good = serde_json::json!({"key": "a", "enabled": true, "variants": [{"key": "on"}, {"key": "off"}], "offVariantKey": "off",
+            "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": "on", "split": 100}]}]});
+        let file = serde_json::json!({"production": {"a": good, "b": {"key": "c"}}, "qa": {}, "dev": 3});
+        std::fs::write(&path, file.to_string()).unwrap();
+        let cfg = crate::config::FileUpstream {
+            path,
+            poll_interval: std::time::Duration::from_secs(1),
+            max_bytes: 1 << 20,
+            rehash_interval: std::time::Duration::from_secs(30),
+        };
+        let c = check(&cfg, &["production", "staging", "dev"]).unwrap();
+        assert_eq!(c.loaded, vec![("production".to_string(), 1)]);
+        assert_eq!(c.missing, vec!["staging".to_string()]);
+        assert_eq!(c.ignored, vec!["qa".to_string()]);
+        assert_eq!(c.malformed, vec!["dev".to_string()]);
+        assert_eq!(c.invalid.len(), 1);
+        assert_eq!((c.invalid[0].0.as_str(), c.invalid[0].1.key.as_str()), ("production", "b"));
+    }
+
+    #[test]
+    fn the_whole_file_format_refuses_an_environment_that_is_not_an_object() {
+        assert!(parse(br#"{"production": {}, "staging": {"a": {}}}"#).is_ok());
+        let e = parse(br#"{"production": {}, "staging": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("\"staging\""), "{e}");
+        assert!(matches!(parse(b"[1]"), Err(FileError::NotAnObject)));
+    }
+
+    #[test]
     fn a_file_level_problem_is_refused_with_its_reason() {
         let rows: [(&str, &[u8], &str); 2] = [
             ("not JSON", b"{torn", "invalid JSON"),
             ("not an object", b"[1]", "must be a JSON object of environment id -> features"),
         ];
         for (name, bytes, reason) in rows {
-            let e = parse(bytes, &wanted()).unwrap_err();
+            let e = parse_wanted(bytes, &wanted()).unwrap_err();
             assert!(e.to_string().contains(reason), "{name}: {e}");
         }
     }
 
     #[test]
     fn a_malformed_environment_is_refused_alone() {
-        let p = parse(br#"{"production": 1, "staging": {}}"#, &wanted()).unwrap();
+        let p = parse_wanted(br#"{"production": 1, "staging": {}}"#, &wanted()).unwrap();
         match &p.envs["production"] {
             EnvPart::Malformed(e) => assert!(e.to_string().contains("\"production\"") && e.to_string().contains("last good data"), "{e}"),
             other => panic!("{other:?}"),
@@ -135,14 +227,14 @@ mod tests {
 
     #[test]
     fn an_environment_the_config_does_not_use_is_ignored_whatever_it_holds() {
-        let p = parse(br#"{"production": {}, "other": 5, "more": [1]}"#, &wanted()).unwrap();
+        let p = parse_wanted(br#"{"production": {}, "other": 5, "more": [1]}"#, &wanted()).unwrap();
         assert_eq!(p.unknown, vec!["other".to_string(), "more".to_string()]);
         assert_eq!(p.envs.keys().collect::<Vec<_>>(), vec!["production"]);
     }
 
     #[test]
     fn an_environment_missing_from_the_file_is_absent_from_the_parse() {
-        let p = parse(br#"{"production": {}}"#, &wanted()).unwrap();
+        let p = parse_wanted(br#"{"production": {}}"#, &wanted()).unwrap();
         assert!(!p.envs.contains_key("staging"));
     }
 }

@@ -35,22 +35,28 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{EnvStore, FeatureMap, Store};
 
+pub use load::{check, parse, FileCheck};
 use load::{EnvPart, Parsed};
 use read::{Probe, Stamp};
 
-/// Why the flags file changed nothing (shown in `/status` and logged).
+/// Why the flags file changed nothing (shown in `/status` and logged). The messages include
+/// their cause, so no variant also returns it as `source()` (a chain printer would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{} is {kind}, not a regular file; refused", path.display())]
     NotRegular { path: PathBuf, kind: &'static str },
     #[error("{} is larger than upstream.max_file_bytes ({limit} bytes); refused", path.display())]
     TooLarge { path: PathBuf, limit: u64 },
     #[error("invalid JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("the flags file must be a JSON object of environment id -> features")]
     NotAnObject,
+    /// Only from [`parse`], which takes the file whole (`flags import --all`); the watcher keeps
+    /// such an environment's last good data instead.
+    #[error("environment {0:?}: expected an object of feature key -> control")]
+    EnvNotAnObject(String),
 }
 
 /// Loads the file once, then watches it until shutdown.
@@ -149,7 +155,7 @@ impl Watcher {
                 if Some(hash) == last_hash {
                     return Ok(Checked::Same(stamp));
                 }
-                Ok(Checked::New(stamp, hash, load::parse(&bytes, &wanted)))
+                Ok(Checked::New(stamp, hash, load::parse_wanted(&bytes, &wanted)))
             }
         }
     }

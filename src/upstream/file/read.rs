@@ -136,7 +136,7 @@ pub(super) enum Probe {
 
 /// Checks the file: stat, refuse what may not be read, read only when [`needs_read`] says so.
 pub(super) fn probe(path: &Path, limit: u64, prev: Option<&Stamp>, forced: bool) -> Result<Probe, FileError> {
-    let read_error = |source| FileError::Read { path: PathBuf::from(path), source };
+    let read_error = |error| FileError::Read { path: PathBuf::from(path), error };
     let now = stamp(path).map_err(read_error)?;
     admissible(path, &now, limit)?;
     if !needs_read(prev, &now, is_racy(&now, SystemTime::now()), forced) {
