@@ -1,8 +1,10 @@
 //! The API listener's [`Handler`]: one dispatch over the parsed [`Route`], the CORS headers of the
-//! browser-facing routes, per-request metrics, and the Featureflow SSE fast path.
+//! browser-facing routes, per-request and per-connection metrics, and the Featureflow SSE fast
+//! path.
 //!
-//! Invariant: every response, error or not, is counted once under its route template: here for
-//! hyper's requests, in [`Handler::fast_sse`] for a stream served without hyper.
+//! Invariants:
+//! - Every response, error or not, is counted once under its route template: here for hyper's
+//!   requests, in [`Handler::fast_sse`] for a stream served without hyper.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +17,7 @@ use super::body::ResBody;
 use super::cors;
 use super::error::ApiError;
 use super::route::{Route, Template};
-use super::server::Handler;
+use super::server::{Handler, Refusal};
 use super::sse_fast::Head;
 use super::state::Api;
 use super::{featureflow, ofrep, thin, util};
@@ -85,5 +87,13 @@ impl Handler for Api {
 
     fn connection_closed(&self) {
         self.metrics.http_connections.dec();
+    }
+
+    fn connection_refused(&self, why: Refusal) {
+        self.metrics.http_connections_rejected.with_label_values(&[why.label()]).inc();
+    }
+
+    fn accept_failed(&self) {
+        self.metrics.http_accept_errors.inc();
     }
 }

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod process;
 pub mod redis;
 pub mod sse;
+pub mod tcp;
 
 use std::path::PathBuf;
 use std::time::Duration;
