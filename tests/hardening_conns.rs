@@ -1,5 +1,5 @@
-//! Connections under hostile or careless clients (issue 10, item 2): the API connection cap and
-//! the one header deadline from accept.
+//! Connections under hostile or careless clients (issue 10, items 2 and 8): the API connection
+//! cap, the one header deadline from accept, and stream requests that could leave ghosts.
 //! The caps here are small and configured, so nothing exhausts the machine.
 
 mod support;
@@ -119,4 +119,82 @@ async fn a_stream_request_head_split_across_packets_is_served_by_the_fast_path()
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // The fast path answers `Connection: close` without chunked framing; hyper would chunk.
     assert!(head.contains("Connection: close") && !head.contains("Transfer-Encoding"), "{head}");
+}
+
+// ---- ghost streams --------------------------------------------------------------------------
+
+/// Every stream route's path, with the key it needs in the URL or a header.
+async fn stream_requests(relay: &TestRelay) -> Vec<(String, Vec<(&'static str, String)>)> {
+    let bulk = within(
+        "an OFREP bulk evaluation",
+        http()
+            .post(relay.url("/ofrep/v1/evaluate/flags"))
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(r#"{"context": {"targetingKey": "u1"}}"#)
+            .send(),
+    )
+    .await
+    .expect("bulk");
+    let v: serde_json::Value = within("the bulk body", bulk.json()).await.expect("json");
+    let ofrep = v["eventStreams"][0]["endpoint"]["requestUri"].as_str().expect("requestUri").to_string();
+    vec![
+        ("/api/sdk/v1/features".into(), vec![("authorization", format!("Bearer {SERVER_KEY}"))]),
+        (format!("/api/js/v1/stream/{CLIENT_KEY}"), vec![]),
+        (format!("/api/v1/eval/stream/{CLIENT_KEY}/user/e30="), vec![]),
+        (ofrep, vec![]),
+    ]
+}
+
+#[tokio::test]
+async fn a_stream_request_with_a_content_length_body_is_answered_400_with_json() {
+    let relay = TestRelay::builder().start().await;
+    for (path, headers) in stream_requests(&relay).await {
+        let mut req = http().get(relay.url(&path)).header("accept", "text/event-stream").body("hello");
+        for (k, v) in &headers {
+            req = req.header(*k, v);
+        }
+        let r = within("a stream request with a body", req.send()).await.expect("request");
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/json", "{path}");
+    }
+    assert_eq!(relay.status().await["sse_connections"], 0);
+}
+
+#[tokio::test]
+async fn a_stream_request_with_a_chunked_body_is_answered_400() {
+    let relay = TestRelay::builder().start().await;
+    let mut sock = idle_socket(api_addr(&relay)).await;
+    let req = format!(
+        "GET /api/js/v1/stream/{CLIENT_KEY} HTTP/1.1\r\nHost: relay\r\nAccept: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    );
+    let head = response_head(&mut sock, req.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+#[tokio::test]
+async fn a_stream_request_with_an_empty_body_is_still_a_stream() {
+    let relay = TestRelay::builder().start().await;
+    let mut sock = idle_socket(api_addr(&relay)).await;
+    let req = format!("GET /api/js/v1/stream/{CLIENT_KEY} HTTP/1.1\r\nHost: relay\r\nAccept: text/event-stream\r\nContent-Length: 0\r\n\r\n");
+    let head = response_head(&mut sock, req.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn a_client_that_closes_a_thin_client_stream_is_no_longer_counted() {
+    // Heartbeats an hour apart: only reading the socket can notice the close.
+    let relay = TestRelay::builder().config("[sse]\nheartbeat_secs = 3600").start().await;
+    let mut sock = idle_socket(api_addr(&relay)).await;
+    let req = format!("GET /api/js/v1/stream/{CLIENT_KEY} HTTP/1.1\r\nHost: relay\r\nAccept: text/event-stream\r\n\r\n");
+    let head = response_head(&mut sock, req.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(relay.status().await["sse_connections"], 1);
+    drop(sock);
+    within("the stream to be forgotten", async {
+        while relay.status().await["sse_connections"] != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
