@@ -198,3 +198,14 @@ async fn a_client_that_closes_a_thin_client_stream_is_no_longer_counted() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_fast_path_stream_request_followed_by_more_bytes_is_closed_at_once() {
+    let relay = TestRelay::builder().config("[sse]\nheartbeat_secs = 3600").start().await;
+    let mut sock = idle_socket(api_addr(&relay)).await;
+    let req = format!("GET /api/sdk/v1/features HTTP/1.1\r\nHost: relay\r\nAccept: text/event-stream\r\nAuthorization: Bearer {SERVER_KEY}\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+    within("a request write", sock.write_all(req.as_bytes())).await.expect("write");
+    // A stream cannot answer a pipelined request, and the client is misbehaving: close.
+    closed_by_peer(&mut sock).await;
+    assert_eq!(relay.status().await["sse_connections"], 0);
+}

@@ -266,13 +266,15 @@ async fn serve_connection<H: Handler>(stream: TcpStream, conn: Conn<H>, builder:
         FirstHead::TimedOut => handler.connection_refused(Refusal::HeaderTimeout),
         FirstHead::Gone => {}
         FirstHead::Read { bytes, head_len } => {
-            // The fast path takes a complete head with nothing after it; hyper all else.
             let fast = match head_len {
-                Some(n) if n == bytes.len() => sse_fast::parse_head(&bytes).and_then(|head| handler.fast_sse(&head, &conn.state)),
-                _ => None,
+                Some(n) => sse_fast::parse_head(&bytes[..n]).and_then(|head| handler.fast_sse(&head, &conn.state)).map(|sse| (n, sse)),
+                None => None,
             };
             match fast {
-                Some(sse) => {
+                // The client sends nothing after a stream request (see `sse_fast::serve`):
+                // bytes after it end the connection, as any read would once streaming.
+                Some((n, sse)) if n < bytes.len() => drop(sse),
+                Some((_, sse)) => {
                     drop(bytes);
                     sse_fast::serve(stream, sse, conn.state, conn.shutdown, conn.grace).await;
                 }
