@@ -144,8 +144,9 @@ mod tests {
     fn only_a_stream_request_that_announces_a_body_is_refused() {
         let sse = ("accept", "text/event-stream");
         let js = Route::JsStream { key: "k".into() };
+        type Case = (Route, Vec<(&'static str, &'static str)>, bool);
         // (route, headers, refused)
-        let table: Vec<(Route, Vec<(&'static str, &'static str)>, bool)> = vec![
+        let table: Vec<Case> = vec![
             (js.clone(), vec![], false),
             (js.clone(), vec![("content-length", "0")], false),
             (js.clone(), vec![("content-length", "5")], true),
