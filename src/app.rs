@@ -1,6 +1,9 @@
 //! The one place that wires everything: registry and metrics, store, upstream source, fan-out,
 //! the API and admin listeners, and the shutdown sequence.
 //!
+//! It also raises the open-files limit and sets the API connection cap from it
+//! ([`crate::http::fd_limit`]).
+//!
 //! Every task the relay runs is spawned here, by name, and joined at shutdown ([`tasks`]):
 //! `api server` (accept loop and its connections), `upstream` (the file watcher or the Redis
 //! supervisors), `fan-out` (heartbeats and the slow-client reaper), `event forwarder` (Redis mode

@@ -23,6 +23,8 @@ pub struct OpenFiles {
 
 /// Raises the soft open-files limit to the hard limit (an unprivileged process may), and reads
 /// what is in force. An unlimited hard limit is left alone (Linux refuses an unlimited soft one).
+/// Elsewhere than Unix: an `Unsupported` error (no derived cap).
+#[cfg(unix)]
 pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
     let (soft, hard) = rlimit::Resource::NOFILE.get()?;
     if soft >= hard || hard == rlimit::INFINITY {
@@ -33,6 +35,11 @@ pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
         // Not allowed here (a sandbox): serve within the soft limit.
         Err(_) => Ok(OpenFiles { soft, hard, raised_from: None }),
     }
+}
+
+#[cfg(not(unix))]
+pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 /// Descriptors kept out of the API connection cap (see the module docs for the formula).
@@ -113,6 +120,7 @@ mod tests {
         assert!(cap_exceeds_limit(257, 512, 1));
     }
 
+    #[cfg(unix)]
     #[test]
     fn the_limit_in_force_is_readable_and_never_lowered() {
         let before = rlimit::Resource::NOFILE.get().unwrap();
