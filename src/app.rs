@@ -1,6 +1,9 @@
 //! The one place that wires everything: registry and metrics, store, upstream source, fan-out,
 //! the API and admin listeners, and the shutdown sequence.
 //!
+//! It also raises the open-files limit and sets the API connection cap from it
+//! ([`crate::http::fd_limit`]).
+//!
 //! Every task the relay runs is spawned here, by name, and joined at shutdown ([`tasks`]):
 //! `api server` (accept loop and its connections), `upstream` (the file watcher or the Redis
 //! supervisors), `fan-out` (heartbeats and the slow-client reaper), `event forwarder` (Redis mode
@@ -26,6 +29,7 @@ use crate::config::{Config, Upstream};
 use crate::fanout::eval_stream::ContextGroups;
 use crate::fanout::Fanout;
 use crate::http::auth::Keys;
+use crate::http::fd_limit::{self, CapSource};
 use crate::http::rate_limit::KeyedRateLimit;
 use crate::http::route::Template;
 use crate::http::server::{Server, ServerOptions};
@@ -96,11 +100,14 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
         ofrep_limit: KeyedRateLimit::per_second(config.http.ofrep_rate_limit),
         context_groups: ContextGroups::default(),
     });
+    let max_connections = api_connection_cap(&config, &metrics);
     let opts = ServerOptions {
         max_buf_size: config.sse.client_buffer_bytes,
         shutdown_grace: config.sse.drain_window + std::time::Duration::from_secs(1),
         send_buffer: config.sse.socket_send_buffer_bytes,
-        ..Default::default()
+        header_read_timeout: config.http.header_read_timeout,
+        max_connections,
+        name: "api",
     };
     let api_server = Server::start(api_listener, api, shutdown.clone(), opts.clone());
     tasks.spawn("api server", api_server.wait());
@@ -114,7 +121,9 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
         started: SystemTime::now(),
         upstream_kind,
     });
-    let admin_server = Server::start(admin_listener, admin, admin_shutdown.clone(), opts);
+    // The admin listener is not capped: the cap's reserve keeps descriptors for it.
+    let admin_opts = ServerOptions { max_connections: None, name: "admin", ..opts };
+    let admin_server = Server::start(admin_listener, admin, admin_shutdown.clone(), admin_opts);
     let mut admin_task = Tasks::new();
     admin_task.spawn("admin server", admin_server.wait());
     tracing::info!(listen = %api_addr, admin = %admin_addr, upstream = upstream_kind, "flagrelay serving");
@@ -129,6 +138,40 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
     admin_task.join(tokio::time::Instant::now() + Duration::from_secs(1)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the open-files limit to the hard limit (logged), and returns the API connection cap:
+/// `[http] max_connections`, or derived from the limit ([`fd_limit`]); exported as a gauge.
+fn api_connection_cap(config: &Config, metrics: &Metrics) -> Option<usize> {
+    let envs = config.environments.len();
+    let limit = match fd_limit::raise_open_files_limit() {
+        Ok(l) => {
+            if let Some(from) = l.raised_from {
+                tracing::info!(from, to = l.soft, "raised the open-files limit to the hard limit");
+            }
+            Some(l.soft)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit");
+            None
+        }
+    };
+    let (cap, source) = fd_limit::api_connection_cap(config.http.max_connections, limit, envs);
+    match (source, cap, limit) {
+        (CapSource::Configured, Some(cap), Some(limit)) if fd_limit::cap_exceeds_limit(cap, limit, envs) => tracing::warn!(
+            cap,
+            open_files_limit = limit,
+            reserve = fd_limit::reserve(limit, envs),
+            "http.max_connections leaves less than the reserve under the open-files limit: accept may fail (EMFILE) before the cap, the admin listener too"
+        ),
+        (CapSource::Derived { limit }, Some(cap), _) => {
+            tracing::info!(cap, open_files_limit = limit, reserve = fd_limit::reserve(limit, envs), "API connection cap derived from the open-files limit")
+        }
+        (CapSource::Unknown, ..) => tracing::warn!("no API connection cap: the open-files limit is unknown and http.max_connections is 0"),
+        _ => {}
+    }
+    metrics.http_connection_limit.set(cap.map_or(0, |c| i64::try_from(c).unwrap_or(i64::MAX)));
+    cap
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub sdk_events: IntCounterVec,
     pub http_connections: IntGauge,
+    pub http_connections_rejected: IntCounterVec,
+    pub http_accept_errors: prometheus::IntCounter,
+    pub http_connection_limit: IntGauge,
     // upstream (Redis)
     pub upstream_connected: IntGaugeVec,
     pub upstream_reconnects: IntCounterVec,
@@ -158,6 +161,17 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            http_connections_rejected: counter(r, "flagrelay_http_connections_rejected_total", "API connections closed before any request was served: over the connection cap (cap), or no complete request head within http.header_read_timeout_ms of accept (header_timeout).", &["reason"])?,
+            http_accept_errors: {
+                let c = prometheus::IntCounter::new("flagrelay_http_accept_errors_total", "Failed accepts on the API listener (EMFILE, ENFILE...); each one backs off.")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            http_connection_limit: {
+                let g = IntGauge::new("flagrelay_http_connection_limit", "The cap on open API connections (http.max_connections, or derived from the open-files limit); 0 = no cap.")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             upstream_connected: gauge(r, "flagrelay_upstream_connected", "1 while the upstream subscription is connected and synced.", &["env"])?,
             upstream_reconnects: counter(r, "flagrelay_upstream_reconnects_total", "Upstream reconnects.", &["env"])?,
             upstream_connect_failures: counter(r, "flagrelay_upstream_connect_failures_total", "Failed attempts to reach the upstream and subscribe (resolve, connect, TLS, subscribe).", &["env"])?,
@@ -176,6 +190,9 @@ impl Metrics {
             log,
             registry,
         };
+        for reason in ["cap", "header_timeout"] {
+            m.http_connections_rejected.with_label_values(&[reason]);
+        }
         Ok(m)
     }
 

@@ -74,6 +74,8 @@ fn to_raw(c: &Config) -> RawConfig {
             // The header was encoded from a TOML table, so it decodes back into one.
             sdk_config: serde_json::from_str(&c.http.sdk_config_header).ok(),
             ofrep_rate_limit: Some(c.http.ofrep_rate_limit),
+            max_connections: Some(c.http.max_connections),
+            header_read_timeout_ms: Some(ms(c.http.header_read_timeout)),
         }),
     }
 }
@@ -84,6 +86,8 @@ fn upstream(u: &Upstream) -> RawUpstream {
             kind: Some("file".into()),
             path: Some(f.path.clone()),
             poll_interval_ms: Some(ms(f.poll_interval)),
+            max_file_bytes: Some(f.max_bytes),
+            rehash_interval_ms: Some(ms(f.rehash_interval)),
             ..RawUpstream::default()
         },
         Upstream::Redis(r) => RawUpstream {
@@ -99,6 +103,7 @@ fn upstream(u: &Upstream) -> RawUpstream {
             backoff_cap_ms: Some(ms(r.backoff_cap)),
             stable_after_secs: Some(r.stable_after.as_secs()),
             events_maxlen: Some(r.events_maxlen),
+            events_queue_bytes: Some(r.events_queue_bytes),
             snapshot_dir: r.snapshot_dir.clone(),
             tls_ca_file: r.tls_ca_file.clone(),
             tls_client_cert_file: r.tls_client_cert_file.clone(),

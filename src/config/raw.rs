@@ -98,6 +98,8 @@ pub(super) struct RawHttp {
     pub cors_allowed_origins: Option<Vec<String>>,
     pub sdk_config: Option<toml::Table>,
     pub ofrep_rate_limit: Option<u32>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
 }
 
 /// Parses the TOML `text`; an error names `path` (`<config>` when the text came from nowhere),

@@ -153,6 +153,12 @@ pub struct HttpConfig {
     pub sdk_config_header: String,
     /// OFREP requests per second per key (0 = unlimited).
     pub ofrep_rate_limit: u32,
+    /// Cap on open API connections of every kind, polls and streams (0 = derived from the
+    /// open-files limit). `[sse] max_connections` caps streams.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head this long after it was accepted
+    /// is closed; also how long an idle keep-alive connection waits for its next request.
+    pub header_read_timeout: Duration,
 }
 
 #[cfg(test)]

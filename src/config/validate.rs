@@ -236,11 +236,17 @@ fn http(http_f: RawHttp) -> Result<HttpConfig, ConfigError> {
     if max_body_bytes == 0 {
         return Err(invalid("http.max_body_bytes", "must be > 0"));
     }
+    let header_read_timeout_ms = http_f.header_read_timeout_ms.unwrap_or(5000);
+    if !(1..=60_000).contains(&header_read_timeout_ms) {
+        return Err(invalid("http.header_read_timeout_ms", "must be between 1 and 60000"));
+    }
     Ok(HttpConfig {
         max_body_bytes,
         cors_allowed_origins: http_f.cors_allowed_origins.unwrap_or_else(|| vec!["*".into()]),
         sdk_config_header: sdk_config,
         ofrep_rate_limit: http_f.ofrep_rate_limit.unwrap_or(0),
+        max_connections: http_f.max_connections.unwrap_or(0),
+        header_read_timeout: Duration::from_millis(header_read_timeout_ms),
     })
 }
 
@@ -349,6 +355,23 @@ server_keys = ["k1"]
         for (key, field) in [("max_file_bytes = 0", "upstream.max_file_bytes"), ("rehash_interval_ms = 0", "upstream.rehash_interval_ms")] {
             let e = load(&format!("[upstream]\n{key}\n{MIN}"), &Overrides::default()).unwrap_err();
             assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_api_connection_cap_is_derived_and_the_header_deadline_is_five_seconds_by_default() {
+        let c = load(MIN, &Overrides::default()).unwrap();
+        assert_eq!(c.http.max_connections, 0);
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(5));
+        let c = load(&format!("{MIN}[http]\nmax_connections = 50\nheader_read_timeout_ms = 250\n"), &Overrides::default()).unwrap();
+        assert_eq!((c.http.max_connections, c.http.header_read_timeout), (50, Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn a_header_read_timeout_outside_1_to_60000_ms_names_the_key() {
+        for bad in [0, 60_001] {
+            let e = load(&format!("{MIN}[http]\nheader_read_timeout_ms = {bad}\n"), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("http.header_read_timeout_ms"), "{e}");
         }
     }
 

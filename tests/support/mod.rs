@@ -1,10 +1,12 @@
 //! Test harness: a real relay on loopback ports the test owns, real HTTP and SSE clients.
 //! Every network await has a timeout so nothing hangs.
 
+pub mod limited_process;
 pub mod node;
 pub mod process;
 pub mod redis;
 pub mod sse;
+pub mod tcp;
 
 use std::path::PathBuf;
 use std::time::Duration;
