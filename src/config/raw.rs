@@ -42,6 +42,7 @@ pub(super) struct RawUpstream {
     pub backoff_cap_ms: Option<u64>,
     pub stable_after_secs: Option<u64>,
     pub events_maxlen: Option<u64>,
+    pub max_feature_bytes: Option<usize>,
     pub snapshot_dir: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_client_cert_file: Option<PathBuf>,
@@ -72,6 +73,7 @@ pub(super) struct RawSse {
     pub heartbeat_secs: Option<u64>,
     pub retry_ms: Option<u64>,
     pub replay_revisions: Option<usize>,
+    pub replay_bytes: Option<usize>,
     pub tombstones_max: Option<usize>,
     pub tombstone_ttl_secs: Option<u64>,
     pub client_buffer_bytes: Option<usize>,
@@ -89,6 +91,11 @@ pub(super) struct RawHttp {
     pub cors_allowed_origins: Option<Vec<String>>,
     pub sdk_config: Option<toml::Table>,
     pub ofrep_rate_limit: Option<u32>,
+    pub ofrep_rate_limit_max_clients: Option<usize>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub max_context_bytes: Option<usize>,
+    pub body_budget_bytes: Option<usize>,
+    pub stream_token_secret: Option<String>,
 }
 
 /// Parses the TOML `text`; a syntax error or an unknown key names `path` (`<config>` when the
