@@ -48,8 +48,10 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
     let admin_addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let limits = StoreLimits {
         replay_revisions: config.sse.replay_revisions,
+        replay_bytes: config.sse.replay_bytes,
         tombstones_max: config.sse.tombstones_max,
         tombstone_ttl: config.sse.tombstone_ttl,
+        max_feature_bytes: config.max_feature_bytes,
     };
     for e in &config.environments {
         metrics.init_env(&e.id);

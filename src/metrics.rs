@@ -33,6 +33,7 @@ pub struct Metrics {
     pub data_age_seconds: prometheus::GaugeVec,
     pub source_errors: IntCounterVec,
     pub invalid_features: IntCounterVec,
+    pub replay_bytes: IntGaugeVec,
     // http
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -110,7 +111,8 @@ impl Metrics {
                 g
             },
             source_errors: counter(r, "flagrelay_source_reload_errors_total", "Failed reloads of a source (unreadable or unparsable flags file, failed Redis snapshot).", &["env", "source"])?,
-            invalid_features: counter(r, "flagrelay_invalid_features_total", "Feature controls rejected by validation.", &["env"])?,
+            invalid_features: counter(r, "flagrelay_invalid_features_total", "Feature controls rejected by validation (including the size cap).", &["env"])?,
+            replay_bytes: gauge(r, "flagrelay_replay_bytes", "Bytes the resume history counts against sse.replay_bytes: the replay ring (encoded changes) and the tombstones (deleted keys).", &["env", "part"])?,
             http_requests: counter(r, "flagrelay_http_requests_total", "HTTP requests by route template and status class.", &["route", "status"])?,
             http_duration: histogram(r, "flagrelay_http_request_duration_seconds", "HTTP request handling time (until headers), by route template.", &["route"], latency_buckets())?,
             sdk_events: counter(r, "flagrelay_sdk_events_received_total", "Event and registration batches accepted from SDKs.", &["env", "kind"])?,
@@ -164,6 +166,9 @@ impl Metrics {
         }
         for g in [&self.features, &self.revision, &self.upstream_connected] {
             g.with_label_values(&[env]);
+        }
+        for p in ["ring", "tombstones"] {
+            self.replay_bytes.with_label_values(&[env, p]);
         }
         self.data_age_seconds.with_label_values(&[env]);
         for s in ["file", "redis"] {

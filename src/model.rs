@@ -8,6 +8,7 @@
 //! - `Feature::json` is the compact serialization of `raw`, encoded once when the feature is built and
 //!   shared by every response and frame that carries the feature.
 //! - A `Feature` only exists if it passed [`validate`]; invalid controls are rejected with a reason.
+//!   [`check_size`] is the one size rule, applied by the store's write path with its configured cap.
 
 use std::fmt;
 use std::sync::Arc;
@@ -188,6 +189,19 @@ impl Feature {
     }
 }
 
+/// Rejects a feature whose encoded JSON is longer than `max_bytes` (`upstream.max_feature_bytes`):
+/// the store holds every version a replay may need, so one feature must not be able to make it
+/// arbitrarily large. The store applies this to what either source delivers.
+pub fn check_size(f: &Feature, max_bytes: usize) -> Result<(), InvalidFeature> {
+    if f.json.len() > max_bytes {
+        return Err(InvalidFeature::new(
+            &f.key,
+            format!("the control is {} bytes encoded, more than upstream.max_feature_bytes ({max_bytes})", f.json.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the raw JSON for shapes serde would silently coerce or that SDKs choke on.
 fn validate_shape(key: &str, obj: &Map<String, Value>) -> Result<(), InvalidFeature> {
     if let Some(rules) = obj.get("rules") {
@@ -359,6 +373,15 @@ mod tests {
         let r = bad(json!({"enabled": true, "rules": [default_rule(),
             {"defaultRule": false, "audience": {"conditions": []}, "variantSplits": [{"variantKey": "on", "split": 100}]}]}));
         assert!(r.contains("last"), "{r}");
+    }
+
+    #[test]
+    fn a_feature_over_the_size_cap_is_invalid_and_says_by_how_much() {
+        let f = ok(json!({"enabled": false, "padding": "x".repeat(100)}));
+        assert_eq!(check_size(&f, f.json.len()), Ok(()));
+        let e = check_size(&f, f.json.len() - 1).unwrap_err();
+        assert!(e.reason.contains("upstream.max_feature_bytes"), "{e}");
+        assert!(e.reason.contains(&f.json.len().to_string()), "{e}");
     }
 
     #[test]
