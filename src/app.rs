@@ -41,6 +41,14 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// The key of the OFREP stream tokens: the configured one, else random for this process.
+fn stream_secret(config: &Config) -> Vec<u8> {
+    match &config.http.stream_token_secret {
+        Some(s) => s.0.as_bytes().to_vec(),
+        None => crate::http::auth::random_stream_secret(),
+    }
+}
+
 /// Runs the relay on already-bound listeners until `shutdown` is triggered and the drain ends.
 pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpListener, shutdown: Shutdown) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new(Registry::new())?);
@@ -76,7 +84,7 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
     }
 
     let api = Arc::new(Api {
-        keys: Keys::new(&config.environments, &store),
+        keys: Keys::new(&config.environments, &store, stream_secret(&config)),
         fanout: fanout.clone(),
         metrics: metrics.clone(),
         http: config.http.clone(),

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::frames::push_event;
-use super::thin_streams::change_keys;
+use super::thin_streams::thin_keys;
 use super::Renderer;
 use crate::eval::{thin, Context};
 use crate::metrics::Metrics;
@@ -111,7 +111,7 @@ impl ContextGroup {
             }
             (_, Catchup::Current) => BTreeSet::new(),
             (_, Catchup::Changes(changes)) => {
-                changes.iter().flat_map(|c| change_keys(c)).map(str::to_string).collect()
+                changes.iter().flat_map(|c| thin_keys(c)).map(str::to_string).collect()
             }
         };
         metrics.evaluations.with_label_values(&[&env.id, "stream"]).inc();

@@ -14,6 +14,8 @@ pub enum ApiError {
     UnknownKey,
     #[error("this endpoint needs a server key; a client key was given")]
     ClientKeyOnServerEndpoint,
+    #[error("a URL takes a client key only: a server key must not appear in URLs, which end up in logs")]
+    ServerKeyInUrl,
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method {0} is not allowed here")]
@@ -108,7 +110,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingKey | ApiError::UnknownKey => StatusCode::UNAUTHORIZED,
-            ApiError::ClientKeyOnServerEndpoint => StatusCode::FORBIDDEN,
+            ApiError::ClientKeyOnServerEndpoint | ApiError::ServerKeyInUrl => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -125,6 +127,7 @@ impl ApiError {
             ApiError::MissingKey => "missing_key",
             ApiError::UnknownKey => "unknown_key",
             ApiError::ClientKeyOnServerEndpoint => "server_key_required",
+            ApiError::ServerKeyInUrl => "client_key_required",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -174,6 +177,7 @@ mod tests {
             (ApiError::MissingKey, StatusCode::UNAUTHORIZED, "missing_key"),
             (ApiError::UnknownKey, StatusCode::UNAUTHORIZED, "unknown_key"),
             (ApiError::ClientKeyOnServerEndpoint, StatusCode::FORBIDDEN, "server_key_required"),
+            (ApiError::ServerKeyInUrl, StatusCode::FORBIDDEN, "client_key_required"),
             (ApiError::NotFound("/x".into()), StatusCode::NOT_FOUND, "not_found"),
             (ApiError::MethodNotAllowed("PUT".into()), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             (ApiError::PayloadTooLarge(1), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

@@ -13,8 +13,9 @@
 //! - `GET /api/v1/eval/stream/{key}/user/{base64 user}`: the per-context evaluation stream (same
 //!   user encoding; see [`crate::fanout::eval_stream`]).
 //!
-//! Keys: any key of an environment, client or server (client keys are what browsers hold). A
-//! missing or unknown key is 401 with the relay's JSON error.
+//! Keys: a client key of an environment (what browsers hold); the key is in the URL, which ends
+//! up in logs, so a server key is refused with 403 ([`super::auth::Keys::url_env`]). A missing or
+//! unknown key is 401 with the relay's JSON error.
 //!
 //! Invariants:
 //! - Rule values other than time conditions never leave the relay (the engine guarantees it for
@@ -118,7 +119,7 @@ impl From<UserError> for ApiError {
 
 /// `GET /api/js/v1/evaluate/{key}/user/{base64 user}`.
 pub fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, key: &str, user: &str) -> Result<Response<ResBody>, ApiError> {
-    let (env, _) = api.keys.any_env(key)?;
+    let env = api.keys.url_env(key)?;
     let ctx = decode_user(user)?;
     let snap = env.snapshot();
     if !snap.loaded {
@@ -161,7 +162,7 @@ pub fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, key: &str, user: &str) 
 
 /// `POST /api/js/v1/event/{key}`: like the server events endpoint, keyed by the path.
 pub async fn client_events(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result<Response<ResBody>, ApiError> {
-    let env = api.keys.any_env(key)?.0.clone();
+    let env = api.keys.url_env(key)?.clone();
     let (parts, body) = req.into_parts();
     let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
     util::json_array(&bytes)?;
@@ -172,14 +173,14 @@ pub async fn client_events(api: &Arc<Api>, req: Request<Incoming>, key: &str) ->
 
 /// `GET /api/js/v1/stream/{key}`: changed keys per change (spec §5.3).
 pub fn legacy_stream(api: &Arc<Api>, req: &Request<Incoming>, key: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
-    let env = api.keys.any_env(key)?.0.clone();
+    let env = api.keys.url_env(key)?.clone();
     let opts = OpenOptions { last_event_id: util::last_event_id(req.headers()), protocol: "js_legacy", conn };
     Ok(sse::response(sse::open(&api.fanout, env, Box::new(LegacyJsRenderer), opts)?))
 }
 
 /// `GET /api/v1/eval/stream/{key}/user/{base64 user}`: the per-context evaluation stream.
 pub fn eval_stream(api: &Arc<Api>, key: &str, user: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
-    let env = api.keys.any_env(key)?.0.clone();
+    let env = api.keys.url_env(key)?.clone();
     let ctx = decode_user(user)?;
     if !env.snapshot().loaded {
         return Err(ApiError::NotReady); // "everything off" would be cached by the client

@@ -2,7 +2,7 @@
 //! `POST /ofrep/v1/evaluate/flags/{key}` (single flag), `POST /ofrep/v1/evaluate/flags` (bulk,
 //! trailing slash accepted, strong `ETag` + 304), and `GET /ofrep/v1/stream/{token}`, the SSE
 //! endpoint the bulk response advertises in `eventStreams` (ADR-0008), where the token stands for
-//! the key ([`super::auth::stream_token`]). This module holds the handlers; the encoding is in
+//! the key ([`super::auth::Keys::stream_token`]). This module holds the handlers; the encoding is in
 //! [`wire`].
 //!
 //! Request: the body is `{"context": {...}}`; an empty body, a `null` or missing `context` and a
@@ -45,7 +45,6 @@ use hyper::header;
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 
-use super::auth::stream_token;
 use super::body::ResBody;
 use super::error::{ApiError, OfrepCode, OfrepError};
 use super::sse;
@@ -125,7 +124,7 @@ pub async fn bulk(api: &Arc<Api>, req: Request<Incoming>) -> Result<Response<Res
         return Err(ApiError::NotReady); // an empty flag set would replace the client's cache
     }
     // The advertised URL carries a token, never the key: URLs end up in proxy logs.
-    let (body, errors) = bulk_body(&snap.compiled, &ctx, &wire::stream_uri(&stream_token(&key)));
+    let (body, errors) = bulk_body(&snap.compiled, &ctx, &wire::stream_uri(&api.keys.stream_token(&key)));
     if errors > 0 {
         m.evaluation_errors.with_label_values(&[&env.id, OfrepCode::ParseError.as_str()]).inc_by(errors);
     }
