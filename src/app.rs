@@ -90,7 +90,7 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
         http: config.http.clone(),
         events,
         ofrep_limit: KeyedRateLimit::per_second(config.http.ofrep_rate_limit),
-        context_groups: ContextGroups::default(),
+        context_groups: ContextGroups::new(&metrics),
     });
     let opts = ServerOptions {
         max_buf_size: config.sse.client_buffer_bytes,

@@ -50,6 +50,8 @@ pub struct Metrics {
     // evaluation
     pub evaluations: IntCounterVec,
     pub evaluation_errors: IntCounterVec,
+    pub context_groups: IntGauge,
+    pub context_group_bytes: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -60,6 +62,12 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus:
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn plain_gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
@@ -130,6 +138,8 @@ impl Metrics {
             events_forwarded: counter(r, "flagrelay_events_forwarded_total", "SDK event batches forwarded upstream, by result (sent, dropped).", &["env", "result"])?,
             evaluations: counter(r, "flagrelay_evaluations_total", "Evaluation requests by API (ofrep, ofrep_bulk, thin_client, stream).", &["env", "api"])?,
             evaluation_errors: counter(r, "flagrelay_evaluation_errors_total", "Evaluation errors by code.", &["env", "code"])?,
+            context_groups: plain_gauge(r, "flagrelay_context_groups", "Live context groups of the per-context evaluation streams (streams with identical contexts share one).")?,
+            context_group_bytes: plain_gauge(r, "flagrelay_context_group_bytes", "Bytes held by the context groups: canonical contexts, encoded results and frames, structures.")?,
             registry,
         };
         Ok(m)

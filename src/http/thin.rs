@@ -42,7 +42,7 @@ use super::util;
 /// Re-exported where the user-segment and `keys` decoders are, for their property tests.
 pub use super::util::percent_decode;
 use crate::eval::thin::served;
-use crate::eval::Context;
+use crate::eval::{Context, ContextError};
 use crate::fanout::eval_stream::EvalRenderer;
 use crate::fanout::thin_streams::LegacyJsRenderer;
 use crate::fanout::{ConnState, OpenOptions};
@@ -68,6 +68,8 @@ pub enum UserError {
     Json(String),
     #[error("the decoded user is not a Featureflow user: {0}")]
     Shape(String),
+    #[error("{0}")]
+    TooLarge(ContextError),
 }
 
 /// Reads a base64 user segment (spec §5.1) into a context. Never panics.
@@ -95,6 +97,13 @@ pub fn decode_user(segment: &str) -> Result<Context, UserError> {
     Context::from_featureflow_user(&v).map_err(|e| UserError::Shape(e.to_string()))
 }
 
+/// [`decode_user`], refusing a context over `max_bytes` encoded (`http.max_context_bytes`).
+pub fn decode_user_within(segment: &str, max_bytes: usize) -> Result<Context, UserError> {
+    let ctx = decode_user(segment)?;
+    ctx.check_bytes(max_bytes).map_err(UserError::TooLarge)?;
+    Ok(ctx)
+}
+
 /// The `keys` query parameter (`?keys=a,b`, comma-joined); `None` when absent or empty.
 pub fn requested_keys(query: Option<&str>) -> Option<Vec<String>> {
     let q = query?;
@@ -120,7 +129,7 @@ impl From<UserError> for ApiError {
 /// `GET /api/js/v1/evaluate/{key}/user/{base64 user}`.
 pub fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, key: &str, user: &str) -> Result<Response<ResBody>, ApiError> {
     let env = api.keys.url_env(key)?;
-    let ctx = decode_user(user)?;
+    let ctx = decode_user_within(user, api.http.max_context_bytes)?;
     let snap = env.snapshot();
     if !snap.loaded {
         // An empty answer would be cached by the client as "everything off".
@@ -181,7 +190,7 @@ pub fn legacy_stream(api: &Arc<Api>, req: &Request<Incoming>, key: &str, conn: A
 /// `GET /api/v1/eval/stream/{key}/user/{base64 user}`: the per-context evaluation stream.
 pub fn eval_stream(api: &Arc<Api>, key: &str, user: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
     let env = api.keys.url_env(key)?.clone();
-    let ctx = decode_user(user)?;
+    let ctx = decode_user_within(user, api.http.max_context_bytes)?;
     if !env.snapshot().loaded {
         return Err(ApiError::NotReady); // "everything off" would be cached by the client
     }
@@ -225,6 +234,16 @@ mod tests {
         assert!(matches!(decode_user(&b64(b"{nope")), Err(UserError::Json(_))));
         assert!(matches!(decode_user(&b64(b"[1,2]")), Err(UserError::Shape(_))));
         assert!(matches!(decode_user(&b64(br#"{"id":5}"#)), Err(UserError::Shape(_))));
+    }
+
+    #[test]
+    fn a_user_over_the_context_limit_is_refused_naming_the_limit() {
+        let seg = b64(br#"{"id":"u","attributes":{"a":"0123456789"}}"#);
+        let size = decode_user(&seg).unwrap().encoded_len();
+        assert!(decode_user_within(&seg, size).is_ok());
+        let e = decode_user_within(&seg, size - 1).unwrap_err();
+        assert_eq!(e, UserError::TooLarge(ContextError::TooManyBytes { limit: size - 1 }));
+        assert!(e.to_string().contains("http.max_context_bytes"), "{e}");
     }
 
     #[test]

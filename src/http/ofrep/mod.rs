@@ -2,8 +2,8 @@
 //! `POST /ofrep/v1/evaluate/flags/{key}` (single flag), `POST /ofrep/v1/evaluate/flags` (bulk,
 //! trailing slash accepted, strong `ETag` + 304), and `GET /ofrep/v1/stream/{token}`, the SSE
 //! endpoint the bulk response advertises in `eventStreams` (ADR-0008), where the token stands for
-//! the key ([`super::auth::Keys::stream_token`]). This module holds the handlers; the encoding is in
-//! [`wire`].
+//! the key ([`super::auth::Keys::stream_token`]). This module holds the handlers; reading a request
+//! is [`request`], the encoding is in [`wire`].
 //!
 //! Request: the body is `{"context": {...}}`; an empty body, a `null` or missing `context` and a
 //! context without `targetingKey` are all fine (anonymous). Attributes sit flat beside
@@ -36,6 +36,7 @@
 //!   to one second's worth; [`super::rate_limit`]) and beyond it 429 with an integer `Retry-After`.
 //!   The stream endpoint is not rate-limited.
 
+pub mod request;
 pub mod wire;
 
 use std::sync::Arc;
@@ -54,7 +55,8 @@ use crate::eval::thin::served;
 use crate::fanout::thin_streams::OfrepRenderer;
 use crate::fanout::{ConnState, OpenOptions};
 use crate::store::EnvStore;
-pub use wire::{bulk_body, parse_request};
+pub use request::{parse_request, parse_request_within, RequestError};
+pub use wire::bulk_body;
 
 /// A request that passed [`admit`]: its environment, key, head and body.
 struct Admitted {
@@ -88,7 +90,7 @@ pub async fn single(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result
         m.evaluation_errors.with_label_values(&[&env.id, code.as_str()]).inc();
         OfrepError::Flag { key: key.to_string(), code, details }
     };
-    let mut ctx = parse_request(&body).map_err(|e| fail(OfrepCode::InvalidContext, e.to_string()))?;
+    let mut ctx = parse_request_within(&body, api.http.max_context_bytes).map_err(|e| fail(OfrepCode::InvalidContext, e.to_string()))?;
     // OFREP clients cannot finish time conditions themselves: the relay supplies "now"
     // (featureflow.date, and featureflow.hourofday in UTC) unless the context carries them.
     ctx.inject_now(chrono::Utc::now());
@@ -114,7 +116,7 @@ pub async fn bulk(api: &Arc<Api>, req: Request<Incoming>) -> Result<Response<Res
     let Admitted { env, key, parts, body } = admit(api, req).await?;
     let m = &api.metrics;
     m.evaluations.with_label_values(&[&env.id, "ofrep_bulk"]).inc();
-    let mut ctx = parse_request(&body).map_err(|e| {
+    let mut ctx = parse_request_within(&body, api.http.max_context_bytes).map_err(|e| {
         m.evaluation_errors.with_label_values(&[&env.id, OfrepCode::InvalidContext.as_str()]).inc();
         OfrepError::Bulk { code: OfrepCode::InvalidContext, details: e.to_string() }
     })?;
