@@ -25,6 +25,7 @@ use crate::fanout::eval_stream::ContextGroups;
 use crate::fanout::Fanout;
 use crate::http::auth::Keys;
 use crate::http::rate_limit::KeyedRateLimit;
+use crate::http::request_body::BodyBudget;
 use crate::http::route::Template;
 use crate::http::server::{Server, ServerOptions};
 use crate::http::state::Api;
@@ -89,8 +90,9 @@ pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpL
         metrics: metrics.clone(),
         http: config.http.clone(),
         events,
-        ofrep_limit: KeyedRateLimit::per_second(config.http.ofrep_rate_limit),
+        ofrep_limit: KeyedRateLimit::per_second(config.http.ofrep_rate_limit, config.http.ofrep_rate_limit_max_clients, &metrics),
         context_groups: ContextGroups::new(&metrics),
+        bodies: BodyBudget::new(config.http.body_budget_bytes, &metrics),
     });
     let opts = ServerOptions {
         max_buf_size: config.sse.client_buffer_bytes,

@@ -5,7 +5,7 @@
 //! The catalogue with meanings and alerts is `docs/metrics.md`.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Values of the `protocol` label of `flagrelay_sse_clients`.
@@ -39,6 +39,10 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub sdk_events: IntCounterVec,
     pub http_connections: IntGauge,
+    pub http_body_bytes: IntGauge,
+    pub http_body_budget_rejections: IntCounter,
+    pub rate_limit_clients: IntGauge,
+    pub rate_limit_evictions: IntCounter,
     // upstream (Redis)
     pub upstream_connected: IntGaugeVec,
     pub upstream_reconnects: IntCounterVec,
@@ -128,6 +132,18 @@ impl Metrics {
                 let g = IntGauge::new("flagrelay_http_connections", "Open TCP connections on the API listener.")?;
                 r.register(Box::new(g.clone()))?;
                 g
+            },
+            http_body_bytes: plain_gauge(r, "flagrelay_http_body_bytes", "Bytes of request bodies being read or parsed now (bounded by http.body_budget_bytes).")?,
+            http_body_budget_rejections: {
+                let c = IntCounter::new("flagrelay_http_body_budget_rejections_total", "Requests refused with 503 because http.body_budget_bytes of bodies were being read or parsed.")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            rate_limit_clients: plain_gauge(r, "flagrelay_rate_limit_clients", "(key, client address) pairs the OFREP rate limit tracks (at most http.ofrep_rate_limit_max_clients).")?,
+            rate_limit_evictions: {
+                let c = IntCounter::new("flagrelay_rate_limit_evictions_total", "(key, client address) pairs the OFREP rate limit forgot while they were still spending, because more were than http.ofrep_rate_limit_max_clients.")?;
+                r.register(Box::new(c.clone()))?;
+                c
             },
             upstream_connected: gauge(r, "flagrelay_upstream_connected", "1 while the upstream subscription is connected and synced.", &["env"])?,
             upstream_reconnects: counter(r, "flagrelay_upstream_reconnects_total", "Upstream reconnects.", &["env"])?,

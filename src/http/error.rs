@@ -32,6 +32,8 @@ pub enum ApiError {
     NotReady,
     #[error("the request body was not received in time")]
     BodyTimeout,
+    #[error("the relay is reading too many request bodies at once; retry shortly")]
+    Busy,
     /// OFREP endpoints answer in OFREP's own shapes (see [`OfrepError`]).
     #[error("{0}")]
     Ofrep(#[from] OfrepError),
@@ -115,7 +117,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Overloaded { .. } | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Ofrep(e) => e.status(),
@@ -136,6 +138,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::NotReady => "not_ready",
             ApiError::BodyTimeout => "request_timeout",
+            ApiError::Busy => "busy",
             ApiError::Ofrep(_) => "ofrep",
         }
     }
@@ -154,7 +157,7 @@ impl ApiError {
             ApiError::Overloaded { retry_after_secs } | ApiError::RateLimited { retry_after_secs } => {
                 b = b.header(header::RETRY_AFTER, retry_after_secs.to_string());
             }
-            ApiError::NotReady => b = b.header(header::RETRY_AFTER, "1"),
+            ApiError::NotReady | ApiError::Busy => b = b.header(header::RETRY_AFTER, "1"),
             ApiError::MissingKey | ApiError::UnknownKey => b = b.header(header::WWW_AUTHENTICATE, "Bearer"),
             _ => {}
         }
@@ -186,6 +189,7 @@ mod tests {
             (ApiError::RateLimited { retry_after_secs: 1 }, StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             (ApiError::NotReady, StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             (ApiError::BodyTimeout, StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            (ApiError::Busy, StatusCode::SERVICE_UNAVAILABLE, "busy"),
         ];
         for (e, status, code) in cases {
             assert_eq!((e.status(), e.code()), (status, code), "{e:?}");

@@ -98,7 +98,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.wait() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -118,7 +118,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
             &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(15)),
         );
-        let conn_state = ConnState::new();
+        let conn_state = ConnState::for_peer(peer);
         let shutdown = shutdown.clone();
         let handler = handler.clone();
         let builder = builder.clone();

@@ -173,10 +173,10 @@ pub fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, key: &str, user: &str) 
 pub async fn client_events(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result<Response<ResBody>, ApiError> {
     let env = api.keys.url_env(key)?.clone();
     let (parts, body) = req.into_parts();
-    let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
-    util::json_array(&bytes)?;
+    let (shape, body) = api.read_body(body, &parts.headers).await?.parse(util::json_array).await?;
+    shape?;
     api.metrics.sdk_events.with_label_values(&[&env.id, "client_events"]).inc();
-    api.forward(&env.id, "client_events", bytes);
+    api.forward(&env.id, "client_events", body.bytes);
     Ok(util::json(StatusCode::OK, &b"{}"[..]))
 }
 
