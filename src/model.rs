@@ -3,10 +3,10 @@
 //!
 //! Invariants:
 //! - A [`Feature`] is immutable once built. It keeps the JSON object exactly as upstream wrote it
-//!   (`raw`, unknown fields and field order included) so the relay re-serves what it was given, plus a
-//!   typed view (`control`) that the rule engine and validation read.
-//! - `Feature::json` is the compact serialization of `raw`, encoded once when the feature is built and
-//!   shared by every response and frame that carries the feature.
+//!   (`json`: its compact serialization, unknown fields and field order included, encoded once and
+//!   shared by every response and frame that carries the feature) so the relay re-serves what it
+//!   was given, plus a typed view (`control`) that the rule engine and validation read. The parsed
+//!   JSON tree itself is not kept: it cost as much again as the typed view.
 //! - A `Feature` only exists if it passed [`validate`]; invalid controls are rejected with a reason.
 //!   [`check_size`] is the one size rule, applied by the store's write path with its configured cap.
 
@@ -131,11 +131,10 @@ impl InvalidFeature {
     }
 }
 
-/// A validated feature: upstream's JSON verbatim, its typed view and its encoded bytes.
+/// A validated feature: upstream's JSON verbatim (encoded) and its typed view.
 #[derive(Debug)]
 pub struct Feature {
     pub key: String,
-    pub raw: Value,
     pub control: FeatureControl,
     pub json: Bytes,
 }
@@ -173,12 +172,14 @@ impl Feature {
             Some(_) => return Err(InvalidFeature::new(map_key, "\"key\" must be a string")),
         }
         validate_shape(map_key, obj)?;
-        let control: FeatureControl = serde_json::from_value(raw.clone())
-            .map_err(|e| InvalidFeature::new(map_key, e.to_string()))?;
-        validate(&control)?;
         // Serializing a Value we just parsed cannot fail; keep a typed error anyway.
         let json = serde_json::to_vec(&raw).map_err(|e| InvalidFeature::new(map_key, e.to_string()))?;
-        Ok(Arc::new(Feature { key: map_key.to_string(), raw, control, json: Bytes::from(json) }))
+        let control: FeatureControl = serde_json::from_value(raw)
+            .map_err(|e| InvalidFeature::new(map_key, e.to_string()))?;
+        validate(&control)?;
+        // Held for the feature's life: without the encoder's spare capacity.
+        let json = Bytes::from(json.into_boxed_slice());
+        Ok(Arc::new(Feature { key: map_key.to_string(), control, json }))
     }
 
     /// Parses a control from JSON bytes.

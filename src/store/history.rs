@@ -27,7 +27,8 @@ use crate::model::Revision;
 pub struct StoreLimits {
     /// Changes kept in the ring for resumes (at least one is always kept).
     pub replay_revisions: usize,
-    /// The ring's byte budget ([`ChangeRecord::weight`]s), and separately the tombstones'.
+    /// The ring's byte budget ([`ChangeRecord::weight`]s: the memory its changes hold), and
+    /// separately the tombstones'.
     pub replay_bytes: usize,
     pub tombstones_max: usize,
     pub tombstone_ttl: Duration,

@@ -7,6 +7,7 @@
 //! - `history`: the change ring, lineages, ambiguous revisions, tombstones and [`Catchup`]
 //!   decisions, pure.
 //! - `status`: the source's reported state.
+//! - `weight`: what a feature version holds in memory, which the ring's byte budget counts.
 //!
 //! Invariants:
 //! - Readers never wait while a writer builds: a reader clones the current `Arc<Snapshot>` out of
@@ -33,6 +34,7 @@
 mod history;
 mod snapshot;
 mod status;
+pub mod weight;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::lock;
+use super::{lock, weight};
 use crate::eval::{thin, CompiledFeature};
 use crate::model::{Feature, Revision};
 
@@ -257,13 +257,13 @@ impl ChangeRecord {
         self.frames.get(slot)
     }
 
-    /// What this change counts against the replay ring's byte budget: the encoded size of its
-    /// upserted features and the length of its keys, plus the record itself. (What it holds in
-    /// memory is a small multiple of this: the parsed form of each feature, and each frame once
-    /// encoded; docs/reliability.md has the measured factor.)
+    /// What this change counts against the replay ring's byte budget: the memory its upserted
+    /// feature versions hold ([`weight::feature_bytes`]; in the ring they may be superseded, so
+    /// nothing else holds them), the frame its stream kinds encode of them (about their encoded
+    /// size) and its keys, plus the record itself.
     pub fn weight(&self) -> usize {
-        let upserts: usize = self.upserts.iter().map(|f| f.json.len() + f.key.len()).sum();
-        let keys: usize = self.deletes.iter().chain(&self.thin_keys).map(String::len).sum();
+        let upserts: usize = self.upserts.iter().map(|f| weight::feature_bytes(f) + f.json.len() + f.key.len()).sum();
+        let keys: usize = self.deletes.iter().chain(&self.thin_keys).map(|k| 2 * k.len()).sum();
         std::mem::size_of::<ChangeRecord>() + upserts + keys
     }
 }
@@ -288,7 +288,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&s.encoded().body).expect("JSON");
         let keys: Vec<&str> = v.as_object().expect("a map").keys().map(String::as_str).collect();
         assert_eq!(keys, ["a", "b"]);
-        assert_eq!(v["a"], f("a", "off").raw);
+        assert_eq!(v["a"], serde_json::from_slice::<serde_json::Value>(&f("a", "off").json).expect("JSON"));
     }
 
     #[test]
@@ -372,10 +372,12 @@ mod tests {
     }
 
     #[test]
-    fn a_change_weighs_its_encoded_features_and_keys() {
+    fn a_change_weighs_what_its_features_hold_and_its_keys() {
         let a = f("a", "on");
         let c = ChangeRecord::new(1, 7, vec![a.clone()], vec!["gone".into()], vec!["a".into()], None, Instant::now(), 1);
-        assert_eq!(c.weight(), std::mem::size_of::<ChangeRecord>() + a.json.len() + 1 + 4 + 1);
+        let feature = weight::feature_bytes(&a) + a.json.len() + 1;
+        assert_eq!(c.weight(), std::mem::size_of::<ChangeRecord>() + feature + 2 * (4 + 1));
+        assert!(weight::feature_bytes(&a) > a.json.len());
     }
 
     #[test]

@@ -169,7 +169,7 @@ mod tests {
             "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": "on", "split": 90}]}]});
         let control: FeatureControl = serde_json::from_value(raw.clone()).unwrap();
         let json = Bytes::from(serde_json::to_vec(&raw).unwrap());
-        Arc::new(CompiledFeature::compile(&Arc::new(Feature { key: key.into(), raw, control, json })))
+        Arc::new(CompiledFeature::compile(&Arc::new(Feature { key: key.into(), control, json })))
     }
 
     fn one(f: &Arc<CompiledFeature>, ctx: &Context) -> Value {

@@ -1,7 +1,8 @@
-//! Issue 10 item 1: what an open per-context evaluation stream holds of its context, measured
-//! with the allocator (bytes this thread allocated and has not freed), not with the relay's own
-//! accounting: a context at the default `http.max_context_bytes` costs at most 64 KiB held, and
-//! the relay's count (`ContextGroup::held_bytes`) is within a small margin of the truth.
+//! Issue 10 item 1: what the relay holds, measured with the allocator (bytes this thread
+//! allocated and has not freed), not with its own accounting: a context at the default
+//! `http.max_context_bytes` costs an open evaluation stream at most 64 KiB, and the relay's count
+//! (`ContextGroup::held_bytes`) is within a small margin of the truth; a feature version kept in
+//! the replay ring holds a bounded multiple of the encoded bytes the ring's budget counts.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -12,6 +13,8 @@ use flagrelay::fanout::eval_stream::{ContextGroups, EvalRenderer};
 use flagrelay::fanout::Renderer;
 use flagrelay::metrics::Metrics;
 use flagrelay::model::Feature;
+use flagrelay::store::weight::feature_bytes;
+use flagrelay::store::Update;
 use flagrelay::store::{EnvStore, FeatureMap, StoreLimits};
 use serde_json::json;
 
@@ -101,4 +104,28 @@ fn an_open_stream_of_a_maximal_context_holds_at_most_64_kib_and_the_relay_counts
     assert!(held <= 64 * 1024, "held {held} B");
     assert!((held - counted).abs() <= held / 10 + 1024, "counted {counted} B of {held} B held");
     drop((renderer, group));
+}
+
+#[test]
+fn a_feature_version_holds_a_bounded_multiple_of_its_encoded_size() {
+    // A big feature as they come: one targeting rule over 50,000 user ids.
+    let ids: Vec<String> = (0..50_000).map(|i| format!("user-{i:06}")).collect();
+    let v = json!({"key": "big", "enabled": true, "rules": [
+        {"audience": {"conditions": [{"target": "featureflow.user.id", "operator": "in", "values": ids}]}, "variantSplits": [{"variantKey": "on", "split": 100}]},
+        {"defaultRule": true, "variantSplits": [{"variantKey": "off", "split": 100}]}]});
+    let text = v.to_string();
+    drop(v);
+    let (m, env) = environment();
+    let before = live();
+    let f = Feature::from_slice("big", text.as_bytes()).expect("valid");
+    let encoded = f.json.len() as f64;
+    let held = (live() - before) as f64;
+    // In the ring a superseded version is the feature and its change's cached frame (about its
+    // encoded size again); its compiled form went with the snapshot that replaced it.
+    let estimated = feature_bytes(&f) as f64;
+    let change = env.apply(Update { upserts: vec![f], ..Default::default() }).expect("a change");
+    println!("a {encoded} B feature holds {held} B ({:.1}x); the ring counts {estimated} B for it and {} B for its change", held / encoded, change.weight());
+    assert!((estimated - held).abs() <= held * 0.2, "estimated {estimated} B of {held} B held");
+    assert!(change.weight() as f64 >= held, "the change weighs at least what its feature holds");
+    drop((m, env));
 }
