@@ -111,7 +111,7 @@ async fn a_feature_over_the_size_cap_from_redis_is_rejected_in_messages_and_in_r
 
 #[tokio::test]
 async fn a_resume_out_of_the_byte_bounded_ring_gets_full_state_and_one_inside_is_replayed() {
-    let flags = |v: usize| json!({ENV: {"big": padded("big", if v % 2 == 0 { "on" } else { "off" }, 10_000 + v)}, "staging": {}});
+    let flags = |v: usize| json!({ENV: {"big": padded("big", if v.is_multiple_of(2) { "on" } else { "off" }, 10_000 + v)}, "staging": {}});
     let relay = TestRelay::builder().flags(flags(0)).config("[sse]\nreplay_bytes = 70000\n").start().await;
     let mut sse = relay.sse(SERVER_KEY).await;
     sse.expect().await;

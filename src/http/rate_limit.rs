@@ -86,7 +86,7 @@ impl<C: Clock + Clone> KeyedRateLimit<C> {
     pub fn check(&self, key: &str, addr: IpAddr) -> Result<(), u64> {
         let mut limiter = lock(&self.limiter).clone();
         let n = self.checks.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % SWEEP_EVERY == 0 || limiter.len() >= self.max_clients {
+        if n.is_multiple_of(SWEEP_EVERY) || limiter.len() >= self.max_clients {
             limiter = self.make_room(limiter);
         }
         let result = match limiter.check_key(&(key.to_string(), bucket_addr(addr))) {
