@@ -18,7 +18,7 @@
 #
 # Environment: CORES (default "1 2"), CHANGES (20), IDLE_SECS (31: two 15 s heartbeats),
 # SOURCES (127.0.0.1,...,127.0.0.4), OUT (target/fanout-bench), NCHAN_PORT (18080),
-# RELAY_PORT (17700; admin on +1), REDIS_PORT (16390), NCHAN_RUN (../shared/bench/nchan/run.sh).
+# RELAY_PORT (17700; admin on +1), REDIS_PORT (16390), NCHAN_RUN (benches/nchan/run.sh).
 # Results: OUT/{nchan,flagrelay}-N-Cc.json (flagrelay-load --json reports), a ratio table per pair,
 # and a summary table at the end (OUT/summary.md).
 set -euo pipefail
@@ -32,12 +32,13 @@ sources=${SOURCES:-127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4}
 out=${OUT:-$repo/target/fanout-bench}
 nport=${NCHAN_PORT:-18080}
 rport=${RELAY_PORT:-17700}
-nchan_run=${NCHAN_RUN:-$repo/../shared/bench/nchan/run.sh}
+nchan_run=${NCHAN_RUN:-$repo/benches/nchan/run.sh}
 key=sdk-srv-bench-fanout-0001
 redis_port=${REDIS_PORT:-16390}
 if [ -z "${UPSTREAM:-}" ]; then command -v redis-server >/dev/null && UPSTREAM=redis || UPSTREAM=file; fi
 
-cargo build --release --bin flagrelay --bin flagrelay-load >&2
+# The relay and the load tool (its own workspace package, benches/load).
+cargo build --release -p flagrelay -p flagrelay-load >&2
 load=$repo/target/release/flagrelay-load
 relay=$repo/target/release/flagrelay
 mkdir -p "$out"

@@ -2,13 +2,15 @@
 //!
 //! Module map (dependencies point down the list; nothing imports upward):
 //! `app` wires everything; `http` and `admin` serve; `fanout` streams; `upstream` feeds `store`;
-//! `eval` evaluates; `model` holds the types; `metrics`, `config`, `shutdown` are leaves.
+//! `eval` evaluates; `model` holds the types; `metrics`, `config`, `shutdown` are leaves;
+//! `logging` (the log output, used by the binary) reads only `config` and `metrics`.
 
 pub mod model;
 pub mod eval;
 pub mod config;
 pub mod metrics;
 pub mod shutdown;
+pub mod logging;
 pub mod store;
 pub mod upstream;
 pub mod fanout;

@@ -1,33 +1,18 @@
-//! The `flagrelay` binary: parse the command line, set up logging, and hand over to the library.
+//! The `flagrelay` binary: parse the command line ([`Invocation`]), set up logging, and hand over
+//! to the library: the relay, `check-config` (the checks a start would make, and the effective
+//! config printed), or a `flags` command. Errors are printed once, with their causes.
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::Parser;
-use flagrelay::cli::{Cli, Command, FlagsCommand, ServeArgs};
-use flagrelay::config::{Config, LogFormat, Overrides, RedisUpstream};
-use flagrelay::upstream::redis::writer;
+use anyhow::{bail, Context};
+use flagrelay::cli::Invocation;
+use flagrelay::config::{Config, Overrides, RedisUpstream, Upstream};
 use flagrelay::shutdown::{self, Shutdown};
+use flagrelay::upstream::{file, redis::writer};
 
-/// Installs the global subscriber. The filter is `RUST_LOG` when that is set and non-empty,
-/// else `config.log_level`; one that does not parse becomes `info` without a word.
-fn init_logging(config: &Config) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| config.log_level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(&Overrides::from(args))?;
-    init_logging(&config);
+async fn serve(overrides: Overrides) -> anyhow::Result<()> {
+    let config = Config::load(&overrides)?;
+    let logging = flagrelay::logging::init(&config)?;
     let api = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
@@ -44,34 +29,64 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown::signal().await;
         std::process::exit(130);
     });
-    flagrelay::app::run(config, api, admin, shutdown).await?;
+    flagrelay::app::run_with(config, api, admin, shutdown, logging.counters()).await?;
     Ok(())
 }
 
-fn check_config(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(&Overrides::from(args))?;
-    println!("{}", config.redacted());
-    println!("config OK");
+/// Loads the config as a start would (TLS files included), checks the flags file of a file
+/// upstream with the file source's own parser and validator, then prints the effective config
+/// as TOML with what was checked as comments, so standard output stays a TOML file.
+fn check_config(overrides: Overrides) -> anyhow::Result<()> {
+    let config = Config::load(&overrides)?;
+    let mut notes = Vec::new();
+    match &config.upstream {
+        Upstream::File(f) => {
+            let ids: Vec<&str> = config.environments.iter().map(|e| e.id.as_str()).collect();
+            let path = f.path.display();
+            let check = file::check(f, &ids).map_err(|e| anyhow::anyhow!("flags file (`upstream.path`): {e}"))?;
+            if !check.malformed.is_empty() {
+                bail!("flags file {path}: environment(s) {} not an object of feature key -> control; the relay would load no data for them", check.malformed.join(", "));
+            }
+            if !check.invalid.is_empty() {
+                let list: Vec<String> = check.invalid.iter().map(|(env, e)| format!("  {env}: {e}")).collect();
+                bail!("flags file {path}: {} invalid feature(s), each of which the relay would reject:\n{}", list.len(), list.join("\n"));
+            }
+            let loaded: Vec<String> = check.loaded.iter().map(|(env, n)| format!("{env} {n} feature(s)")).collect();
+            notes.push(format!("flags file {path}: {}", if loaded.is_empty() { "no environment of the config".into() } else { loaded.join(", ") }));
+            for env in &check.missing {
+                notes.push(format!("note: {env} is not in the flags file: it would serve an empty set"));
+            }
+            for env in &check.ignored {
+                notes.push(format!("note: {env} in the flags file is not in the config: ignored"));
+            }
+        }
+        Upstream::Redis(_) => notes.push("upstream: Redis, not contacted by check-config".into()),
+    }
+    let source = config.source_path.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string());
+    println!("# the effective config read from {source}, keys redacted\n");
+    print!("{}", config.redacted());
+    println!();
+    for n in notes {
+        println!("# {n}");
+    }
+    println!("# config OK");
     Ok(())
 }
 
-fn flags(cmd: FlagsCommand) -> anyhow::Result<()> {
-    let (args, env, action) = cmd.into_parts();
-    let (cfg, known) = RedisUpstream::for_tool(&Overrides::from(args))?;
+fn flags(overrides: Overrides, action: writer::Action) -> anyhow::Result<()> {
+    let (cfg, known) = RedisUpstream::for_tool(&overrides)?;
     run_async(async {
-        let out = writer::execute(&cfg, &env, known.as_deref(), action).await?;
+        let out = writer::execute(&cfg, known.as_deref(), action).await?;
         print!("{out}");
         Ok(())
     })
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::CheckConfig(args)) => check_config(args),
-        Some(Command::Serve(args)) => run_async(serve(args)),
-        Some(Command::Flags(cmd)) => flags(cmd),
-        None => run_async(serve(cli.serve)),
+    let result = match Invocation::parse() {
+        Invocation::Serve(o) => run_async(serve(o)),
+        Invocation::CheckConfig(o) => check_config(o),
+        Invocation::Flags(o, action) => flags(o, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub sdk_events: IntCounterVec,
     pub http_connections: IntGauge,
+    pub http_connections_rejected: IntCounterVec,
+    pub http_accept_errors: prometheus::IntCounter,
+    pub http_connection_limit: IntGauge,
     pub http_body_bytes: IntGauge,
     pub http_body_budget_rejections: IntCounter,
     pub rate_limit_clients: IntGauge,
@@ -51,11 +54,44 @@ pub struct Metrics {
     pub upstream_messages: IntCounterVec,
     pub propagation_seconds: HistogramVec,
     pub events_forwarded: IntCounterVec,
+    pub events_dropped: IntCounterVec,
+    pub events_queue_bytes: IntGauge,
     // evaluation
     pub evaluations: IntCounterVec,
     pub evaluation_errors: IntCounterVec,
     pub context_groups: IntGauge,
     pub context_group_bytes: IntGauge,
+    // logging
+    pub log: LogCounters,
+}
+
+/// Values of the `reason` label of `flagrelay_events_dropped_total`.
+pub const EVENT_DROP_REASONS: [&str; 4] = ["queue_full", "unreachable", "refused", "shutdown"];
+
+/// Values of the `reason` label of `flagrelay_log_lines_dropped_total`.
+pub const LOG_DROP_REASONS: [&str; 2] = ["write_error", "backlog"];
+
+/// The log writer's counters. They exist before the registry does (logging is set up before
+/// the relay starts), so they are made on their own and registered by
+/// [`Metrics::with_log_counters`].
+#[derive(Clone)]
+pub struct LogCounters {
+    /// `flagrelay_log_lines_dropped_total{reason}`: log lines that never reached the log output.
+    pub lines_dropped: IntCounterVec,
+}
+
+impl LogCounters {
+    /// New counters at zero, registered nowhere yet.
+    pub fn new() -> prometheus::Result<LogCounters> {
+        let lines_dropped = IntCounterVec::new(
+            Opts::new("flagrelay_log_lines_dropped_total", "Log lines lost: the log output failed (write_error) or fell behind (backlog)."),
+            &["reason"],
+        )?;
+        for r in LOG_DROP_REASONS {
+            lines_dropped.with_label_values(&[r]);
+        }
+        Ok(LogCounters { lines_dropped })
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -99,7 +135,13 @@ fn latency_buckets() -> Vec<f64> {
 impl Metrics {
     /// Registers every metric on `registry`. Fails only if a name is registered twice.
     pub fn new(registry: Registry) -> prometheus::Result<Metrics> {
+        Metrics::with_log_counters(registry, LogCounters::new()?)
+    }
+
+    /// [`Metrics::new`] with the log writer's counters (made before the registry) registered too.
+    pub fn with_log_counters(registry: Registry, log: LogCounters) -> prometheus::Result<Metrics> {
         let r = &registry;
+        r.register(Box::new(log.lines_dropped.clone()))?;
         #[cfg(target_os = "linux")]
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         let m = Metrics {
@@ -133,6 +175,17 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            http_connections_rejected: counter(r, "flagrelay_http_connections_rejected_total", "API connections closed before any request was served: over the connection cap (cap), or no complete request head within http.header_read_timeout_ms of accept (header_timeout).", &["reason"])?,
+            http_accept_errors: {
+                let c = prometheus::IntCounter::new("flagrelay_http_accept_errors_total", "Failed accepts on the API listener (EMFILE, ENFILE...); each one backs off.")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            http_connection_limit: {
+                let g = IntGauge::new("flagrelay_http_connection_limit", "The cap on open API connections (http.max_connections, or derived from the open-files limit); 0 = no cap.")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             http_body_bytes: plain_gauge(r, "flagrelay_http_body_bytes", "Bytes of request bodies being read or parsed now (bounded by http.body_budget_bytes).")?,
             http_body_budget_rejections: {
                 let c = IntCounter::new("flagrelay_http_body_budget_rejections_total", "Requests refused with 503 because http.body_budget_bytes of bodies were being read or parsed.")?;
@@ -152,12 +205,22 @@ impl Metrics {
             upstream_messages: counter(r, "flagrelay_upstream_messages_total", "Upstream change messages by result (applied, stale, malformed, ignored).", &["env", "result"])?,
             propagation_seconds: histogram(r, "flagrelay_propagation_seconds", "Time from the upstream publish (message ts) until the change was written to every SDK connection of the environment.", &["env"], latency_buckets())?,
             events_forwarded: counter(r, "flagrelay_events_forwarded_total", "SDK event batches forwarded upstream, by result (sent, dropped).", &["env", "result"])?,
+            events_dropped: counter(r, "flagrelay_events_dropped_total", "SDK event batches accepted but not forwarded upstream, by reason (queue_full, unreachable, refused, shutdown).", &["env", "reason"])?,
+            events_queue_bytes: {
+                let g = IntGauge::new("flagrelay_events_queue_bytes", "Bytes of SDK event batches queued for the upstream (bounded by upstream.events_queue_bytes).")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             evaluations: counter(r, "flagrelay_evaluations_total", "Evaluation requests by API (ofrep, ofrep_bulk, thin_client, stream).", &["env", "api"])?,
             evaluation_errors: counter(r, "flagrelay_evaluation_errors_total", "Evaluation errors by code.", &["env", "code"])?,
             context_groups: plain_gauge(r, "flagrelay_context_groups", "Live context groups of the per-context evaluation streams (streams with identical contexts share one).")?,
             context_group_bytes: plain_gauge(r, "flagrelay_context_group_bytes", "Bytes held by the context groups: canonical contexts, encoded results and frames, structures.")?,
+            log,
             registry,
         };
+        for reason in ["cap", "header_timeout"] {
+            m.http_connections_rejected.with_label_values(&[reason]);
+        }
         Ok(m)
     }
 
@@ -211,6 +274,9 @@ impl Metrics {
         }
         for r in ["sent", "dropped"] {
             self.events_forwarded.with_label_values(&[env, r]);
+        }
+        for r in EVENT_DROP_REASONS {
+            self.events_dropped.with_label_values(&[env, r]);
         }
         for a in ["ofrep", "ofrep_bulk", "thin_client", "stream"] {
             self.evaluations.with_label_values(&[env, a]);

@@ -7,8 +7,10 @@
 //!   shared by every response and frame that carries the feature) so the relay re-serves what it
 //!   was given, plus a typed view (`control`) that the rule engine and validation read. The parsed
 //!   JSON tree itself is not kept: it cost as much again as the typed view.
-//! - A `Feature` only exists if it passed [`validate`]; invalid controls are rejected with a reason.
-//!   [`check_size`] is the one size rule, applied by the store's write path with its configured cap.
+//! - Every `Feature` the sources build comes from [`Feature::from_value`] / `from_slice`, which run
+//!   [`validate`]: invalid controls are rejected with a reason. The fields are public, so code (tests)
+//!   can assemble an unvalidated one; the rule engine must not panic on it either.
+//! - [`check_size`] is the one size rule, applied by the store's write path with its configured cap.
 
 use std::fmt;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ pub const OPERATORS: [&str; 13] = [
     "after",
 ];
 
-/// Typed view of a feature control. Unknown fields are not modelled here; they stay in `Feature::raw`.
+/// Typed view of a feature control. Unknown fields are not modelled here; they stay in `Feature::json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureControl {

@@ -1,15 +1,56 @@
-//! The `flagrelay` binary as a process: config validation before binding, check-config, and
-//! graceful shutdown on SIGTERM.
+//! The `flagrelay` binary as a process: options that mean the same wherever they stand, config
+//! errors that name the key and their cause once, `check-config` checking what a start reads,
+//! the README's Redis quickstart (every environment imported, an honest warning for one that
+//! is not), and graceful shutdown on SIGTERM. (Over the house's ~400 lines: one process
+//! helper, [`RelayProcess`], serves every test here.)
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::redis::server::TestRedis;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flagrelay");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The binary, without the RUST_LOG and FLAGRELAY_* variables of the test's own environment.
+fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k == "RUST_LOG" || k.starts_with("FLAGRELAY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Runs the binary to completion with `args`, in `dir`, with `env` set.
+fn flagrelay_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    command().args(args).current_dir(dir).stdin(Stdio::null()).envs(env.iter().copied()).output().expect("run flagrelay")
+}
+
+/// Runs the binary in the repository (so `config/flagrelay.toml` is the default config).
+fn flagrelay(args: &[&str]) -> Output {
+    flagrelay_in(Path::new(REPO), args, &[])
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let flags = dir.join("flags.json");
@@ -69,45 +110,67 @@ fn check_config_prints_the_effective_config_with_keys_redacted() {
     assert!(!text.contains(SERVER_KEY) && !text.contains(CLIENT_KEY), "keys leaked: {text}");
 }
 
-/// The relay binary as a process with JSON logs on stderr.
+/// The relay binary as a process with JSON logs on stderr, which are collected as they come.
 struct RelayProcess {
     /// `None` once waited for; a test that fails before that kills the process on drop.
     child: Option<std::process::Child>,
-    /// The API address it bound.
+    /// The API and admin addresses it bound.
     listen: String,
-    /// Every log line, once the process has exited.
-    logs: Option<std::thread::JoinHandle<String>>,
+    admin: String,
+    /// Every log line so far, and a counter bumped with each one (to wait on).
+    lines: Arc<Mutex<Vec<String>>>,
+    seen: tokio::sync::watch::Receiver<usize>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RelayProcess {
-    async fn start(cfg: &std::path::Path, extra: &[&str]) -> RelayProcess {
-        let mut child = Command::new(BIN)
-            .args(["--config", cfg.to_str().unwrap(), "--log-format", "json"])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+    /// `--config cfg --log-format json` and `extra`.
+    async fn start(cfg: &Path, extra: &[&str]) -> RelayProcess {
+        let mut cmd = command();
+        cmd.args(["--config", cfg.to_str().unwrap()]).args(extra);
+        RelayProcess::spawn(cmd).await
+    }
+
+    /// Runs `cmd` (with `--log-format json` added) and waits for its "flagrelay serving" line.
+    async fn spawn(mut cmd: Command) -> RelayProcess {
+        let mut child = cmd.args(["--log-format", "json"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let logs = std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let mut all = String::new();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, seen) = tokio::sync::watch::channel(0usize);
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "flagrelay serving" {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(v["listen"].as_str().unwrap_or("").to_string());
-                        }
-                    }
-                }
-                all.push_str(&line);
-                all.push('\n');
+                let n = {
+                    let mut all = sink.lock().unwrap();
+                    all.push(line);
+                    all.len()
+                };
+                tx.send_replace(n);
             }
-            all
         });
-        let listen = within("the relay to log its address", rx).await.unwrap();
-        RelayProcess { child: Some(child), listen, logs: Some(logs) }
+        let mut relay = RelayProcess { child: Some(child), listen: String::new(), admin: String::new(), lines, seen, reader: Some(reader) };
+        let serving = relay.wait_logs("the relay to log its addresses", |logs| logs.iter().find(|v| v["message"] == "flagrelay serving").cloned()).await;
+        relay.listen = serving["listen"].as_str().unwrap_or("").to_string();
+        relay.admin = serving["admin"].as_str().unwrap_or("").to_string();
+        relay
+    }
+
+    /// Waits until `found` returns something for the JSON log lines so far.
+    async fn wait_logs<T>(&mut self, what: &str, found: impl Fn(&[serde_json::Value]) -> Option<T>) -> T {
+        let lines = self.lines.clone();
+        let seen = &mut self.seen;
+        within(what, async move {
+            loop {
+                let parsed: Vec<serde_json::Value> = lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+                if let Some(t) = found(&parsed) {
+                    return t;
+                }
+                if seen.changed().await.is_err() {
+                    panic!("the relay exited before {what}:\n{}", lines.lock().unwrap().join("\n"));
+                }
+            }
+        })
+        .await
     }
 
     fn sigterm(&self) {
@@ -120,7 +183,9 @@ impl RelayProcess {
     async fn wait(mut self) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().expect("running");
         let status = within("the process to exit", tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
-        (status, self.logs.take().expect("logs").join().unwrap())
+        self.reader.take().expect("reader").join().unwrap();
+        let logs = self.lines.lock().unwrap().join("\n");
+        (status, logs)
     }
 }
 
@@ -172,4 +237,219 @@ async fn sdk_keys_never_reach_the_logs_even_at_debug() {
     for key in [SERVER_KEY, CLIENT_KEY, "sdk-srv-env-wrong-key-123"] {
         assert!(!logs.contains(key), "a key reached the logs: {key}");
     }
+}
+
+// --- Options mean the same wherever they stand ---
+
+#[test]
+fn config_given_before_check_config_is_the_file_it_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "log_level = \"warn\"");
+    let out = flagrelay(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("log_level = \"warn\""), "checked another file: {}", stdout(&out));
+}
+
+#[tokio::test]
+async fn redis_url_given_before_flags_is_the_one_the_writer_uses() {
+    let redis = TestRedis::start(&[]).await;
+    let url = redis.url();
+    // In the repository the default config has a file upstream: only --redis-url makes it Redis.
+    let out = flagrelay(&["--redis-url", &url, "flags", "export", "--env", "production"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "{}", "an empty environment, read from {url}");
+}
+
+#[test]
+fn relay_options_before_a_writer_command_are_refused_not_ignored() {
+    let out = flagrelay(&["--listen", "127.0.0.1:1", "flags", "export", "--env", "production"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--listen is an option of the relay"), "{}", stderr(&out));
+}
+
+#[test]
+fn flags_put_help_lists_only_what_a_writer_uses() {
+    let out = flagrelay(&["flags", "put", "--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for absent in ["--listen", "--admin-listen", "--log-level", "--log-format"] {
+        assert!(!help.contains(absent), "{absent} listed: {help}");
+    }
+    for present in ["--env", "--config", "--redis-url", "--prefix"] {
+        assert!(help.contains(present), "{present} missing: {help}");
+    }
+}
+
+// --- Config errors name the key, their cause once ---
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("drain_window_secs = 1", "drain_window_secs = 1\nheartbeat_secs = \"15\"");
+    std::fs::write(&cfg, &text).unwrap();
+    let line = text.lines().position(|l| l.starts_with("heartbeat_secs")).unwrap() + 1;
+    let out = flagrelay(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&format!("line {line}: `sse.heartbeat_secs`: invalid type: string \"15\", expected u64")), "{err}");
+}
+
+#[test]
+fn a_log_level_that_is_not_a_filter_stops_the_relay_naming_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "log_level = \"verbose\"");
+    let cfg = cfg.to_str().unwrap();
+    for (args, env, named) in [
+        (vec!["--config", cfg], vec![], "`log_level`"),
+        (vec!["--config", cfg, "--log-level", "warn["], vec![], "`--log-level`"),
+        (vec!["--config", cfg], vec![("RUST_LOG", "loud")], "`RUST_LOG`"),
+        (vec!["check-config", "--config", cfg], vec![], "`log_level`"),
+    ] {
+        let out = flagrelay_in(Path::new(REPO), &args, &env);
+        assert!(!out.status.success(), "{args:?} {env:?} started");
+        assert!(stderr(&out).contains(&format!("invalid {named}")), "{args:?} {env:?}: {}", stderr(&out));
+    }
+}
+
+#[tokio::test]
+async fn the_log_level_flag_beats_rust_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    // With RUST_LOG=error winning, the relay's info line "flagrelay serving" would never come.
+    let mut cmd = command();
+    cmd.args(["--config", cfg.to_str().unwrap(), "--log-level", "info"]).env("RUST_LOG", "error");
+    let relay = RelayProcess::spawn(cmd).await;
+    relay.sigterm();
+    let (status, _) = relay.wait().await;
+    assert!(status.success());
+    // Below the flag: RUST_LOG, then FLAGRELAY_LOG_LEVEL, then the file.
+    let level = |env: &[(&str, &str)]| {
+        let out = flagrelay_in(Path::new(REPO), &["check-config", "--config", cfg.to_str().unwrap()], env);
+        let table: toml::Table = toml::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        table["log_level"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(level(&[("RUST_LOG", "warn"), ("FLAGRELAY_LOG_LEVEL", "error")]), "warn");
+    assert_eq!(level(&[("FLAGRELAY_LOG_LEVEL", "error")]), "error");
+}
+
+#[test]
+fn check_config_prints_toml_that_reads_back_and_says_what_it_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let out = flagrelay(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let table: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("not TOML ({e}):\n{text}"));
+    assert_eq!(table["environments"][0]["id"].as_str(), Some("production"));
+    assert!(!text.contains(SERVER_KEY) && !text.contains(CLIENT_KEY), "keys leaked: {text}");
+    assert!(text.contains("production 1 feature(s)") && text.contains("# config OK"), "{text}");
+}
+
+#[test]
+fn check_config_fails_on_a_flags_file_the_relay_could_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let flags = dir.path().join("flags.json");
+    let bad_feature = serde_json::json!({"production": {"a": {"key": "b"}}}).to_string();
+    for (content, says) in [
+        (None, "No such file or directory"),
+        (Some("{\"production\": "), "invalid JSON"),
+        (Some(bad_feature.as_str()), "production: feature \"a\""),
+    ] {
+        match content {
+            Some(c) => std::fs::write(&flags, c).unwrap(),
+            None => std::fs::remove_file(&flags).unwrap_or(()),
+        }
+        let out = flagrelay(&["check-config", "--config", cfg.to_str().unwrap()]);
+        assert!(!out.status.success(), "passed with {content:?}");
+        let err = stderr(&out);
+        assert!(err.contains(says) && err.contains("flags file") && !err.contains("config OK"), "{content:?}: {err}");
+    }
+}
+
+#[test]
+fn check_config_fails_on_a_missing_tls_file_naming_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("flagrelay.toml");
+    let text = format!("[upstream]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:6390\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n[[environments]]\nid = \"production\"\nserver_keys = [\"{SERVER_KEY}\"]\n");
+    std::fs::write(&cfg, text).unwrap();
+    let out = flagrelay(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("invalid `upstream.tls_ca_file`: cannot read /nonexistent/ca.pem"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_error_states_its_cause_once() {
+    let out = flagrelay(&["check-config", "--config", "/nonexistent/flagrelay.toml"]);
+    assert_eq!(stderr(&out).matches("No such file or directory").count(), 1, "{}", stderr(&out));
+    let url = format!("redis://127.0.0.1:{}", closed_port());
+    let out = flagrelay(&["--redis-url", &url, "flags", "export", "--env", "production"]);
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).matches("Connection refused").count(), 1, "{}", stderr(&out));
+}
+
+// --- The README's Redis quickstart ---
+
+/// `/readyz` of a relay process answers 200.
+async fn wait_ready(relay: &RelayProcess) {
+    let url = format!("http://{}/readyz", relay.admin);
+    within("the relay to be ready", async {
+        loop {
+            if let Ok(r) = http().get(&url).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn flags_import_all_loads_every_environment_so_the_example_relay_gets_ready() {
+    let redis = TestRedis::start(&[]).await;
+    let url = redis.url();
+    let out = flagrelay(&["flags", "import", "--all", "config/flags.json", "--redis-url", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(said.contains("production: imported 7 feature(s)") && said.contains("staging: imported 7 feature(s)"), "{said}");
+    // The example config, as the README runs it, on ports of the test's choosing.
+    let mut cmd = command();
+    cmd.current_dir(REPO).args(["--redis-url", &url, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    let relay = RelayProcess::spawn(cmd).await;
+    wait_ready(&relay).await;
+    relay.sigterm();
+    assert!(relay.wait().await.0.success());
+}
+
+#[tokio::test]
+async fn an_environment_never_imported_is_warned_about_once_as_having_no_data() {
+    let redis = TestRedis::start(&[]).await;
+    let url = redis.url();
+    let production = serde_json::json!({"a": simple_feature("a", "on")}).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("production.json"), production).unwrap();
+    let out = flagrelay_in(dir.path(), &["flags", "import", "--env", "production", "production.json", "--redis-url", &url], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Retries every 50..100 ms, so several pass while the test waits.
+    let cfg = dir.path().join("flagrelay.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"redis\"\nurl = \"{url}\"\nprobe_interval_ms = 50\nbackoff_base_ms = 20\nbackoff_cap_ms = 100\n\
+         [[environments]]\nid = \"production\"\nserver_keys = [\"{SERVER_KEY}\"]\n[[environments]]\nid = \"staging\"\nserver_keys = [\"{STAGING_SERVER_KEY}\"]\n"
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut relay = RelayProcess::start(&cfg, &["--log-level", "info,flagrelay::upstream=debug"]).await;
+    let staging = |v: &serde_json::Value| v.to_string().contains("\"env\":\"staging\"");
+    relay
+        .wait_logs("three snapshot retries of staging", |logs| {
+            (logs.iter().filter(|v| v["message"] == "phase" && v["to"] == "Uninitialised" && staging(v)).count() >= 3).then_some(())
+        })
+        .await;
+    relay.sigterm();
+    let (_, logs) = relay.wait().await;
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("environment not initialised upstream") && l.contains("\"staging\"")).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("no data loaded yet"), "{}", warnings[0]);
 }

@@ -1,5 +1,6 @@
-//! Property tests for `flagrelay::eval` with a seeded PRNG (no extra crate): thousands of generated
-//! contexts (odd JSON shapes, odd unicode, huge numbers, NaN-ish strings, deep nesting) and features.
+//! Property tests for `flagrelay::eval` with proptest (a failing case is shrunk to a minimal one):
+//! thousands of generated contexts (odd JSON shapes, odd unicode, huge numbers, NaN-ish strings,
+//! deep nesting) and features.
 //!
 //! Properties: context construction, compilation, `evaluate` and `evaluate_thin` never panic; a
 //! validated feature never fails to evaluate; the variant served is the off variant or one of the
@@ -7,16 +8,20 @@
 //! there are none; `bucket` is in 1..=100; a single 100% default rule always serves its variant;
 //! evaluating a warmed-up feature allocates nothing.
 //!
-//! Set `FLAGRELAY_PROPS_SEED` to replay a run; the seed is printed and every failure names its case.
+//! The seed is fixed (`support/rng.rs`): set `FLAGRELAY_PROPS_SEED` to draw other cases; the seed
+//! is printed, and a failure prints its shrunk input.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use flagrelay::eval::{bucket, CompiledFeature, Context, Reason, ThinResult, DATE, HOUR_OF_DAY};
 use flagrelay::model::{Feature, FeatureControl, OPERATORS};
+use proptest::collection::vec;
+use proptest::option::weighted;
+use proptest::prelude::*;
+use proptest::sample::{select, Index};
 use serde_json::{json, Map, Value};
 
 /// Counts allocations made by the current thread.
@@ -49,7 +54,9 @@ fn allocations() -> u64 {
 
 #[path = "support/rng.rs"]
 mod rng;
-use rng::Rng;
+
+/// The default seed of every property here (`FLAGRELAY_PROPS_SEED` overrides it).
+const SEED: u64 = 0x5eed_f1a9;
 
 const STRINGS: &[&str] = &[
     "", "a", "beta", "alpha", "gold", "Beta", "NaN", "Infinity", "-0", "1e999", "0x10", "98", " 98", "true",
@@ -60,161 +67,161 @@ const STRINGS: &[&str] = &[
 const TARGETS: &[&str] = &["a", "b", "role", "tier", "featureflow.user.id", DATE, HOUR_OF_DAY, "ü", ""];
 const VARIANTS: &[&str] = &["on", "off", "blue", "green", "ü-variant", "x"];
 
-fn string(r: &mut Rng) -> String {
-    match r.below(4) {
-        0 => {
-            let n = r.below(12);
-            (0..n).filter_map(|_| char::from_u32(r.next() as u32 % 0x11_0000)).collect()
-        }
-        1 => r.pick(STRINGS).repeat(1 + r.below(3)),
-        _ => r.pick(STRINGS).to_string(),
+/// Any unicode, or the odd strings above (sometimes repeated).
+fn string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        1 => vec(any::<char>(), 0..12).prop_map(String::from_iter),
+        1 => (select(STRINGS), 1..4usize).prop_map(|(s, n)| s.repeat(n)),
+        2 => select(STRINGS).prop_map(str::to_string),
+    ]
+}
+
+/// Extremes, small integers, any integer, finite floats of every magnitude.
+fn number() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(json!(u64::MAX)),
+        Just(json!(i64::MIN)),
+        Just(json!(1e308)),
+        Just(json!(-1e-308)),
+        (0..24u64).prop_map(|n| json!(n)),
+        any::<i64>().prop_map(|n| json!(n)),
+        (any::<u64>(), 0..10_000u32).prop_map(|(bits, n)| json!(f64::from_bits(bits & !(0x7ff << 52)) + f64::from(n))),
+        Just(json!(9000.5)),
+    ]
+}
+
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![string().prop_map(Value::String), number()]
+}
+
+/// Any JSON value, nesting up to `depth` (plus, sometimes, a chain far deeper).
+fn any_json(depth: usize) -> BoxedStrategy<Value> {
+    let leaf = prop_oneof![Just(Value::Null), any::<bool>().prop_map(Value::Bool), number(), string().prop_map(Value::String)];
+    if depth == 0 {
+        return leaf.boxed();
     }
+    let inner = any_json(depth - 1);
+    prop_oneof![
+        4 => leaf,
+        1 => vec(inner.clone(), 0..5).prop_map(Value::Array),
+        1 => (60..120usize).prop_flat_map(deep),
+        1 => vec((string(), inner), 0..5).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+    ]
+    .boxed()
 }
 
-fn number(r: &mut Rng) -> Value {
-    match r.below(8) {
-        0 => json!(u64::MAX),
-        1 => json!(i64::MIN),
-        2 => json!(1e308),
-        3 => json!(-1e-308),
-        4 => json!(r.below(24)),
-        5 => json!(r.next() as i64),
-        6 => json!(f64::from_bits(r.next() & !(0x7ff << 52)) + r.below(10000) as f64),
-        _ => json!(9000.5),
-    }
+/// A chain of `depth` nested arrays/objects around a scalar, deeper than any attribute shape.
+fn deep(depth: usize) -> impl Strategy<Value = Value> {
+    // Built by moving each level in (`json!` would re-serialize the whole chain at every level).
+    let nest = |v, i| if i % 2 == 0 { Value::Array(vec![v]) } else { Value::Object(Map::from_iter([("k".to_string(), v)])) };
+    scalar().prop_map(move |v| (0..depth).fold(v, nest))
 }
 
-fn scalar(r: &mut Rng) -> Value {
-    if r.chance(50) {
-        json!(string(r))
-    } else {
-        number(r)
-    }
+fn attributes() -> impl Strategy<Value = Map<String, Value>> {
+    let value = prop_oneof![1 => vec(scalar(), 0..4).prop_map(Value::Array), 1 => any_json(3), 2 => scalar()];
+    vec((select(TARGETS), value), 0..6).prop_map(|kv| kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
-fn any_json(r: &mut Rng, depth: usize) -> Value {
-    match if depth == 0 { r.below(4) } else { r.below(7) } {
-        0 => Value::Null,
-        1 => json!(r.chance(50)),
-        2 => number(r),
-        3 => json!(string(r)),
-        4 => Value::Array((0..r.below(5)).map(|_| any_json(r, depth - 1)).collect()),
-        5 => {
-            let depth = 60 + r.below(60);
-            deep(r, depth)
-        }
-        _ => Value::Object((0..r.below(5)).map(|_| (string(r), any_json(r, depth - 1))).collect()),
-    }
+/// A context and the document it was read from: usually a plausible user, sometimes anything at
+/// all (then the context of a random id).
+fn context() -> impl Strategy<Value = (Value, Context)> {
+    let id = prop_oneof![9 => string().prop_map(Value::String), 1 => any_json(1)];
+    let targeting_key = prop_oneof![4 => string().prop_map(Value::String), 1 => any_json(1)];
+    let doc = prop_oneof![
+        1 => any_json(4),
+        1 => (attributes(), targeting_key).prop_map(|(mut m, k)| {
+            m.insert("targetingKey".into(), k);
+            Value::Object(m)
+        }),
+        4 => (id, attributes()).prop_map(|(id, a)| json!({"id": id, "attributes": a})),
+    ];
+    (doc, string()).prop_map(|(doc, fallback_id)| {
+        let a = Context::from_featureflow_user(&doc);
+        let b = Context::from_ofrep(&doc);
+        let ctx = a.or(b).unwrap_or_else(|_| Context::new(fallback_id));
+        (doc, ctx)
+    })
 }
 
-/// A chain of nested arrays/objects, deeper than any attribute shape.
-fn deep(r: &mut Rng, depth: usize) -> Value {
-    (0..depth).fold(scalar(r), |v, i| if i % 2 == 0 { json!([v]) } else { json!({"k": v}) })
+/// 1 to 4 splits summing to 100.
+fn splits() -> impl Strategy<Value = Value> {
+    vec((select(VARIANTS), 0..=100i64), 1..=4).prop_map(|parts| {
+        let n = parts.len();
+        let mut left = 100;
+        let out = parts.into_iter().enumerate().map(|(i, (variant, r))| {
+            let s = if i + 1 == n { left } else { r % (left + 1) };
+            left -= s;
+            json!({"variantKey": variant, "split": s})
+        });
+        Value::Array(out.collect())
+    })
 }
 
-fn attributes(r: &mut Rng) -> Value {
-    let mut m = Map::new();
-    for _ in 0..r.below(6) {
-        let v = match r.below(4) {
-            0 => Value::Array((0..r.below(4)).map(|_| scalar(r)).collect()),
-            1 => any_json(r, 3),
-            _ => scalar(r),
-        };
-        m.insert(r.pick(TARGETS).to_string(), v);
-    }
-    Value::Object(m)
+fn condition() -> impl Strategy<Value = Value> {
+    (select(TARGETS), select(OPERATORS.to_vec()), vec(scalar(), 1..=4)).prop_map(|(target, operator, values)| {
+        let target = if target.is_empty() { "t" } else { target };
+        json!({"target": target, "operator": operator, "values": values})
+    })
 }
 
-/// A context from a random document: usually a plausible user, sometimes anything at all.
-fn context(r: &mut Rng) -> (Value, Context) {
-    let doc = match r.below(6) {
-        0 => any_json(r, 4),
-        1 => {
-            let mut m = attributes(r);
-            if let Value::Object(o) = &mut m {
-                o.insert("targetingKey".into(), if r.chance(80) { json!(string(r)) } else { any_json(r, 1) });
-            }
-            m
-        }
-        _ => json!({"id": if r.chance(90) { json!(string(r)) } else { any_json(r, 1) }, "attributes": attributes(r)}),
-    };
-    let a = Context::from_featureflow_user(&doc);
-    let b = Context::from_ofrep(&doc);
-    let ctx = a.or(b).unwrap_or_else(|_| Context::new(string(r)));
-    (doc, ctx)
-}
-
-fn splits(r: &mut Rng) -> Value {
-    let n = 1 + r.below(4);
-    let mut left = 100i64;
-    let mut out = Vec::new();
-    for i in 0..n {
-        let s = if i + 1 == n { left } else { r.below(left as usize + 1) as i64 };
-        left -= s;
-        out.push(json!({"variantKey": r.pick(VARIANTS), "split": s}));
-    }
-    Value::Array(out)
-}
-
-fn condition(r: &mut Rng) -> Value {
-    let target = match r.pick(TARGETS) {
-        &"" => "t",
-        t => t,
-    };
-    let values: Vec<Value> = (0..1 + r.below(4)).map(|_| scalar(r)).collect();
-    json!({"target": target, "operator": r.pick(&OPERATORS), "values": values})
+/// A variant `key` of a feature: absent, without a value, or with any value.
+fn variant(key: &'static str) -> impl Strategy<Value = Option<Value>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(json!({"key": key}))),
+        any_json(2).prop_map(move |v| Some(json!({"key": key, "value": v}))),
+    ]
 }
 
 /// A feature that passes the model's validation.
-fn valid_feature(r: &mut Rng) -> Value {
-    let mut rules: Vec<Value> = (0..r.below(5))
-        .map(|_| {
-            let conds: Vec<Value> = (0..r.below(5)).map(|_| condition(r)).collect();
-            json!({"defaultRule": false, "audience": {"conditions": conds}, "variantSplits": splits(r)})
+fn valid_feature() -> impl Strategy<Value = Value> {
+    let rule = (vec(condition(), 0..5), splits())
+        .prop_map(|(conds, splits)| json!({"defaultRule": false, "audience": {"conditions": conds}, "variantSplits": splits}));
+    let variants: Vec<_> = VARIANTS.iter().map(|k| variant(k)).collect();
+    (
+        vec(rule, 0..5),
+        weighted(0.7, splits()),
+        variants,
+        string(),
+        weighted(0.85, Just(())),
+        weighted(0.3, select(VARIANTS)),
+        weighted(0.3, string()),
+    )
+        .prop_map(|(mut rules, default_splits, variants, key, enabled, off, salt)| {
+            if let Some(s) = default_splits {
+                rules.push(json!({"defaultRule": true, "variantSplits": s}));
+            }
+            let variants: Vec<Value> = variants.into_iter().flatten().collect();
+            let mut f = json!({"key": format!("k{key}"), "enabled": enabled.is_some(), "rules": rules, "variants": variants});
+            if let Some(off) = off {
+                f["offVariantKey"] = json!(off);
+            }
+            if let Some(salt) = salt {
+                f["salt"] = json!(salt);
+            }
+            f
         })
-        .collect();
-    if r.chance(70) {
-        rules.push(json!({"defaultRule": true, "variantSplits": splits(r)}));
-    }
-    let mut variants = Vec::new();
-    for k in VARIANTS {
-        match r.below(3) {
-            0 => {}
-            1 => variants.push(json!({"key": k})),
-            _ => variants.push(json!({"key": k, "value": any_json(r, 2)})),
-        }
-    }
-    let mut f = json!({"key": format!("k{}", string(r)), "enabled": r.chance(85), "rules": rules, "variants": variants});
-    if r.chance(30) {
-        f["offVariantKey"] = json!(r.pick(VARIANTS));
-    }
-    if r.chance(30) {
-        f["salt"] = json!(string(r));
-    }
-    f
 }
 
-/// A feature the model would reject (random operators, bad splits), built without validation.
-fn unvalidated_feature(r: &mut Rng) -> Option<Arc<Feature>> {
-    let mut v = valid_feature(r);
-    if let Some(rules) = v["rules"].as_array_mut() {
-        for rule in rules.iter_mut() {
-            if r.chance(30) {
-                rule["variantSplits"] = json!([{"variantKey": "on", "split": r.below(250) as i64 - 50}]);
+/// A feature the model would reject (random operators, bad splits), built without validation:
+/// a valid feature with some rules' splits and some conditions replaced.
+fn unvalidated_feature() -> impl Strategy<Value = Option<Arc<Feature>>> {
+    let condition_damage = weighted(0.3, (string(), vec(scalar(), 0..3)));
+    (valid_feature(), vec((weighted(0.3, -50..200i64), vec(condition_damage, 5)), 6)).prop_map(|(mut v, damage)| {
+        for (rule, (split, conds)) in v["rules"].as_array_mut().into_iter().flatten().zip(damage) {
+            if let Some(s) = split {
+                rule["variantSplits"] = json!([{"variantKey": "on", "split": s}]);
             }
-            if let Some(conds) = rule["audience"]["conditions"].as_array_mut() {
-                for c in conds.iter_mut() {
-                    if !r.chance(30) {
-                        continue;
-                    }
-                    c["operator"] = json!(string(r));
-                    c["values"] = Value::Array((0..r.below(3)).map(|_| scalar(r)).collect());
+            for (c, d) in rule["audience"]["conditions"].as_array_mut().into_iter().flatten().zip(conds) {
+                if let Some((operator, values)) = d {
+                    c["operator"] = json!(operator);
+                    c["values"] = Value::Array(values);
                 }
             }
         }
-    }
-    let control: FeatureControl = serde_json::from_value(v.clone()).ok()?;
-    Some(Arc::new(Feature { key: control.key.clone(), control, json: Bytes::from(v.to_string()) }))
+        let control: FeatureControl = serde_json::from_value(v.clone()).ok()?;
+        Some(Arc::new(Feature { key: control.key.clone(), control, json: Bytes::from(v.to_string()) }))
+    })
 }
 
 fn has_time_conditions(f: &Feature) -> bool {
@@ -256,76 +263,59 @@ fn check_case(f: &Arc<Feature>, ctx: &Context, validated: bool) {
     }
 }
 
-fn run_case(what: &str, case: usize, f: &Value, doc: &Value, body: impl FnOnce()) {
-    if let Err(p) = catch_unwind(AssertUnwindSafe(body)) {
-        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-        panic!("{what} case {case} failed: {}\nfeature: {f}\ncontext: {doc}", msg.unwrap_or_default());
-    }
-}
-
 #[test]
 fn generated_features_and_contexts_never_panic_and_agree() {
-    let mut r = Rng::seeded(0x5eed_f1a9);
-    for case in 0..2000 {
-        let fv = valid_feature(&mut r);
+    let cases = (valid_feature(), vec(context(), 4), unvalidated_feature(), context());
+    proptest!(rng::config(SEED, 2000), |((fv, contexts, unvalidated, (_, unvalidated_ctx)) in cases)| {
         let f = Feature::from_value(fv["key"].as_str().unwrap_or("k"), fv.clone());
-        let f = f.unwrap_or_else(|e| panic!("case {case}: generator made an invalid feature: {e}\n{fv}"));
-        for _ in 0..4 {
-            let (doc, ctx) = context(&mut r);
-            run_case("validated", case, &fv, &doc, || check_case(&f, &ctx, true));
+        let f = f.unwrap_or_else(|e| panic!("generator made an invalid feature: {e}\n{fv}"));
+        for (_, ctx) in &contexts {
+            check_case(&f, ctx, true);
         }
-        if let Some(u) = unvalidated_feature(&mut r) {
-            let (doc, ctx) = context(&mut r);
-            run_case("unvalidated", case, &serde_json::from_slice(&u.json).unwrap_or_default(), &doc, || check_case(&u, &ctx, false));
+        if let Some(u) = unvalidated {
+            check_case(&u, &unvalidated_ctx, false);
         }
-    }
+    });
 }
 
 #[test]
 fn context_constructors_never_panic() {
-    let mut r = Rng::seeded(0x5eed_f1a9);
-    for _ in 0..5_000 {
-        let doc = any_json(&mut r, 4);
+    proptest!(rng::config(SEED, 5000), |(doc in any_json(4), id in string(), deep_doc in deep(100))| {
         let _ = Context::from_featureflow_user(&doc);
         let _ = Context::from_ofrep(&doc);
-        let _ = Context::from_featureflow_user(&json!({"id": string(&mut r), "attributes": doc.clone(), "sessionAttributes": doc}));
-    }
-    let deep_doc = deep(&mut r, 100);
-    assert!(Context::from_ofrep(&json!({"x": deep_doc})).unwrap().values("x").is_none());
+        let _ = Context::from_featureflow_user(&json!({"id": id, "attributes": doc.clone(), "sessionAttributes": doc}));
+        let nested = Context::from_ofrep(&json!({"x": deep_doc})).unwrap();
+        prop_assert!(nested.values("x").is_none(), "an attribute nested 100 deep was kept");
+    });
 }
 
 #[test]
 fn bucket_is_always_1_to_100() {
-    let mut r = Rng::seeded(0x5eed_f1a9);
-    let mut seen = [false; 101];
-    for _ in 0..20_000 {
-        let b = bucket(&string(&mut r), &string(&mut r), &string(&mut r));
-        assert!((1..=100).contains(&b), "bucket {b}");
-        seen[b as usize] = true;
-    }
-    assert!(seen[1..].iter().all(|&s| s), "every bucket is reachable");
+    let seen = Cell::new([false; 101]);
+    proptest!(rng::config(SEED, 20_000), |((salt, feature, id) in (string(), string(), string()))| {
+        let b = bucket(&salt, &feature, &id);
+        prop_assert!((1..=100).contains(&b), "bucket {}", b);
+        let mut s = seen.get();
+        s[b as usize] = true;
+        seen.set(s);
+    });
+    assert!(seen.get()[1..].iter().all(|&s| s), "every bucket is reachable");
 }
 
 #[test]
 fn a_single_full_default_rule_always_serves_its_variant() {
-    let mut r = Rng::seeded(0x5eed_f1a9);
-    for case in 0..3000 {
-        let x = string(&mut r);
+    let zero_splits = vec((any::<Index>(), select(VARIANTS)), 0..3);
+    proptest!(rng::config(SEED, 3000), |(x in string(), zero_splits in zero_splits, salt in string(), (_, ctx) in context())| {
         let x = if x.is_empty() { "x".to_string() } else { x };
         let mut splits = vec![json!({"variantKey": x, "split": 100})];
-        for _ in 0..r.below(3) {
-            let at = r.below(splits.len() + 1);
-            splits.insert(at, json!({"variantKey": r.pick(VARIANTS), "split": 0}));
+        for (at, variant) in zero_splits {
+            splits.insert(at.index(splits.len() + 1), json!({"variantKey": variant, "split": 0}));
         }
-        let fv = json!({"key": format!("f{case}"), "enabled": true, "salt": string(&mut r),
-            "rules": [{"defaultRule": true, "variantSplits": splits}]});
-        let f = CompiledFeature::compile(&Feature::from_value(&format!("f{case}"), fv.clone()).unwrap());
-        let (doc, ctx) = context(&mut r);
-        run_case("single default", case, &fv, &doc, || {
-            let e = f.evaluate(&ctx).unwrap();
-            assert_eq!((e.variant, e.reason, e.rule_index), (x.as_str(), Reason::Default, Some(0)));
-        });
-    }
+        let fv = json!({"key": "f", "enabled": true, "salt": salt, "rules": [{"defaultRule": true, "variantSplits": splits}]});
+        let f = CompiledFeature::compile(&Feature::from_value("f", fv).unwrap());
+        let e = f.evaluate(&ctx).unwrap();
+        prop_assert_eq!((e.variant, e.reason, e.rule_index), (x.as_str(), Reason::Default, Some(0)));
+    });
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! replay ring, deletions for resuming clients, clients ahead of the relay, slow and stalled
 //! clients, the connection cap, the shutdown drain, and the maximum connection age.
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! flags file or Redis delivered it, and a resume that falls out of the byte-bounded replay ring
 //! (`sse.replay_bytes`) gets full state as one beyond the revision ring does.
 
-mod support;
+use flagrelay_testkit as support;
 
 use serde_json::{json, Value};
 use support::redis::server::TestRedis;

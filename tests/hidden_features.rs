@@ -3,7 +3,7 @@
 //! resumes); thin-client URLs take client keys only; the OFREP stream token is keyed by a
 //! server-side secret.
 
-mod support;
+use flagrelay_testkit as support;
 
 use base64::Engine;
 use serde_json::{json, Value};

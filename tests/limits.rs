@@ -4,7 +4,7 @@
 //! parsed while the admin listener answers; the OFREP rate limit is per key and client address,
 //! so one abuser cannot lock real users out, and its table stays within its cap.
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::time::Duration;
 

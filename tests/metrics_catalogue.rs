@@ -1,6 +1,6 @@
 //! Every metric in docs/metrics.md is exported, with the catalogued type, from the first scrape.
 
-mod support;
+use flagrelay_testkit as support;
 
 use support::*;
 

@@ -2,7 +2,7 @@
 //! ETags, the eventStreams SSE endpoint, errors, rate limiting, CORS, and the real OpenFeature
 //! providers from npm (@openfeature/ofrep-provider@0.1.3, @openfeature/ofrep-web-provider@0.4.3).
 
-mod support;
+use flagrelay_testkit as support;
 
 use serde_json::{json, Value};
 use support::node::NodeScript;

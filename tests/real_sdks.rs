@@ -1,6 +1,6 @@
 //! The real Featureflow server SDK from npm (featureflow-node-sdk@0.6.7) against the relay.
 
-mod support;
+use flagrelay_testkit as support;
 
 use serde_json::json;
 use support::node::NodeScript;

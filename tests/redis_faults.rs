@@ -5,7 +5,7 @@
 //! A connected SSE client and polling watch every scenario; everything is compared as exact JSON
 //! against `flags export`.
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

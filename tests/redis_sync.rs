@@ -3,7 +3,7 @@
 //! events forwarding, RESP2 and the write commands. Faults (kill, freeze, failover, soak) are in
 //! `redis_faults.rs`.
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::time::Duration;
 

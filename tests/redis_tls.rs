@@ -5,7 +5,7 @@
 //! `/status` says why); `#insecure` only when asked; mutual TLS; a Sentinel failover between
 //! TLS masters.
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The core relay over real HTTP on loopback: polling with ETags, keys, SSE, the watched flags
 //! file, bad input, admin endpoints.
 
-mod support;
+use flagrelay_testkit as support;
 
 use serde_json::{json, Value};
 use support::*;

@@ -1,7 +1,7 @@
 //! Scale-out: several relays on one Redis all converge to exactly what Redis holds, and a relay
 //! started later catches up.
 
-mod support;
+use flagrelay_testkit as support;
 
 use serde_json::{json, Value};
 use support::redis::*;

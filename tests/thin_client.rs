@@ -2,7 +2,7 @@
 //! CORS, the legacy change stream, the per-context evaluation stream, bad input, and the real
 //! featureflow-client@2.1.0 from npm.
 
-mod support;
+use flagrelay_testkit as support;
 
 use base64::Engine;
 use serde_json::{json, Value};

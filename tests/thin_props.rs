@@ -1,5 +1,5 @@
-//! Property tests for the thin-client and OFREP request decoders, with a seeded PRNG (no extra
-//! crate): tens of thousands of generated inputs — random bytes and ASCII, corrupted base64,
+//! Property tests for the thin-client and OFREP request decoders, with proptest (a failing case is
+//! shrunk to a minimal one): tens of thousands of generated inputs — random bytes and ASCII, corrupted base64,
 //! percent-escapes, deep nesting, odd unicode, every accepted base64 dialect, OFREP bodies of every
 //! JSON shape — fed to the decoders and then to evaluation.
 //!
@@ -9,9 +9,10 @@
 //! Latin-1 bytes) decodes to exactly the context read from its JSON; OFREP bodies decode to the
 //! context of their `context`; every bulk body is valid JSON with one item per flag.
 //!
-//! Set `FLAGRELAY_PROPS_SEED` to replay a run; the seed is printed and every failure names its case.
+//! The seed is fixed (`support/rng.rs`): set `FLAGRELAY_PROPS_SEED` to draw other cases; the seed
+//! is printed, and a failure prints its shrunk input.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::cell::Cell;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -20,11 +21,16 @@ use flagrelay::http::ofrep::{bulk_body, parse_request};
 use flagrelay::http::thin::{decode_user, percent_decode, requested_keys};
 use flagrelay::model::Feature;
 use flagrelay::store::CompiledMap;
-use serde_json::{json, Map, Value};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::{select, Index};
+use serde_json::{json, Value};
 
 #[path = "support/rng.rs"]
 mod rng;
-use rng::Rng;
+
+/// The default seed of every property here (`FLAGRELAY_PROPS_SEED` overrides it).
+const SEED: u64 = 0x7415_c0de;
 
 const STRINGS: &[&str] = &[
     "", "a", "pvt_user", "alpha_role", "gold", "ada@example.com", "NaN", "1e999", "-0", "true", "null", "2026-07-03",
@@ -33,58 +39,48 @@ const STRINGS: &[&str] = &[
 
 const NAMES: &[&str] = &["user_role", "tier", "email", "age", "featureflow.date", "featureflow.hourofday", "featureflow.user.id", "targetingKey", "id", ""];
 
-fn string(r: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..r.below(3) + 1 {
-        let piece: &&str = r.pick(STRINGS);
-        s.push_str(piece);
-    }
-    s
+/// One to three of the odd strings above, joined.
+fn string() -> impl Strategy<Value = String> {
+    vec(select(STRINGS), 1..=3).prop_map(|pieces| pieces.concat())
 }
 
-fn scalar(r: &mut Rng) -> Value {
-    match r.below(6) {
-        0 => Value::String(string(r)),
-        1 => json!(r.next() as i64),
-        2 => json!((r.next() % 10_000) as f64 / 7.0),
-        3 => json!(r.chance(50)),
-        4 => Value::Null,
-        _ => json!(r.below(24)),
-    }
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        string().prop_map(Value::String),
+        any::<i64>().prop_map(|n| json!(n)),
+        (0..10_000u32).prop_map(|n| json!(f64::from(n) / 7.0)),
+        any::<bool>().prop_map(Value::Bool),
+        Just(Value::Null),
+        (0..24u32).prop_map(|n| json!(n)),
+    ]
+}
+
+fn object(kv: Vec<(&str, Value)>) -> Value {
+    Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
 /// Any JSON value, nesting up to `depth`.
-fn any(r: &mut Rng, depth: usize) -> Value {
-    if depth == 0 || r.chance(50) {
-        return scalar(r);
+fn any_value(depth: usize) -> BoxedStrategy<Value> {
+    if depth == 0 {
+        return scalar().boxed();
     }
-    if r.chance(50) {
-        Value::Array((0..r.below(4)).map(|_| any(r, depth - 1)).collect())
-    } else {
-        Value::Object((0..r.below(4)).map(|_| (r.pick(NAMES).to_string(), any(r, depth - 1))).collect())
-    }
+    let inner = any_value(depth - 1);
+    prop_oneof![
+        2 => scalar(),
+        1 => vec(inner.clone(), 0..4).prop_map(Value::Array),
+        1 => vec((select(NAMES), inner), 0..4).prop_map(object),
+    ]
+    .boxed()
 }
 
 /// An attribute value a Featureflow user may carry (scalars and arrays of scalars).
-fn attribute(r: &mut Rng) -> Value {
-    if r.chance(30) {
-        Value::Array((0..r.below(4)).map(|_| scalar(r)).collect())
-    } else {
-        scalar(r)
-    }
+fn attribute() -> impl Strategy<Value = Value> {
+    prop_oneof![3 => vec(scalar(), 0..4).prop_map(Value::Array), 7 => scalar()]
 }
 
 /// A well-formed Featureflow user (string id, object attributes).
-fn user(r: &mut Rng, latin1_only: bool) -> Value {
-    let mut attrs = Map::new();
-    for _ in 0..r.below(5) {
-        attrs.insert(r.pick(NAMES).to_string(), attribute(r));
-    }
-    let mut u = json!({"id": string(r), "attributes": attrs});
-    if latin1_only {
-        u = strip_above_latin1(u);
-    }
-    u
+fn user() -> impl Strategy<Value = Value> {
+    (string(), vec((select(NAMES), attribute()), 0..5)).prop_map(|(id, attrs)| json!({"id": id, "attributes": object(attrs)}))
 }
 
 fn strip_above_latin1(v: Value) -> Value {
@@ -96,44 +92,80 @@ fn strip_above_latin1(v: Value) -> Value {
     }
 }
 
-/// The user segment as a client would send it, in one of the dialects the relay accepts.
-fn encode(r: &mut Rng, json: &str) -> (String, &'static str) {
+/// The encodings of the user segment that clients send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dialect {
+    Standard,
+    Unpadded,
+    UrlSafe,
+    PercentEscaped,
+    /// featureflow-client 2.x: one byte per UTF-16 code unit (Latin-1 for text up to U+00FF).
+    Latin1Bytes,
+}
+
+const DIALECTS: &[Dialect] = &[Dialect::Standard, Dialect::Unpadded, Dialect::UrlSafe, Dialect::PercentEscaped, Dialect::Latin1Bytes];
+
+/// The user segment as a client would send `json` in `dialect`.
+fn encode(dialect: Dialect, json: &str) -> String {
     let std = base64::engine::general_purpose::STANDARD;
-    match r.below(5) {
-        0 => (std.encode(json.as_bytes()), "standard"),
-        1 => (std.encode(json.as_bytes()).trim_end_matches('=').to_string(), "unpadded"),
-        2 => (base64::engine::general_purpose::URL_SAFE.encode(json.as_bytes()), "url-safe"),
-        3 => (std.encode(json.as_bytes()).replace('=', "%3D").replace('/', "%2F").replace('+', "%2B"), "percent-escaped"),
-        // featureflow-client 2.x: one byte per UTF-16 code unit (Latin-1 for these strings).
-        _ => (std.encode(json.chars().map(|c| c as u32 as u8).collect::<Vec<u8>>()), "latin-1 bytes"),
+    match dialect {
+        Dialect::Standard => std.encode(json.as_bytes()),
+        Dialect::Unpadded => std.encode(json.as_bytes()).trim_end_matches('=').to_string(),
+        Dialect::UrlSafe => base64::engine::general_purpose::URL_SAFE.encode(json.as_bytes()),
+        Dialect::PercentEscaped => std.encode(json.as_bytes()).replace('=', "%3D").replace('/', "%2F").replace('+', "%2B"),
+        Dialect::Latin1Bytes => std.encode(json.chars().map(|c| c as u32 as u8).collect::<Vec<u8>>()),
     }
 }
 
-/// Random damage: flipped, dropped, inserted or swapped characters, truncation.
-fn corrupt(r: &mut Rng, s: &str) -> String {
+/// One piece of random damage, applied at a position chosen among the string's length + 1.
+#[derive(Debug, Clone)]
+enum Damage {
+    FlipBit(Index, u8),
+    Remove(Index),
+    Insert(Index, u8),
+    Truncate(Index),
+    InsertPercent(Index),
+}
+
+fn damage() -> impl Strategy<Value = Vec<Damage>> {
+    let one = prop_oneof![
+        (any::<Index>(), 0..8u8).prop_map(|(i, bit)| Damage::FlipBit(i, bit)),
+        any::<Index>().prop_map(Damage::Remove),
+        (any::<Index>(), select(&b"%/+=-_ \n\x00\xff"[..])).prop_map(|(i, b)| Damage::Insert(i, b)),
+        any::<Index>().prop_map(Damage::Truncate),
+        any::<Index>().prop_map(Damage::InsertPercent),
+    ];
+    vec(one, 1..=4)
+}
+
+/// `s` with `damage` done to its bytes (flipped, dropped or inserted bytes, truncation).
+fn corrupt(s: &str, damage: &[Damage]) -> String {
     let mut b: Vec<u8> = s.bytes().collect();
-    for _ in 0..r.below(4) + 1 {
-        let i = r.below(b.len() + 1);
-        match r.below(5) {
-            0 if i < b.len() => b[i] ^= 1 << r.below(8),
-            1 if i < b.len() => {
-                b.remove(i);
+    for d in damage {
+        let at = |i: &Index, len: usize| i.index(len + 1);
+        match d {
+            Damage::FlipBit(i, bit) if at(i, b.len()) < b.len() => {
+                let i = at(i, b.len());
+                b[i] ^= 1 << bit;
             }
-            2 => b.insert(i.min(b.len()), *r.pick(b"%/+=-_ \n\x00\xff")),
-            3 => b.truncate(i),
-            _ => b.insert(i.min(b.len()), b'%'),
+            Damage::Remove(i) if at(i, b.len()) < b.len() => {
+                b.remove(at(i, b.len()));
+            }
+            Damage::Insert(i, byte) => b.insert(at(i, b.len()), *byte),
+            Damage::Truncate(i) => b.truncate(at(i, b.len())),
+            Damage::FlipBit(i, _) | Damage::Remove(i) | Damage::InsertPercent(i) => b.insert(at(i, b.len()), b'%'),
         }
     }
     String::from_utf8_lossy(&b).into_owned()
 }
 
-fn random_ascii(r: &mut Rng) -> String {
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_%.,&? ";
-    (0..r.below(200)).map(|_| *r.pick(alphabet) as char).collect()
+fn random_ascii() -> impl Strategy<Value = String> {
+    let alphabet = &b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_%.,&? "[..];
+    vec(select(alphabet), 0..200).prop_map(|b| b.into_iter().map(char::from).collect())
 }
 
-fn random_bytes(r: &mut Rng) -> Vec<u8> {
-    (0..r.below(300)).map(|_| r.next() as u8).collect()
+fn random_bytes() -> impl Strategy<Value = Vec<u8>> {
+    vec(any::<u8>(), 0..300)
 }
 
 /// A handful of features to evaluate decoded contexts against: targeting, dates, hours, splits.
@@ -176,65 +208,47 @@ fn evaluate_all(map: &CompiledMap, ctx: &Context, case: &str) {
     assert_eq!(errors, 0, "{case}: validated features never fail");
 }
 
-fn no_panic<T>(case: &str, f: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(v) => v,
-        Err(e) => {
-            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-            panic!("panicked on {case}: {msg}")
-        }
-    }
-}
-
 #[test]
 fn every_client_dialect_of_a_user_decodes_to_the_context_of_its_json() {
-    let mut r = Rng::seeded(0x7415_c0de);
     let map = features();
-    for i in 0..5_000 {
-        let latin1 = r.chance(50);
-        let u = user(&mut r, latin1);
-        let text = u.to_string();
-        let (seg, dialect) = encode(&mut r, &text);
+    proptest!(rng::config(SEED, 5_000), |(u in user(), latin1_only in any::<bool>(), dialect in select(DIALECTS))| {
         // The Latin-1 dialect only round-trips for text without characters above U+00FF.
-        if dialect == "latin-1 bytes" && !latin1 {
-            continue;
-        }
-        let case = format!("case {i} ({dialect}) {text}");
+        let u = if latin1_only || dialect == Dialect::Latin1Bytes { strip_above_latin1(u) } else { u };
+        let text = u.to_string();
+        let seg = encode(dialect, &text);
         // Compared with the context of the JSON text as parsed (serde_json may read a float's last
         // digit differently from the value it printed).
         let parsed: Value = serde_json::from_str(&text).unwrap();
-        let want = Context::from_featureflow_user(&parsed).unwrap_or_else(|e| panic!("{case}: generator made a bad user: {e}"));
-        let got = no_panic(&case, || decode_user(&seg)).unwrap_or_else(|e| panic!("{case}: {e}"));
-        assert_eq!(got, want, "{case}");
-        no_panic(&case, || evaluate_all(&map, &got, &case));
-    }
+        let want = Context::from_featureflow_user(&parsed).unwrap_or_else(|e| panic!("generator made a bad user: {e}"));
+        let got = decode_user(&seg).unwrap_or_else(|e| panic!("{dialect:?}: {e}"));
+        prop_assert_eq!(&got, &want, "{:?}", dialect);
+        evaluate_all(&map, &got, &format!("{dialect:?} {text}"));
+    });
+}
+
+/// A user segment that may not decode: a client's, damaged; random ASCII; random bytes; or
+/// valid base64 of arbitrary JSON shapes (arrays, scalars, nested objects, bad ids).
+fn segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (user(), select(DIALECTS), damage()).prop_map(|(u, d, damage)| corrupt(&encode(d, &u.to_string()), &damage)),
+        random_ascii(),
+        random_bytes().prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        any_value(6).prop_map(|v| base64::engine::general_purpose::STANDARD.encode(v.to_string())),
+    ]
 }
 
 #[test]
 fn damaged_and_random_segments_never_panic_and_decoded_ones_evaluate() {
-    let mut r = Rng::seeded(0x7415_c0de);
     let map = features();
-    let mut decoded = 0;
-    for i in 0..20_000 {
-        let seg = match r.below(4) {
-            0 => {
-                let u = user(&mut r, false);
-                let (seg, _) = encode(&mut r, &u.to_string());
-                corrupt(&mut r, &seg)
-            }
-            1 => random_ascii(&mut r),
-            2 => String::from_utf8_lossy(&random_bytes(&mut r)).into_owned(),
-            // Valid base64 of arbitrary JSON shapes (arrays, scalars, nested objects, bad ids).
-            _ => base64::engine::general_purpose::STANDARD.encode(any(&mut r, 6).to_string()),
-        };
-        let case = format!("case {i}: {seg:?}");
-        if let Ok(ctx) = no_panic(&case, || decode_user(&seg)) {
-            decoded += 1;
-            no_panic(&case, || evaluate_all(&map, &ctx, &case));
+    let decoded = Cell::new(0);
+    proptest!(rng::config(SEED, 20_000), |(seg in segment())| {
+        if let Ok(ctx) = decode_user(&seg) {
+            decoded.set(decoded.get() + 1);
+            evaluate_all(&map, &ctx, &format!("{seg:?}"));
         }
-    }
-    println!("{decoded} of 20000 generated segments decoded");
-    assert!(decoded > 1_000, "the generator should produce some decodable users");
+    });
+    println!("{} of 20000 generated segments decoded", decoded.get());
+    assert!(decoded.get() > 1_000, "the generator should produce some decodable users");
 }
 
 #[test]
@@ -249,56 +263,51 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
     }
 }
 
+/// An OFREP request body: random bytes, any JSON, a damaged request, or a request with any context.
+fn ofrep_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        1 => random_bytes(),
+        1 => any_value(5).prop_map(|v| v.to_string().into_bytes()),
+        1 => (any_value(4), damage()).prop_map(|(c, damage)| corrupt(&json!({"context": c}).to_string(), &damage).into_bytes()),
+        2 => any_value(4).prop_map(|c| json!({"context": c}).to_string().into_bytes()),
+    ]
+}
+
 #[test]
 fn ofrep_bodies_never_panic_and_contexts_decode_like_from_ofrep() {
-    let mut r = Rng::seeded(0x7415_c0de);
     let map = features();
-    for i in 0..20_000 {
-        let body: Vec<u8> = match r.below(5) {
-            0 => random_bytes(&mut r),
-            1 => any(&mut r, 5).to_string().into_bytes(),
-            2 => {
-                let valid = json!({"context": any(&mut r, 4)}).to_string();
-                corrupt(&mut r, &valid).into_bytes()
-            }
-            _ => json!({"context": any(&mut r, 4)}).to_string().into_bytes(),
-        };
-        let case = format!("case {i}: {:?}", String::from_utf8_lossy(&body));
-        let got = no_panic(&case, || parse_request(&body).map_err(|e| e.to_string()));
+    proptest!(rng::config(SEED, 20_000), |(body in ofrep_body())| {
+        let got = parse_request(&body).map_err(|e| e.to_string());
         if let Ok(v) = serde_json::from_slice::<Value>(&body) {
             if let Some(c) = v.get("context").filter(|c| !c.is_null()) {
-                assert_eq!(got, Context::from_ofrep(c).map_err(|e| e.to_string()), "{case}");
+                prop_assert_eq!(&got, &Context::from_ofrep(c).map_err(|e| e.to_string()));
             }
         }
         if let Ok(ctx) = got {
-            no_panic(&case, || evaluate_all(&map, &ctx, &case));
+            evaluate_all(&map, &ctx, &String::from_utf8_lossy(&body));
         }
-    }
+    });
 }
 
 #[test]
 fn percent_decoding_inverts_percent_encoding_and_never_panics() {
-    let mut r = Rng::seeded(0x7415_c0de);
-    for i in 0..20_000 {
-        let bytes = random_bytes(&mut r);
+    proptest!(rng::config(SEED, 20_000), |(bytes in random_bytes(), s in random_ascii())| {
         let encoded: String = bytes.iter().map(|b| format!("%{b:02x}")).collect();
-        assert_eq!(&*percent_decode(&encoded), &bytes[..], "case {i}");
-        let s = random_ascii(&mut r);
-        let d = no_panic(&s, || percent_decode(&s));
+        prop_assert_eq!(&*percent_decode(&encoded), &bytes[..]);
+        let d = percent_decode(&s);
         if !s.contains('%') {
-            assert_eq!(&*d, s.as_bytes());
+            prop_assert_eq!(&*d, s.as_bytes());
         }
-    }
+    });
 }
 
 #[test]
 fn keys_queries_never_panic_and_come_back_sorted_and_unique() {
-    let mut r = Rng::seeded(0x7415_c0de);
-    for _ in 0..20_000 {
-        let q = if r.chance(50) { format!("keys={}", random_ascii(&mut r)) } else { random_ascii(&mut r) };
-        if let Some(keys) = no_panic(&q, || requested_keys(Some(&q))) {
-            assert!(!keys.is_empty() && keys.iter().all(|k| !k.is_empty()), "{q}");
-            assert!(keys.windows(2).all(|w| w[0] < w[1]), "{q}: {keys:?}");
+    proptest!(rng::config(SEED, 20_000), |(prefixed in any::<bool>(), ascii in random_ascii())| {
+        let q = if prefixed { format!("keys={ascii}") } else { ascii };
+        if let Some(keys) = requested_keys(Some(&q)) {
+            prop_assert!(!keys.is_empty() && keys.iter().all(|k| !k.is_empty()), "{}", q);
+            prop_assert!(keys.windows(2).all(|w| w[0] < w[1]), "{}: {:?}", q, keys);
         }
-    }
+    });
 }

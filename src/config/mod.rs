@@ -1,20 +1,22 @@
 //! The relay's configuration: the TOML file and the command-line [`Overrides`] turned into a
-//! validated [`Config`]. The stages, one file each: `raw.rs` parses the file as written
-//! (a syntax error or unknown key names the file line), `validate.rs` checks every value and
-//! applies the defaults (an error names the key, e.g. `sse.heartbeat_secs`), `redis.rs` does
-//! the same for a Redis upstream and its TLS files; `types.rs` holds what comes out. The command
-//! line itself (clap) is [`crate::cli`], which hands its options over as [`Overrides`].
+//! validated [`Config`]. The stages, one file each: `raw.rs` parses the file as written (every
+//! error names the file line, and the key when there is one: `sse.heartbeat_secs`),
+//! `validate.rs` checks every value and applies the defaults (an error names the key),
+//! `redis.rs` does the same for a Redis upstream and its TLS files; `types.rs` holds what comes
+//! out, and `print.rs` turns it back into the file's TOML, secrets redacted, for `check-config`.
+//! The command line itself (clap) is [`crate::cli`], which hands its options over as
+//! [`Overrides`].
 //!
 //! Where a setting comes from (the first one given wins):
-//! - `listen`, `admin_listen`, `log_level`, `log_format`, `[upstream] prefix` (Redis only): the command
+//! - `listen`, `admin_listen`, `log_format`, `[upstream] prefix` (Redis only): the command
 //!   line, its `FLAGRELAY_*` environment variable (clap reads both; an empty variable counts as
 //!   given), the file, the built-in default.
-//! - The Redis URL: the same, except that the file's `url` counts only with
+//! - `log_level`: `--log-level`, `RUST_LOG` (when set and non-empty), `FLAGRELAY_LOG_LEVEL`,
+//!   the file, `info`. Whichever wins must be a valid filter (see `validate.rs`); an error
+//!   names where it came from.
+//! - The Redis URL: the same as `listen`, except that the file's `url` counts only with
 //!   `kind = "redis"`, and a URL from the command line or environment makes the upstream Redis
 //!   whatever `kind` says (the file's other `[upstream]` Redis keys still apply).
-//! - The log filter is not decided here: the binary uses `RUST_LOG` instead of `log_level`
-//!   when that variable is set and non-empty, and `info` when the filter does not parse
-//!   (`main.rs`); `log_level` is not checked here.
 //! - The file's own path: `--config`, `FLAGRELAY_CONFIG`, `config/flagrelay.toml`.
 //! - Every other setting (`shutdown_timeout_secs`, `[[environments]]`, `[sse]`, `[http]`, the
 //!   rest of `[upstream]`): the file, else the built-in default; no flag or variable sets it.
@@ -22,6 +24,7 @@
 //! A `Config` and its sections are built only here, after every check has passed, so code that
 //! holds one does not re-check it (their fields are public for reading; nothing else builds them).
 
+mod print;
 mod raw;
 mod redis;
 mod types;
@@ -47,7 +50,12 @@ pub struct Overrides {
     pub config: PathBuf,
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
+    /// `--log-level` (given on the command line): beats every other source of the level.
     pub log_level: Option<String>,
+    /// `RUST_LOG`, when set and non-empty: beats `log_level_env` and the file.
+    pub rust_log: Option<String>,
+    /// `FLAGRELAY_LOG_LEVEL`: beats the file.
+    pub log_level_env: Option<String>,
     pub log_format: Option<String>,
     /// Switches the upstream to Redis, whatever `[upstream] kind` says.
     pub redis_url: Option<String>,
@@ -55,19 +63,20 @@ pub struct Overrides {
     pub prefix: Option<String>,
 }
 
-/// Transitional (issue 9 merge): the old name, for callers outside `config` and `cli` that still
-/// build their overrides as `config::ServeArgs { .. }`. Rename them to [`Overrides`] and delete
-/// this alias; the clap options themselves are [`crate::cli::ServeArgs`].
-pub type ServeArgs = Overrides;
-
 /// Why there is no `Config`: the file cannot be read, is not valid TOML for the file structs,
-/// or a value fails a check (`field` is the key as the file spells it).
+/// or a value fails a check (`field` is the key as the file spells it, or the flag or variable
+/// the value came from).
+///
+/// Each message is complete, its cause's text included, so no variant also hands the cause out
+/// as its `source()`: a printer that walks the chain (anyhow's `{:#}`) would repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("cannot read config file {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    /// TOML syntax, a value of the wrong type, an unknown or missing key. `field` is the key's
+    /// path (`sse.heartbeat_secs`) when the error is about one; `line` is 1-based.
+    #[error("config file {}{}: {}{message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default(), field.as_ref().map(|f| format!("`{f}`: ")).unwrap_or_default())]
+    Parse { path: PathBuf, line: Option<usize>, field: Option<String>, message: String },
     #[error("invalid `{field}`: {message}")]
     Invalid { field: String, message: String },
 }
@@ -86,7 +95,7 @@ impl Config {
     /// Reads the file at `overrides.config` and builds the effective configuration.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(&overrides.config)
-            .map_err(|source| ConfigError::Read { path: overrides.config.clone(), source })?;
+            .map_err(|error| ConfigError::Read { path: overrides.config.clone(), error })?;
         Config::from_toml(&text, overrides, Some(&overrides.config))
     }
 

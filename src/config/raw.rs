@@ -1,15 +1,21 @@
 //! Stage one of the file: the TOML config exactly as written, every key optional where the file
 //! may leave it out, unknown keys refused (`deny_unknown_fields`, so a typo names itself).
 //! Nothing here checks a value or applies a built-in default (a missing list is empty): that is
-//! [`super::validate`].
+//! [`super::validate`]. The same structs, serialized, are the TOML that `check-config` prints
+//! ([`super::print`]), so the printout has exactly the file's keys.
+//!
+//! Errors name the line (from the TOML parser's span) and the key's path, e.g.
+//! `sse.heartbeat_secs` or `environments[1].id`. The path comes from `serde_path_to_error`, which
+//! records it while serde walks the document: a span alone gives a position, and turning it back
+//! into a key would mean parsing the document a second time.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     pub listen: Option<String>,
@@ -25,12 +31,14 @@ pub(super) struct RawConfig {
 }
 
 /// `[upstream]`: the keys of both kinds (file and Redis) in one table, as the file has them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
     pub kind: Option<String>,
     pub path: Option<PathBuf>,
     pub poll_interval_ms: Option<u64>,
+    pub max_file_bytes: Option<u64>,
+    pub rehash_interval_ms: Option<u64>,
     pub url: Option<String>,
     pub prefix: Option<String>,
     pub sentinel: Option<RawSentinel>,
@@ -43,6 +51,7 @@ pub(super) struct RawUpstream {
     pub stable_after_secs: Option<u64>,
     pub events_maxlen: Option<u64>,
     pub max_feature_bytes: Option<usize>,
+    pub events_queue_bytes: Option<usize>,
     pub snapshot_dir: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_client_cert_file: Option<PathBuf>,
@@ -50,14 +59,14 @@ pub(super) struct RawUpstream {
 }
 
 /// `[upstream.sentinel]`: both keys required once the table is there.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSentinel {
     pub addresses: Vec<String>,
     pub master_name: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEnvironment {
     pub id: String,
@@ -67,7 +76,7 @@ pub(super) struct RawEnvironment {
     pub client_keys: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSse {
     pub heartbeat_secs: Option<u64>,
@@ -84,7 +93,7 @@ pub(super) struct RawSse {
     pub drain_window_secs: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     pub max_body_bytes: Option<usize>,
@@ -96,16 +105,26 @@ pub(super) struct RawHttp {
     pub max_context_bytes: Option<usize>,
     pub body_budget_bytes: Option<usize>,
     pub stream_token_secret: Option<String>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
 }
 
-/// Parses the TOML `text`; a syntax error or an unknown key names `path` (`<config>` when the
-/// text came from nowhere) and, where the parser gives a position, the line.
+/// Parses the TOML `text`; an error names `path` (`<config>` when the text came from nowhere),
+/// the line where the parser gives a position, and the key's path where the error is about a key.
 pub(super) fn parse(text: &str, path: Option<&Path>) -> Result<RawConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| format!(" (line {})", line_of(text, s.start))).unwrap_or_default();
+    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+        let field = key_path(&e.path().to_string());
+        let e = e.into_inner();
+        let line = e.span().map(|s| line_of(text, s.start));
         let path = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("<config>"));
-        ConfigError::Parse { path, message: format!("{}{line}", e.message()) }
+        ConfigError::Parse { path, line, field, message: e.message().to_string() }
     })
+}
+
+/// The key path as the config's other errors spell it; none for the document itself (`.`) or a
+/// path with a part serde could not name (`?`).
+fn key_path(path: &str) -> Option<String> {
+    (path != "." && !path.split('.').any(|p| p == "?")).then(|| path.to_string())
 }
 
 /// The line of a byte offset in `text`, 1-based.
@@ -117,6 +136,26 @@ fn line_of(text: &str, offset: usize) -> usize {
 mod tests {
     use crate::config::testing::{load, MIN};
     use crate::config::Overrides;
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_and_line() {
+        let text = format!("{MIN}\n[sse]\nretry_ms = 1\nheartbeat_secs = \"15\"\n");
+        let e = load(&text, &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("`sse.heartbeat_secs`") && e.contains("line 9") && e.contains("expected u64"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_entry_of_a_list_names_its_index() {
+        let text = format!("{MIN}[[environments]]\nid = 2\n");
+        let e = load(&text, &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("`environments[1].id`"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_names_itself_with_its_table() {
+        let e = load(&format!("{MIN}[http]\nmax_body = 1\n"), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("`http.max_body`: unknown field") && e.contains("line 7"), "{e}");
+    }
 
     #[test]
     fn parse_errors_give_the_line() {

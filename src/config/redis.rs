@@ -54,6 +54,7 @@ pub(super) fn redis_upstream(url: String, up: &RawUpstream, overrides: &Override
         backoff_cap: ms(up.backoff_cap_ms, 5000),
         stable_after: Duration::from_secs(up.stable_after_secs.unwrap_or(30)),
         events_maxlen: up.events_maxlen.unwrap_or(100_000),
+        events_queue_bytes: up.events_queue_bytes.unwrap_or(16 * 1024 * 1024),
         snapshot_dir: up.snapshot_dir.clone(),
         tls_ca_file: up.tls_ca_file.clone(),
         tls_client_cert_file: up.tls_client_cert_file.clone(),
@@ -129,7 +130,19 @@ fn check_tls_files(r: &RedisUpstream) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use crate::config::testing::{load, MIN};
-    use crate::config::Overrides;
+    use crate::config::{Overrides, Upstream};
+
+    #[test]
+    fn the_event_queue_is_bounded_by_bytes_16_mib_by_default_and_must_hold_a_maximal_batch() {
+        let section = |extra: &str| format!("[upstream]\nkind = \"redis\"\nurl = \"redis://h:6379\"\n{extra}\n{MIN}");
+        let Upstream::Redis(r) = load(&section(""), &Overrides::default()).unwrap().upstream else { panic!("redis") };
+        assert_eq!(r.events_queue_bytes, 16 << 20);
+        let Upstream::Redis(r) = load(&section("events_queue_bytes = 4194304"), &Overrides::default()).unwrap().upstream else { panic!("redis") };
+        assert_eq!(r.events_queue_bytes, 4 << 20);
+        // The default http.max_body_bytes is 1 MiB.
+        let e = load(&section("events_queue_bytes = 1048576"), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("upstream.events_queue_bytes") && e.to_string().contains("max_body_bytes"), "{e}");
+    }
 
     #[test]
     fn tls_files_need_rediss_and_come_in_pairs() {

@@ -1,6 +1,6 @@
 //! The validated configuration: the types the rest of the relay reads ([`Config`] and its
-//! sections), [`Secret`], which keeps SDK keys and the Redis URL out of `Debug` output, and
-//! [`Config::redacted`], the `check-config` printout.
+//! sections), and [`Secret`], which keeps SDK keys and the Redis URL out of `Debug` output.
+//! (`check-config` prints a `Config` as TOML: [`super::print`].)
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -40,8 +40,8 @@ pub struct Config {
     /// accepts from either source; a larger one is rejected like an invalid one.
     pub max_feature_bytes: usize,
     pub shutdown_timeout: Duration,
-    /// The `log_level` setting, not checked here; the binary uses `RUST_LOG` instead when that is
-    /// set and non-empty.
+    /// The log filter (`RUST_LOG` syntax, every bare directive a level), from the first source
+    /// that gives one: `--log-level`, `RUST_LOG`, `FLAGRELAY_LOG_LEVEL`, `log_level`, `info`.
     pub log_level: String,
     pub log_format: LogFormat,
     /// The file it was read from (none for text from nowhere); only shown by `check-config`.
@@ -78,6 +78,12 @@ pub struct FileUpstream {
     pub path: PathBuf,
     /// How often the file's metadata is checked for a change.
     pub poll_interval: Duration,
+    /// A larger file (or anything but a regular file) is refused (`max_file_bytes`, default
+    /// 64 MiB).
+    pub max_bytes: u64,
+    /// The content is read and hashed at least this often even if nothing says it changed
+    /// (`rehash_interval_ms`, default 30 s).
+    pub rehash_interval: Duration,
 }
 
 /// A Redis upstream; also what the `flags` commands connect with.
@@ -95,6 +101,9 @@ pub struct RedisUpstream {
     pub stable_after: Duration,
     /// `MAXLEN ~ N` for the events stream.
     pub events_maxlen: u64,
+    /// Bytes of accepted event batches that may wait for Redis; beyond it batches are dropped
+    /// and counted (`events_queue_bytes`, default 16 MiB).
+    pub events_queue_bytes: usize,
     /// Where last good snapshots are persisted for a warm start (none: no persistence).
     pub snapshot_dir: Option<PathBuf>,
     /// `rediss://` only: a PEM file of CA certificates trusted for the server **instead of** the
@@ -161,16 +170,12 @@ pub struct HttpConfig {
     pub body_budget_bytes: usize,
     /// The key of the OFREP stream tokens; `None`: a random one per process.
     pub stream_token_secret: Option<Secret>,
-}
-
-impl Config {
-    /// The effective configuration for `check-config`: Rust's pretty `Debug` notation
-    /// (`Config { listen: 127.0.0.1:7700, ... }`), not TOML and not meant to be parsed back.
-    /// Every [`Secret`] (the SDK keys, the Redis URL) prints as its [`redact`] label; the rest,
-    /// Sentinel addresses included, prints as it is.
-    pub fn redacted(&self) -> String {
-        format!("{self:#?}")
-    }
+    /// Cap on open API connections of every kind, polls and streams (0 = derived from the
+    /// open-files limit). `[sse] max_connections` caps streams.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head this long after it was accepted
+    /// is closed; also how long an idle keep-alive connection waits for its next request.
+    pub header_read_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Stage two: the raw file ([`RawConfig`]) and the command-line overrides validated into a
 //! [`Config`], defaults applied, each failure naming the key (`sse.heartbeat_secs`,
-//! `environments[1].id`). The checks run in a fixed order and the first failure is the one
-//! reported. The Redis section is validated in [`super::redis`].
+//! `environments[1].id`, or the flag or variable a value came from: `--log-level`). The checks
+//! run in a fixed order and the first failure is the one reported. The Redis section is
+//! validated in [`super::redis`].
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
         return Err(invalid("admin_listen", "must differ from `listen`"));
     }
 
-    let log_level = overrides.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+    let log_level = log_level(overrides, file.log_level)?;
     let log_format = match overrides.log_format.clone().or(file.log_format).as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -48,6 +49,14 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
             format!("must be shorter than shutdown_timeout_secs ({}), or streams are cut before they drain", shutdown_timeout.as_secs()),
         ));
     }
+    if let Upstream::Redis(r) = &upstream {
+        if r.events_queue_bytes <= http.max_body_bytes {
+            return Err(invalid(
+                "upstream.events_queue_bytes",
+                format!("must be larger than http.max_body_bytes ({}), or a batch of that size could never be queued", http.max_body_bytes),
+            ));
+        }
+    }
     if http.sdk_config_header.chars().any(|c| c.is_control() || !c.is_ascii()) {
         return Err(invalid("http.sdk_config", "must encode as single-line ASCII JSON (it is sent as a header)"));
     }
@@ -64,6 +73,45 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
         log_format,
         source_path,
     })
+}
+
+/// The log filter from the first source that gives one (`--log-level`, `RUST_LOG`,
+/// `FLAGRELAY_LOG_LEVEL`, the file, `info`), checked by [`check_log_filter`] and named by its
+/// source when it fails.
+fn log_level(overrides: &Overrides, file: Option<String>) -> Result<String, ConfigError> {
+    let sources = [
+        ("--log-level", overrides.log_level.clone()),
+        ("RUST_LOG", overrides.rust_log.clone()),
+        ("FLAGRELAY_LOG_LEVEL", overrides.log_level_env.clone()),
+        ("log_level", file),
+    ];
+    match sources.into_iter().find_map(|(from, v)| v.map(|v| (from, v))) {
+        Some((from, v)) => match check_log_filter(&v) {
+            Ok(()) => Ok(v),
+            Err(why) => Err(invalid(from, format!("{v:?} {why}"))),
+        },
+        None => Ok("info".into()),
+    }
+}
+
+/// A filter in `RUST_LOG` syntax that tracing's `EnvFilter` accepts, in which every directive
+/// without `=` is a level (`trace` `debug` `info` `warn` `error` `off`). `EnvFilter` reads a bare
+/// word as a target to log at every level, so `verbose` would pass it and then log nothing the
+/// relay writes; `flagrelay=trace` says that on purpose.
+pub(super) fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    if filter.trim().is_empty() {
+        return Err("is empty: give a level, e.g. info".into());
+    }
+    tracing_subscriber::EnvFilter::builder().parse(filter).map_err(|e| format!("is not a log filter ({e})"))?;
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !d.contains('=') && !d.contains('[') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) {
+            return Err(format!(
+                "is not a log filter: {d:?} is not a level (trace, debug, info, warn, error, off); for a target write {d}=LEVEL"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -125,7 +173,15 @@ fn upstream(up: RawUpstream, overrides: &Overrides) -> Result<Upstream, ConfigEr
             if poll.is_zero() {
                 return Err(invalid("upstream.poll_interval_ms", "must be > 0"));
             }
-            Upstream::File(FileUpstream { path, poll_interval: poll })
+            let max_bytes = up.max_file_bytes.unwrap_or(64 * 1024 * 1024);
+            if max_bytes == 0 {
+                return Err(invalid("upstream.max_file_bytes", "must be > 0"));
+            }
+            let rehash_interval = ms(up.rehash_interval_ms, 30_000);
+            if rehash_interval.is_zero() {
+                return Err(invalid("upstream.rehash_interval_ms", "must be > 0"));
+            }
+            Upstream::File(FileUpstream { path, poll_interval: poll, max_bytes, rehash_interval })
         }
         (None, Some(other)) => {
             return Err(invalid("upstream.kind", format!("{other:?}: expected \"file\" or \"redis\"")))
@@ -211,6 +267,10 @@ fn http(http_f: RawHttp) -> Result<HttpConfig, ConfigError> {
         }
         s => s.map(Secret),
     };
+    let header_read_timeout_ms = http_f.header_read_timeout_ms.unwrap_or(5000);
+    if !(1..=60_000).contains(&header_read_timeout_ms) {
+        return Err(invalid("http.header_read_timeout_ms", "must be between 1 and 60000"));
+    }
     Ok(HttpConfig {
         max_body_bytes,
         cors_allowed_origins: http_f.cors_allowed_origins.unwrap_or_else(|| vec!["*".into()]),
@@ -221,6 +281,8 @@ fn http(http_f: RawHttp) -> Result<HttpConfig, ConfigError> {
         max_context_bytes,
         body_budget_bytes,
         stream_token_secret,
+        max_connections: http_f.max_connections.unwrap_or(0),
+        header_read_timeout: Duration::from_millis(header_read_timeout_ms),
     })
 }
 
@@ -272,6 +334,47 @@ mod tests {
         assert!(e.to_string().contains("`listen`"), "{e}");
         let e = load(&format!("{MIN}[sse]\nheartbeat_secs = 0\n"), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("sse.heartbeat_secs"), "{e}");
+    }
+
+    #[test]
+    fn a_log_filter_is_a_level_or_target_directives() {
+        use super::check_log_filter;
+        for ok in ["info", "WARN", "off", "flagrelay=debug", "info,flagrelay=debug,hyper=warn", "info,[request]=trace"] {
+            assert_eq!(check_log_filter(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [("verbose", "not a level"), ("warn[", "not a log filter"), ("info,lots", "\"lots\""), ("", "empty")] {
+            let e = check_log_filter(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_log_level_is_named_by_where_it_came_from() {
+        let file = format!("log_level = \"verbose\"\n{MIN}");
+        let e = load(&file, &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("`log_level`") && e.contains("verbose"), "{e}");
+        let flag = Overrides { log_level: Some("warn[".into()), ..Default::default() };
+        let e = load(MIN, &flag).unwrap_err().to_string();
+        assert!(e.contains("`--log-level`"), "{e}");
+        let rust_log = Overrides { rust_log: Some("loud".into()), ..Default::default() };
+        assert!(load(MIN, &rust_log).unwrap_err().to_string().contains("`RUST_LOG`"));
+    }
+
+    #[test]
+    fn the_log_level_flag_beats_rust_log_which_beats_the_variable_and_the_file() {
+        let file = format!("log_level = \"error\"\n{MIN}");
+        let level = |o: Overrides| load(&file, &o).unwrap().log_level;
+        let all = Overrides {
+            log_level: Some("debug".into()),
+            rust_log: Some("trace".into()),
+            log_level_env: Some("warn".into()),
+            ..Default::default()
+        };
+        assert_eq!(level(all.clone()), "debug");
+        assert_eq!(level(Overrides { log_level: None, ..all.clone() }), "trace");
+        assert_eq!(level(Overrides { log_level: None, rust_log: None, ..all }), "warn");
+        assert_eq!(level(Overrides::default()), "error");
+        assert_eq!(load(MIN, &Overrides::default()).unwrap().log_level, "info");
     }
 
     #[test]
@@ -332,6 +435,36 @@ server_keys = ["k1"]
         for (before, after, key) in rows {
             let e = load(&format!("{before}{MIN}{after}"), &Overrides::default()).unwrap_err();
             assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_flags_file_is_bounded_to_64_mib_and_rehashed_every_30_s_by_default() {
+        let Upstream::File(f) = load(MIN, &Overrides::default()).unwrap().upstream else { panic!("file") };
+        assert_eq!((f.max_bytes, f.rehash_interval), (64 << 20, Duration::from_secs(30)));
+        let text = format!("[upstream]\nmax_file_bytes = 1000\nrehash_interval_ms = 50\n{MIN}");
+        let Upstream::File(f) = load(&text, &Overrides::default()).unwrap().upstream else { panic!("file") };
+        assert_eq!((f.max_bytes, f.rehash_interval), (1000, Duration::from_millis(50)));
+        for (key, field) in [("max_file_bytes = 0", "upstream.max_file_bytes"), ("rehash_interval_ms = 0", "upstream.rehash_interval_ms")] {
+            let e = load(&format!("[upstream]\n{key}\n{MIN}"), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_api_connection_cap_is_derived_and_the_header_deadline_is_five_seconds_by_default() {
+        let c = load(MIN, &Overrides::default()).unwrap();
+        assert_eq!(c.http.max_connections, 0);
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(5));
+        let c = load(&format!("{MIN}[http]\nmax_connections = 50\nheader_read_timeout_ms = 250\n"), &Overrides::default()).unwrap();
+        assert_eq!((c.http.max_connections, c.http.header_read_timeout), (50, Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn a_header_read_timeout_outside_1_to_60000_ms_names_the_key() {
+        for bad in [0, 60_001] {
+            let e = load(&format!("{MIN}[http]\nheader_read_timeout_ms = {bad}\n"), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("http.header_read_timeout_ms"), "{e}");
         }
     }
 

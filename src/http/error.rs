@@ -1,10 +1,11 @@
 //! Typed request errors, the conversions into them from the layers below (the SSE connection
-//! cap), and the one place they become HTTP status codes and bodies (JSON, or OFREP's shapes).
+//! cap, the closed event queue), and the one place they become HTTP status codes and bodies (JSON, or OFREP's shapes).
 
 use hyper::{header, Response, StatusCode};
 
 use super::body::ResBody;
 use crate::fanout::Rejected;
+use crate::upstream::QueueClosed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -34,6 +35,8 @@ pub enum ApiError {
     BodyTimeout,
     #[error("the relay is reading too many request bodies at once; retry shortly")]
     Busy,
+    #[error("the relay is shutting down; retry on another instance")]
+    ShuttingDown,
     /// OFREP endpoints answer in OFREP's own shapes (see [`OfrepError`]).
     #[error("{0}")]
     Ofrep(#[from] OfrepError),
@@ -101,6 +104,13 @@ impl OfrepError {
     }
 }
 
+/// Shutdown has begun: the event queue takes nothing more (503, retry in 1 s).
+impl From<QueueClosed> for ApiError {
+    fn from(_: QueueClosed) -> ApiError {
+        ApiError::ShuttingDown
+    }
+}
+
 /// The SSE connection cap: 503, retry in 5 s.
 impl From<Rejected> for ApiError {
     fn from(_: Rejected) -> ApiError {
@@ -117,7 +127,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::Busy | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Ofrep(e) => e.status(),
@@ -139,6 +149,7 @@ impl ApiError {
             ApiError::NotReady => "not_ready",
             ApiError::BodyTimeout => "request_timeout",
             ApiError::Busy => "busy",
+            ApiError::ShuttingDown => "shutting_down",
             ApiError::Ofrep(_) => "ofrep",
         }
     }
@@ -157,7 +168,7 @@ impl ApiError {
             ApiError::Overloaded { retry_after_secs } | ApiError::RateLimited { retry_after_secs } => {
                 b = b.header(header::RETRY_AFTER, retry_after_secs.to_string());
             }
-            ApiError::NotReady | ApiError::Busy => b = b.header(header::RETRY_AFTER, "1"),
+            ApiError::NotReady | ApiError::Busy | ApiError::ShuttingDown => b = b.header(header::RETRY_AFTER, "1"),
             ApiError::MissingKey | ApiError::UnknownKey => b = b.header(header::WWW_AUTHENTICATE, "Bearer"),
             _ => {}
         }
@@ -190,6 +201,7 @@ mod tests {
             (ApiError::NotReady, StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             (ApiError::BodyTimeout, StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             (ApiError::Busy, StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            (ApiError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         ];
         for (e, status, code) in cases {
             assert_eq!((e.status(), e.code()), (status, code), "{e:?}");

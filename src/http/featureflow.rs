@@ -64,7 +64,7 @@ pub async fn accept_batch(api: &Arc<Api>, req: Request<Incoming>, kind: &'static
     let (parts, body) = req.into_parts();
     let (shape, body) = api.read_body(body, &parts.headers).await?.parse(util::json_array).await?;
     shape?;
+    api.forward(&env.id, kind, body.bytes)?;
     api.metrics.sdk_events.with_label_values(&[&env.id, kind]).inc();
-    api.forward(&env.id, kind, body.bytes);
     Ok(util::json(StatusCode::OK, &b"{}"[..]))
 }

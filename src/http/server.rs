@@ -1,11 +1,22 @@
 //! The accept loop shared by the API and admin listeners: one task per TCP connection, HTTP/1.1
 //! via hyper, graceful shutdown, and a per-connection kill switch for the slow-client reaper.
 //!
-//! Invariants: after shutdown is triggered no connection is accepted; idle keep-alive connections
-//! close at once and in-flight requests finish (SSE bodies end themselves on shutdown);
-//! [`Server::wait`] returns when every connection task has ended.
+//! Invariants:
+//! - After shutdown is triggered no connection is accepted; idle keep-alive connections close at
+//!   once and in-flight requests finish (SSE bodies end themselves on shutdown);
+//!   [`Server::wait`] returns when every connection task has ended.
+//! - At most `max_connections` connections are open (when set): one beyond it is accepted and
+//!   closed at once, counted ([`Refusal::Cap`]). A failed accept (EMFILE, ENFILE…) backs off
+//!   (5 ms doubling to 1 s) and is counted; the log says when accept starts failing and when it
+//!   works again (likewise for the cap), never once per error ([`super::accept`]).
+//! - A connection has one header deadline, `header_read_timeout` from accept, for its whole first
+//!   request head, whether the fast path's read ([`super::first_head`]) or hyper is reading it:
+//!   one without a complete head by then is closed and counted ([`Refusal::HeaderTimeout`]).
+//!   Later heads on a keep-alive connection get hyper's timer, the same length from when hyper
+//!   starts waiting for them.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +25,17 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use super::accept::{AcceptBackoff, Spell, Transition};
 use super::body::ResBody;
+use super::first_head::{self, FirstHead};
+use super::prefixed::Prefixed;
+use super::sse_fast;
 use crate::fanout::ConnState;
 use crate::shutdown::Shutdown;
 
@@ -27,11 +45,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Offers a connection's first request head to the SSE fast path ([`super::sse_fast`]): a
     /// stream to serve without hyper, or `None` to let hyper handle the request.
-    fn fast_sse(self: &Arc<Self>, _head: &super::sse_fast::Head, _conn: &Arc<ConnState>) -> Option<crate::fanout::SseStream> {
+    fn fast_sse(self: &Arc<Self>, _head: &sse_fast::Head, _conn: &Arc<ConnState>) -> Option<crate::fanout::SseStream> {
         None
     }
 
-    /// Whether [`Handler::fast_sse`] can ever answer (the accept loop then peeks first requests).
+    /// Whether [`Handler::fast_sse`] can ever answer (connections then have their first head
+    /// read by the accept loop's [`first_head`] before hyper sees them).
     fn has_fast_sse(&self) -> bool {
         false
     }
@@ -39,12 +58,39 @@ pub trait Handler: Send + Sync + 'static {
     /// Called when a connection opens/closes (for a gauge).
     fn connection_opened(&self) {}
     fn connection_closed(&self) {}
+
+    /// Called when a connection is closed before any request was served (for a counter).
+    fn connection_refused(&self, _why: Refusal) {}
+
+    /// Called for every failed accept (for a counter).
+    fn accept_failed(&self) {}
+}
+
+/// Why a connection was closed before it was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` were open.
+    Cap,
+    /// No complete first request head within `header_read_timeout` of accept.
+    HeaderTimeout,
+}
+
+impl Refusal {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Cap => "cap",
+            Refusal::HeaderTimeout => "header_timeout",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// hyper's write (and read) buffer bound: the per-connection send budget for SSE.
     pub max_buf_size: usize,
+    /// The first request head must be complete this long after accept; later heads of a
+    /// keep-alive connection this long after hyper starts waiting for them.
     pub header_read_timeout: Duration,
     /// After shutdown starts, how long a connection may take to finish (the SSE drain window
     /// plus slack) before it is dropped: a stalled client is never polled, so its stream can
@@ -53,11 +99,22 @@ pub struct ServerOptions {
     /// SO_SNDBUF for accepted sockets (None: the kernel's autotuning). Bounds what a slow
     /// client can hold in kernel memory on top of `max_buf_size`.
     pub send_buffer: Option<usize>,
+    /// Open connections at most (None: no cap).
+    pub max_connections: Option<usize>,
+    /// Names the listener in logs (`api`, `admin`).
+    pub name: &'static str,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { max_buf_size: 64 * 1024, header_read_timeout: Duration::from_secs(30), shutdown_grace: Duration::from_secs(6), send_buffer: None }
+        ServerOptions {
+            max_buf_size: 64 * 1024,
+            header_read_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(6),
+            send_buffer: None,
+            max_connections: None,
+            name: "api",
+        }
     }
 }
 
@@ -89,6 +146,7 @@ impl Server {
     }
 }
 
+
 async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: Shutdown, opts: ServerOptions, tracker: TaskTracker) {
     let mut builder = http1::Builder::new();
     builder
@@ -97,19 +155,54 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
         .max_buf_size(opts.max_buf_size.max(8192))
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout);
+    let slots = opts.max_connections.map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
+    let mut backoff = AcceptBackoff::default();
+    let mut at_cap = Spell::default();
+    let name = opts.name;
     loop {
+        // The moment a failing or rejecting spell will have been calm long enough to end.
+        let calm_end = [backoff.ends_at(), at_cap.ends_at()].into_iter().flatten().min();
         let (stream, peer) = tokio::select! {
             _ = shutdown.wait() => return,
+            _ = sleep_until_some(calm_end), if calm_end.is_some() => {
+                let now = Instant::now();
+                log_accept(name, backoff.tick(now), None);
+                log_cap(name, at_cap.tick(now), opts.max_connections);
+                continue;
+            }
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    log_accept(name, backoff.accepted(Instant::now()), None);
+                    x
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    handler.accept_failed();
+                    let (delay, t) = backoff.failed(e.raw_os_error());
+                    log_accept(name, t, Some(&e));
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            },
+        };
+        let permit = match &slots {
+            None => None,
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(p) => {
+                    log_cap(name, at_cap.calm(Instant::now()), opts.max_connections);
+                    Some(p)
+                }
+                Err(_) => {
+                    // Closed at once: a connection beyond the cap costs nothing but the accept.
+                    drop(stream);
+                    handler.connection_refused(Refusal::Cap);
+                    log_cap(name, at_cap.hit(), opts.max_connections);
                     continue;
                 }
             },
         };
+        let deadline = Instant::now() + opts.header_read_timeout;
         let _ = stream.set_nodelay(true);
         if let Some(n) = opts.send_buffer {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(n);
@@ -118,90 +211,122 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
             &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(15)),
         );
-        let conn_state = ConnState::for_peer(peer);
-        let shutdown = shutdown.clone();
-        let handler = handler.clone();
+        let conn = Conn { handler: handler.clone(), state: ConnState::for_peer(peer), shutdown: shutdown.clone(), grace: opts.shutdown_grace, deadline };
         let builder = builder.clone();
-        let grace = opts.shutdown_grace;
-        let head_timeout = opts.header_read_timeout;
         handler.connection_opened();
-        tracker.spawn(async move {
-            if handler.has_fast_sse() {
-                match peek_fast_sse(&stream, &handler, &conn_state, head_timeout, &shutdown).await {
-                    Peeked::Fast(len, sse) => {
-                        super::sse_fast::serve(stream, len, sse, conn_state, shutdown, grace).await;
-                        handler.connection_closed();
-                        return;
-                    }
-                    Peeked::Gone => {
-                        handler.connection_closed();
-                        return;
-                    }
-                    Peeked::Hyper => {}
-                }
-            }
-            serve_hyper(stream, &builder, handler.clone(), conn_state, shutdown, grace).await;
-            handler.connection_closed();
-        });
+        tracker.spawn(serve_connection(stream, conn, builder, permit));
     }
 }
 
-enum Peeked {
-    /// Serve this stream natively; the head is this many bytes.
-    Fast(usize, crate::fanout::SseStream),
-    /// Let hyper handle the connection.
-    Hyper,
-    /// The client went away, sent nothing in time, or shutdown started.
-    Gone,
-}
-
-/// Looks at the first request without consuming it.
-async fn peek_fast_sse<H: Handler>(stream: &tokio::net::TcpStream, handler: &Arc<H>, conn: &Arc<ConnState>, timeout: Duration, shutdown: &Shutdown) -> Peeked {
-    let mut buf = vec![0u8; super::sse_fast::PEEK_BYTES];
-    let n = tokio::select! {
-        r = tokio::time::timeout(timeout, stream.peek(&mut buf)) => match r {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => return Peeked::Gone,
-        },
-        _ = shutdown.wait() => return Peeked::Gone,
-    };
-    let Some(head) = super::sse_fast::parse_head(&buf[..n]) else {
-        return Peeked::Hyper;
-    };
-    match handler.fast_sse(&head, conn) {
-        Some(sse) => Peeked::Fast(head.len, sse),
-        None => Peeked::Hyper,
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
-async fn serve_hyper<H: Handler>(stream: tokio::net::TcpStream, builder: &http1::Builder, handler: Arc<H>, conn_state: Arc<ConnState>, shutdown: Shutdown, grace: Duration) {
-    {
-        let h = handler.clone();
-        let cs = conn_state.clone();
-        let service = service_fn(move |req| {
-            let h = h.clone();
-            let cs = cs.clone();
-            // Boxed and freed when the response is ready: hyper keeps the allocation of the future
-            // it is given for the connection's whole life (which, for SSE, is long).
-            let fut = Box::pin(h.handle(req, cs));
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "connection ended with an error");
+/// One line when accept starts failing, fails differently, or works again after a calm.
+fn log_accept(listener: &'static str, t: Transition, error: Option<&std::io::Error>) {
+    match (t, error) {
+        (Transition::Began, Some(e)) => tracing::warn!(listener, error = %e, "accepting connections failed; backing off"),
+        (Transition::Changed, Some(e)) => tracing::warn!(listener, error = %e, "accepting connections fails differently now"),
+        (Transition::Ended { count }, _) => tracing::info!(listener, failures = count, "accepting connections again"),
+        _ => {}
+    }
+}
+
+/// One line when the cap starts turning connections away, and one when it has stopped.
+fn log_cap(listener: &'static str, t: Transition, cap: Option<usize>) {
+    match t {
+        Transition::Began => tracing::warn!(listener, cap, "connection cap reached; closing new connections at once"),
+        Transition::Ended { count } => tracing::info!(listener, rejected = count, "below the connection cap again"),
+        Transition::Same | Transition::Changed => {}
+    }
+}
+
+/// What a connection task holds besides its socket.
+struct Conn<H> {
+    handler: Arc<H>,
+    state: Arc<ConnState>,
+    shutdown: Shutdown,
+    grace: Duration,
+    /// The end of the first request head's time.
+    deadline: Instant,
+}
+
+/// One connection from accept to close; `_permit` is its slot under the cap.
+async fn serve_connection<H: Handler>(stream: TcpStream, conn: Conn<H>, builder: http1::Builder, _permit: Option<OwnedSemaphorePermit>) {
+    let handler = conn.handler.clone();
+    if !handler.has_fast_sse() {
+        serve_hyper(stream, &builder, conn).await;
+        handler.connection_closed();
+        return;
+    }
+    match first_head::read(&stream, sse_fast::PEEK_BYTES, conn.deadline, &conn.shutdown).await {
+        FirstHead::TimedOut => handler.connection_refused(Refusal::HeaderTimeout),
+        FirstHead::Gone => {}
+        FirstHead::Read { bytes, head_len } => {
+            let fast = match head_len {
+                Some(n) => sse_fast::parse_head(&bytes[..n]).and_then(|head| handler.fast_sse(&head, &conn.state)).map(|sse| (n, sse)),
+                None => None,
+            };
+            match fast {
+                // The client sends nothing after a stream request (see `sse_fast::serve`):
+                // bytes after it end the connection, as any read would once streaming.
+                Some((n, sse)) if n < bytes.len() => drop(sse),
+                Some((_, sse)) => {
+                    drop(bytes);
+                    sse_fast::serve(stream, sse, conn.state, conn.shutdown, conn.grace).await;
                 }
+                None => serve_hyper(Prefixed::new(bytes, stream), &builder, conn).await,
             }
-            _ = conn_state.kill.notified() => {}
-            _ = shutdown.wait() => {
-                conn.as_mut().graceful_shutdown();
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = conn_state.kill.notified() => {}
-                    _ = tokio::time::sleep(grace) => {}
-                }
+        }
+    }
+    handler.connection_closed();
+}
+
+async fn serve_hyper<H, I>(io: I, builder: &http1::Builder, conn: Conn<H>)
+where
+    H: Handler,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn { handler, state: conn_state, shutdown, grace, deadline } = conn;
+    // Set by the first request hyper hands over: its head was complete in time.
+    let served = Arc::new(AtomicBool::new(false));
+    let h = handler.clone();
+    let cs = conn_state.clone();
+    let seen = served.clone();
+    let service = service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
+        let h = h.clone();
+        let cs = cs.clone();
+        // Boxed and freed when the response is ready: hyper keeps the allocation of the future
+        // it is given for the connection's whole life (which, for SSE, is long).
+        let fut = Box::pin(h.handle(req, cs));
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let head_deadline = async {
+        tokio::time::sleep_until(deadline).await;
+        if served.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = conn_state.kill.notified() => {}
+        _ = head_deadline => handler.connection_refused(Refusal::HeaderTimeout),
+        _ = shutdown.wait() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = conn_state.kill.notified() => {}
+                _ = tokio::time::sleep(grace) => {}
             }
         }
     }

@@ -8,9 +8,11 @@
 //! The response head is [`super::sse::FAST_HEAD`], the same headers hyper sends for a stream.
 //!
 //! Invariants:
-//! - Only a request head that fits in one peek, parses completely, and that the handler turns
-//!   into a stream takes this path; everything else (errors included) goes to hyper untouched,
-//!   because peeking consumes nothing.
+//! - Only a first request head that arrived complete within the connection's header deadline
+//!   (read by [`super::first_head`], in one packet or several), fits in [`PEEK_BYTES`], parses,
+//!   has nothing after it, and that the handler turns into a stream takes this path; everything
+//!   else (errors included) goes to hyper untouched: the bytes already read are replayed to it
+//!   first ([`super::prefixed::Prefixed`]).
 //! - The stream is pulled only when the previous frame was written, so nothing queues here but
 //!   the one frame in flight (a shared `Bytes`).
 //! - The connection ends when the stream ends, the client closes or errors, the reaper kills it,
@@ -29,7 +31,8 @@ use super::sse::FAST_HEAD;
 use crate::fanout::{ConnState, SseStream};
 use crate::shutdown::Shutdown;
 
-/// The largest request head the fast path looks at.
+/// The largest first request head read before a connection's path is chosen; a larger head goes
+/// to hyper (with what was read).
 pub const PEEK_BYTES: usize = 2048;
 
 /// A parsed request head: method, path (with query) and headers.
@@ -63,16 +66,9 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
     Some(Head { method: req.method?.to_string(), path: req.path?.to_string(), headers, len })
 }
 
-/// Serves `stream` on `socket` after consuming the request head. Returns when the connection is
+/// Serves `stream` on `socket`, whose request head has been read. Returns when the connection is
 /// done.
-pub async fn serve(mut socket: TcpStream, head_len: usize, mut stream: SseStream, conn: Arc<ConnState>, shutdown: Shutdown, grace: Duration) {
-    // Consume the head we peeked (it is already in the socket buffer). Heap, not stack: a
-    // buffer held across an await would live in the task for the connection's whole life.
-    let mut sink = vec![0u8; head_len];
-    if socket.read_exact(&mut sink).await.is_err() {
-        return;
-    }
-    drop(sink);
+pub async fn serve(mut socket: TcpStream, mut stream: SseStream, conn: Arc<ConnState>, shutdown: Shutdown, grace: Duration) {
     let (mut rd, mut wr) = socket.split();
     if wr.write_all(&FAST_HEAD).await.is_err() {
         return;

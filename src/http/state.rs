@@ -10,7 +10,6 @@ use std::time::Instant;
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
 use hyper::StatusCode;
-use tokio::sync::mpsc;
 
 use super::auth::Keys;
 use super::error::ApiError;
@@ -21,7 +20,7 @@ use crate::config::HttpConfig;
 use crate::fanout::eval_stream::ContextGroups;
 use crate::fanout::Fanout;
 use crate::metrics::{status_class, Metrics};
-use crate::upstream::EventBatch;
+use crate::upstream::{EventBatch, EventSender};
 
 pub struct Api {
     pub keys: Keys,
@@ -29,7 +28,7 @@ pub struct Api {
     pub metrics: Arc<Metrics>,
     pub http: HttpConfig,
     /// Where accepted SDK events go (forwarded upstream in Redis mode).
-    pub events: Option<mpsc::Sender<EventBatch>>,
+    pub events: Option<EventSender>,
     /// The OFREP budget of each key and client address (`http.ofrep_rate_limit`); `None`: unlimited.
     pub ofrep_limit: Option<KeyedRateLimit>,
     /// The groups the per-context evaluation streams share.
@@ -53,12 +52,12 @@ impl Api {
     }
 
     /// Hands a batch to the upstream forwarder without waiting: a full queue drops and counts it.
-    pub fn forward(&self, env: &Arc<str>, kind: &'static str, body: bytes::Bytes) {
-        if let Some(tx) = &self.events {
-            let batch = EventBatch { env: env.clone(), kind, body };
-            if tx.try_send(batch).is_err() {
-                self.metrics.events_forwarded.with_label_values(&[env, "dropped"]).inc();
-            }
+    /// Once shutdown has begun the forwarder takes nothing more: 503, rather than a 200 for a
+    /// batch that would be lost.
+    pub fn forward(&self, env: &Arc<str>, kind: &'static str, body: bytes::Bytes) -> Result<(), ApiError> {
+        match &self.events {
+            Some(tx) => tx.send(EventBatch { env: env.clone(), kind, body }).map(|_| ()).map_err(ApiError::from),
+            None => Ok(()),
         }
     }
 }

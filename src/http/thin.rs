@@ -175,8 +175,8 @@ pub async fn client_events(api: &Arc<Api>, req: Request<Incoming>, key: &str) ->
     let (parts, body) = req.into_parts();
     let (shape, body) = api.read_body(body, &parts.headers).await?.parse(util::json_array).await?;
     shape?;
+    api.forward(&env.id, "client_events", body.bytes)?;
     api.metrics.sdk_events.with_label_values(&[&env.id, "client_events"]).inc();
-    api.forward(&env.id, "client_events", body.bytes);
     Ok(util::json(StatusCode::OK, &b"{}"[..]))
 }
 

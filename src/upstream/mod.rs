@@ -1,19 +1,24 @@
 //! Sources that feed the [`store`](crate::store): the watched flags file (the default) and Redis
-//! ([`redis`](self::redis), which also forwards SDK events upstream). [`run`] is the source task
-//! and [`event_sink`] makes the events forwarder; `app` spawns and joins both.
+//! ([`redis`](self::redis), which also forwards SDK events upstream through the byte-bounded
+//! queue of [`events`]). [`run`] is the source task and [`event_sink`] makes the events queue and
+//! forwarder; `app` spawns and joins both.
 //!
 //! Invariant: a source only ever publishes valid features; anything it cannot parse is counted,
 //! logged and skipped, and the last good data keeps being served.
 
+pub mod events;
 pub mod file;
 pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Upstream;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
+
+pub use events::{Accepted, EventSender, QueueClosed};
 
 /// A batch of SDK events or registrations accepted by the API, on its way upstream.
 #[derive(Debug, Clone)]
@@ -25,12 +30,13 @@ pub struct EventBatch {
 }
 
 /// The queue SDK event batches go to, and the task that forwards them, if the upstream takes
-/// them (Redis mode); the caller spawns and joins the forwarder. In file mode there is none:
-/// batches are accepted and counted only.
-pub fn event_sink(upstream: &Upstream, metrics: Arc<Metrics>, shutdown: Shutdown) -> Option<(tokio::sync::mpsc::Sender<EventBatch>, self::redis::Forwarder)> {
+/// them (Redis mode); the caller spawns and joins the forwarder, which flushes the queue for at
+/// most `flush_within` once `shutdown` is triggered. In file mode there is none: batches are
+/// accepted and counted only.
+pub fn event_sink(upstream: &Upstream, metrics: Arc<Metrics>, shutdown: Shutdown, flush_within: Duration) -> Option<(EventSender, self::redis::Forwarder)> {
     match upstream {
         Upstream::File(_) => None,
-        Upstream::Redis(cfg) => Some(self::redis::event_sink(cfg, metrics, shutdown)),
+        Upstream::Redis(cfg) => Some(self::redis::event_sink(cfg, metrics, shutdown, flush_within)),
     }
 }
 

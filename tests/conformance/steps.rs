@@ -13,7 +13,9 @@ use flagrelay::model::{Audience, Condition, Feature, FeatureControl, Rule, Varia
 use regex::Regex;
 use serde_json::{json, Map, Value};
 
-use super::gherkin::{Row, Step};
+use gherkin::Step;
+
+use super::rows::Row;
 
 pub enum Outcome {
     Pass,
@@ -21,14 +23,14 @@ pub enum Outcome {
     NotApplicable(String),
 }
 
-/// Tags whose scenarios describe an SDK architecture this engine does not have.
+/// Tags (without the `@`) whose scenarios describe an SDK architecture this engine does not have.
 const NOT_APPLICABLE_TAGS: [(&str, &str); 2] = [
     (
-        "@builder-injects-implicit-attributes",
+        "builder-injects-implicit-attributes",
         "the engine defers implicit attributes to evaluation time (the @builder-defers scenario runs)",
     ),
     (
-        "@user-builder-validates-empty-id",
+        "user-builder-validates-empty-id",
         "contexts are lenient by design: an empty id is the anonymous user (OFREP allows no targetingKey)",
     ),
 ];
@@ -82,7 +84,7 @@ fn parse_bool(s: &str) -> Result<bool, Outcome> {
 
 /// A data table as header-keyed rows.
 fn records(step: &Step) -> Result<Vec<Map<String, Value>>, Outcome> {
-    let Some((header, rows)) = step.table.split_first() else { return fail("step needs a table") };
+    let Some((header, rows)) = step.table.as_ref().and_then(|t| t.rows.split_first()) else { return fail("step needs a table") };
     Ok(rows
         .iter()
         .map(|r| header.iter().cloned().zip(r.iter().map(|c| Value::String(c.clone()))).collect())
@@ -269,7 +271,7 @@ fn steps() -> &'static [(Regex, Handler)] {
                 Ok(())
             }),
             ("^the json value should equal$", |w, _, step| {
-                let want = parse_json(step.doc.as_deref().unwrap_or_default())?;
+                let want = parse_json(step.docstring.as_deref().unwrap_or_default())?;
                 check("json value", w.json_value.clone(), Some(Some(want)))
             }),
             ("^the json value should be undefined$", |w, _, _| check("json value", w.json_value.clone(), Some(None))),
@@ -317,28 +319,30 @@ fn built(w: &World) -> Result<&Context, Outcome> {
 /// Rows about dates: run again under non-UTC time zones.
 pub fn is_date_row(row: &Row) -> bool {
     row.steps.iter().any(|s| {
-        s.text.contains("\"before\"")
-            || s.text.contains("\"after\"")
-            || s.table.iter().flatten().any(|c| c == "before" || c == "after" || c == "featureflow.date")
+        s.value.contains("\"before\"")
+            || s.value.contains("\"after\"")
+            || s.table.iter().flat_map(|t| t.rows.iter().flatten()).any(|c| c == "before" || c == "after" || c == "featureflow.date")
     })
 }
 
 pub fn run_row(row: &Row) -> Outcome {
     if let Some((tag, why)) = NOT_APPLICABLE_TAGS.iter().find(|(t, _)| row.tags.iter().any(|x| x == t)) {
-        return Outcome::NotApplicable(format!("{tag}: {why}"));
+        return Outcome::NotApplicable(format!("@{tag}: {why}"));
     }
     let mut w = World::default();
     for step in &row.steps {
-        let Some((re, handler)) = steps().iter().find(|(re, _)| re.is_match(&step.text)) else {
-            return Outcome::Fail(format!("line {}: no step definition for {:?}", step.line, step.text));
+        let Some((re, handler)) = steps().iter().find(|(re, _)| re.is_match(&step.value)) else {
+            return Outcome::Fail(format!("line {}: no step definition for {:?}", step.position.line, step.value));
         };
         let caps: Vec<String> = re
-            .captures(&step.text)
+            .captures(&step.value)
             .map(|c| c.iter().skip(1).map(|m| m.map_or(String::new(), |m| m.as_str().to_string())).collect())
             .unwrap_or_default();
         if let Err(o) = handler(&mut w, &caps, step) {
             return match o {
-                Outcome::Fail(m) => Outcome::Fail(format!("line {} {} {:?}: {m}", step.line, step.keyword, step.text)),
+                Outcome::Fail(m) => {
+                    Outcome::Fail(format!("line {} {} {:?}: {m}", step.position.line, step.keyword.trim(), step.value))
+                }
                 other => other,
             };
         }

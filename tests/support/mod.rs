@@ -1,20 +1,21 @@
 //! Test harness: a real relay on loopback ports the test owns, real HTTP and SSE clients.
 //! Every network await has a timeout so nothing hangs.
-#![allow(dead_code)]
 
+pub mod limited_process;
 pub mod node;
+pub mod process;
 pub mod redis;
 pub mod sse;
+pub mod tcp;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flagrelay::config::{Config, ServeArgs};
+use flagrelay::config::{Config, Overrides};
 use flagrelay::shutdown::Shutdown;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-#[allow(unused_imports)]
 pub use sse::{SseClient, SseEvent};
 
 /// The timeout for any single network await in tests.
@@ -64,6 +65,8 @@ pub struct TestRelayBuilder {
     flags: Value,
     extra_toml: String,
     upstream_toml: Option<String>,
+    /// Extra `key = value` lines of the default file `[upstream]` section.
+    file_upstream_extra: String,
     environments: Vec<(String, Vec<String>, Vec<String>)>,
 }
 
@@ -93,6 +96,13 @@ impl TestRelayBuilder {
         self
     }
 
+    /// Adds `key = value` lines to the default (file) `[upstream]` section.
+    pub fn file_upstream(mut self, lines: &str) -> Self {
+        self.file_upstream_extra.push_str(lines);
+        self.file_upstream_extra.push('\n');
+        self
+    }
+
     /// Replaces the environments (id, server keys, client keys).
     pub fn environments(mut self, envs: &[(&str, &[&str], &[&str])]) -> Self {
         self.environments = envs
@@ -111,8 +121,9 @@ impl TestRelayBuilder {
         match &self.upstream_toml {
             Some(u) => t.push_str(u),
             None => t.push_str(&format!(
-                "[upstream]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 20\n",
-                flags_path.display().to_string()
+                "[upstream]\nkind = \"file\"\npath = {:?}\npoll_interval_ms = 20\n{}",
+                flags_path.display().to_string(),
+                self.file_upstream_extra
             )),
         }
         t.push('\n');
@@ -138,7 +149,7 @@ impl TestRelayBuilder {
         let config_text = self.render_config(&flags_path);
         let config_path = dir.path().join("flagrelay.toml");
         std::fs::write(&config_path, &config_text).expect("write config");
-        let args = ServeArgs { config: config_path.clone(), ..Default::default() };
+        let args = Overrides { config: config_path.clone(), ..Default::default() };
         let config = Config::load(&args).unwrap_or_else(|e| panic!("test config invalid: {e}\n{config_text}"));
         let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
@@ -167,6 +178,7 @@ impl TestRelay {
             flags: serde_json::json!({"production": {}, "staging": {}}),
             extra_toml: String::new(),
             upstream_toml: None,
+            file_upstream_extra: String::new(),
             environments: vec![
                 ("production".into(), vec![SERVER_KEY.into()], vec![CLIENT_KEY.into()]),
                 ("staging".into(), vec![STAGING_SERVER_KEY.into()], vec![STAGING_CLIENT_KEY.into()]),

@@ -1,7 +1,7 @@
 //! Drives the real npm client packages in `tests/clients/` as Node subprocesses.
 //!
-//! `.ci/run` installs them (`npm ci` in tests/clients); a missing Node or missing packages fail
-//! the test with a message saying how to install them.
+//! README's test command, `scripts/test`, installs them (`npm ci` in tests/clients); a missing
+//! Node or missing packages fail the test with a message saying how to install them.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -11,8 +11,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::within;
 
-pub fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+/// Where the client scripts and their `node_modules` live.
+fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients")
 }
 
 fn require_node() {
@@ -21,7 +22,7 @@ fn require_node() {
     let modules = clients_dir().join("node_modules");
     assert!(
         modules.is_dir(),
-        "the npm client packages are missing: run `npm ci --prefix tests/clients` (.ci/run does this)"
+        "the npm client packages are missing: run the tests with `scripts/test` (it installs them), or `npm ci --prefix tests/clients`"
     );
 }
 

@@ -60,15 +60,15 @@ mod tls;
 mod warm;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::config::RedisUpstream;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
-use crate::upstream::EventBatch;
+use crate::upstream::EventSender;
 
 use sentinel::Target;
 use supervisor::EnvSync;
@@ -77,9 +77,10 @@ pub use error::SyncError;
 pub use events::Forwarder;
 pub use tls::install_crypto_provider;
 
-/// The events queue and its forwarder (see [`events`]); the caller runs the forwarder.
-pub fn event_sink(cfg: &RedisUpstream, metrics: Arc<Metrics>, shutdown: Shutdown) -> (mpsc::Sender<EventBatch>, Forwarder) {
-    events::channel(cfg.clone(), metrics, shutdown)
+/// The events queue and its forwarder (see [`events`]); the caller runs the forwarder, which
+/// flushes for at most `flush_within` at shutdown.
+pub fn event_sink(cfg: &RedisUpstream, metrics: Arc<Metrics>, shutdown: Shutdown, flush_within: Duration) -> (EventSender, Forwarder) {
+    events::channel(cfg.clone(), metrics, shutdown, flush_within)
 }
 
 /// Runs one supervisor per environment until shutdown.

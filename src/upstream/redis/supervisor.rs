@@ -138,10 +138,19 @@ impl EnvSync {
         self.metrics.upstream_connected.with_label_values(&[&self.env.id]).set(i64::from(phase == Phase::Live));
     }
 
+    /// What the relay serves meanwhile, for the warnings: the last good data, or nothing yet.
+    pub(super) fn serving(&self) -> &'static str {
+        if self.env.snapshot().loaded {
+            "serving the last good data"
+        } else {
+            "no data loaded yet"
+        }
+    }
+
     fn error(&mut self, msg: &str) {
         self.env.record_error("redis", msg);
         if self.last_logged_error.as_deref() != Some(msg) {
-            tracing::warn!(error = %msg, "redis upstream error; serving the last good data");
+            tracing::warn!(error = %msg, "redis upstream error; {}", self.serving());
             self.last_logged_error = Some(msg.to_string());
         } else {
             tracing::debug!(error = %msg, "redis upstream error (repeated)");

@@ -29,6 +29,9 @@ impl EnvSync {
     pub(super) async fn resync(&mut self, sess: &mut Session, reason: Reason) -> Result<(), SyncError> {
         // RESP2: a probe from before the resync must not be compared with the new revision.
         self.last_probe = None;
+        // Warn when the environment becomes uninitialised, not at each retry (a retry passes
+        // through Resyncing).
+        let was_uninitialised = self.phase == Phase::Uninitialised;
         if let Some(label) = reason.label() {
             self.metrics.upstream_resyncs.with_label_values(&[&self.env.id, label]).inc();
         }
@@ -36,17 +39,18 @@ impl EnvSync {
         let raw = snapshot::fetch(&mut sess.snap, &self.keys, self.cfg.snapshot_timeout).await?;
         self.snapshots += 1;
         if !raw.inited {
-            if self.phase != Phase::Uninitialised {
-                tracing::warn!(meta = %self.keys.meta, upstream_rev = raw.rev, "environment not initialised upstream (meta.inited missing); serving the last good data");
-            }
             if !self.synced_once {
                 self.try_warm_start();
+            }
+            let serving = self.serving();
+            if !was_uninitialised {
+                tracing::warn!(meta = %self.keys.meta, upstream_rev = raw.rev, "environment not initialised upstream (meta.inited missing); {serving}");
             }
             self.uninit_retry_at = Instant::now() + self.uninit_backoff.ceiling();
             let _ = self.uninit_backoff.next_delay();
             self.set_phase(
                 Phase::Uninitialised,
-                Some(format!("not initialised upstream ({}.inited missing): serving the last good data; run `flagrelay flags import`", self.keys.meta)),
+                Some(format!("not initialised upstream ({}.inited missing): {serving}; run `flagrelay flags import`", self.keys.meta)),
             );
             return Ok(());
         }

@@ -1,6 +1,7 @@
 //! The reference writer of the upstream contract ([`Writer`]), used by `flagrelay flags ...`, the
 //! load tool and the tests, and the `flags` commands themselves ([`execute`]: input parsing and
-//! validation before connecting, then one write, and the summary printed).
+//! validation before connecting, then the writes, and the summary printed). `flags import --all`
+//! reads a whole flags file with the file source's own parser ([`crate::upstream::file::parse`]).
 //!
 //! All writes go through one atomic Lua script, `scripts/redis/flagrelay-write.lua` (embedded
 //! here with `include_str!`; other writers load the same file). Its contract is in the script's
@@ -28,6 +29,9 @@ pub const WRITE_SCRIPT: &str = include_str!("../../../scripts/redis/flagrelay-wr
 /// Feature documents longer than this are published without their body (the relay `HGET`s them).
 pub const INLINE_MAX: usize = 16 * 1024;
 
+/// Why a `flags` command or a write failed. `Redis` shows the Redis error's text (which already
+/// includes its own cause) and does not return it as `source()`: a chain printer (anyhow's
+/// `{:#}`) would print the same words once per level.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("{} invalid feature(s), nothing was written:\n  {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
@@ -35,7 +39,13 @@ pub enum WriteError {
     #[error("{0}")]
     Input(String),
     #[error("redis: {0}")]
-    Redis(#[from] SyncError),
+    Redis(SyncError),
+}
+
+impl From<SyncError> for WriteError {
+    fn from(e: SyncError) -> Self {
+        WriteError::Redis(e)
+    }
 }
 
 impl From<redis::RedisError> for WriteError {
@@ -241,15 +251,18 @@ impl Source {
 /// One `flagrelay flags ...` command.
 #[derive(Debug, Clone)]
 pub enum Action {
-    Put(Source),
-    Delete(Vec<String>),
-    Import(Source),
-    Export,
+    Put { env: String, source: Source },
+    Delete { env: String, keys: Vec<String> },
+    /// Replace one environment with a map of key -> feature.
+    Import { env: String, source: Source },
+    /// Replace every environment of a flags file (`{env: {key: feature}}`, the file upstream's
+    /// format), one after the other, each atomically.
+    ImportAll(Source),
+    Export { env: String },
 }
 
-/// Runs a `flags` command against `env` and returns what to print on standard output.
-/// `known_envs` (from the config file, when one was read) guards against a mistyped environment.
-pub async fn execute(cfg: &RedisUpstream, env: &str, known_envs: Option<&[String]>, action: Action) -> Result<String, WriteError> {
+/// Refuses an environment id that is not well-formed or, when the config was read, not in it.
+fn check_env(env: &str, known_envs: Option<&[String]>) -> Result<(), WriteError> {
     if let Some(known) = known_envs {
         if !known.iter().any(|e| e == env) {
             return Err(WriteError::Input(format!("environment {env:?} is not in the config (known: {})", known.join(", "))));
@@ -258,42 +271,66 @@ pub async fn execute(cfg: &RedisUpstream, env: &str, known_envs: Option<&[String
     if env.is_empty() || !env.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(WriteError::Input(format!("{env:?} is not an environment id (letters, digits, '-', '_', '.')")));
     }
-    // Parse before connecting: bad input never needs Redis.
-    let input = match &action {
-        Action::Put(src) => Some(parse_put_input(&src.read()?)?),
-        Action::Import(src) => Some(parse_import_input(&src.read()?)?.into_iter().collect()),
-        _ => None,
+    Ok(())
+}
+
+/// One environment of a flags file and its map of key -> feature.
+type EnvFeatures = (String, Map<String, Value>);
+
+/// `flags import --all` input: every environment of a flags file, each checked as an id, each
+/// feature validated. Invalid features of all environments are reported together.
+fn parse_import_all(bytes: &[u8], known_envs: Option<&[String]>) -> Result<Vec<EnvFeatures>, WriteError> {
+    let envs = crate::upstream::file::parse(bytes).map_err(|e| WriteError::Input(format!("not a flags file: {e}")))?;
+    if envs.is_empty() {
+        return Err(WriteError::Input("the flags file has no environment".into()));
+    }
+    let mut out = Vec::new();
+    let mut invalid = Vec::new();
+    for (env, features) in envs {
+        check_env(&env, known_envs)?;
+        let Value::Object(features) = features else { continue };
+        if let Err(WriteError::Invalid(errors)) = prepare(features.clone().into_iter().collect()) {
+            invalid.extend(errors.into_iter().map(|e| InvalidFeature { key: format!("{env}/{}", e.key), reason: e.reason }));
+        }
+        out.push((env, features));
+    }
+    if invalid.is_empty() {
+        Ok(out)
+    } else {
+        Err(WriteError::Invalid(invalid))
+    }
+}
+
+/// Runs a `flags` command and returns what to print on standard output. `known_envs` (from the
+/// config file, when one was read) guards against a mistyped environment.
+pub async fn execute(cfg: &RedisUpstream, known_envs: Option<&[String]>, action: Action) -> Result<String, WriteError> {
+    // Parse and validate before connecting: bad input never needs Redis.
+    let (env, input) = match &action {
+        Action::ImportAll(src) => return import_all(cfg, known_envs, parse_import_all(&src.read()?, known_envs)?).await,
+        Action::Put { env, source } => (env, Some(parse_put_input(&source.read()?)?)),
+        Action::Import { env, source } => (env, Some(parse_import_input(&source.read()?)?.into_iter().collect())),
+        Action::Delete { env, .. } | Action::Export { env } => (env, None),
     };
+    check_env(env, known_envs)?;
     if let Some(features) = &input {
         prepare(features.clone())?;
     }
     let mut w = Writer::connect(cfg, env).await?;
-    let summary = |verb: &str, r: &WriteReport| {
-        let mut s = format!("{env}: {verb}; revision {}\n", r.revision);
-        if !r.inited {
-            s.push_str(&format!(
-                "note: {env} is not initialised ({}.inited missing): relays keep their last good data until `flagrelay flags import --env {env} FILE`\n",
-                w_meta(cfg, env)
-            ));
-        }
-        s
-    };
     match (action, input) {
-        (Action::Put(_), Some(features)) => {
+        (Action::Put { env, .. }, Some(features)) => {
             let n = features.len();
             let r = w.put(features).await?;
-            Ok(summary(&format!("{n} feature(s) written"), &r))
+            Ok(summary(cfg, &env, &format!("{n} feature(s) written"), &r))
         }
-        (Action::Import(_), Some(features)) => {
-            let map = features.into_iter().collect();
-            let r = w.import(map).await?;
-            Ok(summary(&format!("imported {} feature(s), replacing the environment (new epoch, reset published)", r.written), &r))
+        (Action::Import { env, .. }, Some(features)) => {
+            let r = w.import(features.into_iter().collect()).await?;
+            Ok(summary(cfg, &env, &imported(&r), &r))
         }
-        (Action::Delete(keys), _) => {
+        (Action::Delete { env, keys }, _) => {
             let r = w.delete(&keys).await?;
-            Ok(summary(&format!("{} of {} feature(s) deleted", r.written, keys.len()), &r))
+            Ok(summary(cfg, &env, &format!("{} of {} feature(s) deleted", r.written, keys.len()), &r))
         }
-        (Action::Export, _) => {
+        (Action::Export { .. }, _) => {
             let map = w.export().await?;
             let mut out = serde_json::to_string_pretty(&map).map_err(|e| WriteError::Input(e.to_string()))?;
             out.push('\n');
@@ -303,6 +340,71 @@ pub async fn execute(cfg: &RedisUpstream, env: &str, known_envs: Option<&[String
     }
 }
 
-fn w_meta(cfg: &RedisUpstream, env: &str) -> String {
-    EnvKeys::new(&cfg.prefix, env).meta
+/// Imports each environment in turn on one connection; notes the config's environments that
+/// the file lacks (they stay as they are in Redis).
+async fn import_all(cfg: &RedisUpstream, known_envs: Option<&[String]>, envs: Vec<EnvFeatures>) -> Result<String, WriteError> {
+    let Some((first, _)) = envs.first() else { return Err(WriteError::Input("the flags file has no environment".into())) };
+    let mut w = Writer::connect(cfg, first).await?;
+    let mut out = String::new();
+    for (env, features) in &envs {
+        w.keys = EnvKeys::new(&cfg.prefix, env);
+        let r = w.import(features.clone()).await?;
+        out.push_str(&summary(cfg, env, &imported(&r), &r));
+    }
+    for env in known_envs.unwrap_or_default().iter().filter(|k| !envs.iter().any(|(e, _)| e == *k)) {
+        out.push_str(&format!("note: {env} (in the config) is not in the file: not written\n"));
+    }
+    Ok(out)
+}
+
+fn imported(r: &WriteReport) -> String {
+    format!("imported {} feature(s), replacing the environment (new epoch, reset published)", r.written)
+}
+
+/// One line saying what a write did, and a note when the environment is still not initialised.
+fn summary(cfg: &RedisUpstream, env: &str, verb: &str, r: &WriteReport) -> String {
+    let mut s = format!("{env}: {verb}; revision {}\n", r.revision);
+    if !r.inited {
+        s.push_str(&format!(
+            "note: {env} is not initialised ({}.inited missing): relays keep their last good data until `flagrelay flags import --env {env} FILE`\n",
+            EnvKeys::new(&cfg.prefix, env).meta
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feature(key: &str) -> Value {
+        serde_json::json!({"key": key, "enabled": true, "offVariantKey": "off", "variants": [{"key": "on"}, {"key": "off"}],
+            "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": "on", "split": 100}]}]})
+    }
+
+    #[test]
+    fn import_all_takes_every_environment_of_a_flags_file() {
+        let file = serde_json::json!({"production": {"a": feature("a")}, "staging": {}}).to_string();
+        let envs = parse_import_all(file.as_bytes(), Some(&["production".into(), "staging".into()])).unwrap();
+        let names: Vec<(&str, usize)> = envs.iter().map(|(e, f)| (e.as_str(), f.len())).collect();
+        assert_eq!(names, [("production", 1), ("staging", 0)]);
+    }
+
+    #[test]
+    fn import_all_refuses_before_writing_anything() {
+        let known = ["production".to_string()];
+        let rows: [(&str, String, &str); 5] = [
+            ("not a flags file", "[1]".into(), "not a flags file"),
+            ("no environment", "{}".into(), "no environment"),
+            ("an environment the config lacks", serde_json::json!({"prod": {}}).to_string(), "not in the config"),
+            ("a malformed id", serde_json::json!({"pro duction": {}}).to_string(), "not in the config"),
+            ("an invalid feature, named with its environment", serde_json::json!({"production": {"a": {"key": "b"}}}).to_string(), "production/a"),
+        ];
+        for (name, file, says) in rows {
+            let e = parse_import_all(file.as_bytes(), Some(&known)).unwrap_err();
+            assert!(e.to_string().contains(says), "{name}: {e}");
+        }
+        let e = parse_import_all(br#"{"pro duction": {}}"#, None).unwrap_err();
+        assert!(e.to_string().contains("not an environment id"), "without a config: {e}");
+    }
 }

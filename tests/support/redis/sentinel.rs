@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::fast_upstream;
 use super::server::{ensure_installed, free_port, TestRedis};
 use super::tls::TlsFiles;
-use crate::support::within;
+use crate::within;
 
 /// A Sentinel setup: master, one replica, one sentinel watching them as `mymaster`. With
 /// [`start_tls`](Self::start_tls), master and replica listen on TLS only (one shared CA,

@@ -16,7 +16,7 @@ use flagrelay::upstream::redis::writer::Writer;
 
 use super::tls::TlsFiles;
 use super::tool_config;
-use crate::support::within;
+use crate::within;
 
 pub(super) fn ensure_installed() {
     let ok = Command::new("redis-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);

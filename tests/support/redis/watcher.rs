@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{writer_for, Flags};
-use crate::support::{within, SseClient, SseEvent, TestRelay, WAIT};
+use crate::{within, SseClient, SseEvent, TestRelay, WAIT};
 
 /// Exact JSON text of every feature (object member order included).
 pub fn exact(map: &Flags) -> BTreeMap<String, String> {

@@ -8,21 +8,19 @@
 //! and RSS from procfs (per connection and per delivered message). `flagrelay-load compare A B`
 //! prints the ratios of two `--json` reports.
 //!
+//! A package of its own in the workspace (`benches/load`, run with `cargo run --release -p
+//! flagrelay-load -- ...`), so the relay's package ships one binary; it links the relay's library
+//! only for the Redis trigger (the relay's writer script and Redis settings).
+//!
 //! Layout: this file is the coordinator; `client` runs in child processes (the coordinator
 //! re-executes itself with `--child`), `sse` parses streams, `trigger` makes changes, `procfs`
 //! samples processes, `sys` holds the few raw Linux calls.
 
-#[path = "flagrelay_load/client.rs"]
 mod client;
-#[path = "flagrelay_load/procfs.rs"]
 mod procfs;
-#[path = "flagrelay_load/report.rs"]
 mod report;
-#[path = "flagrelay_load/sse.rs"]
 mod sse;
-#[path = "flagrelay_load/sys.rs"]
 mod sys;
-#[path = "flagrelay_load/trigger.rs"]
 mod trigger;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

@@ -1,5 +1,6 @@
 //! CPU and memory of processes from procfs: utime+stime (/proc/PID/stat, clock ticks), the
-//! nanosecond on-CPU time of every thread (/proc/PID/task/*/schedstat), and VmRSS.
+//! nanosecond on-CPU time of every thread (/proc/PID/task/*/schedstat), and VmRSS; and the whole
+//! machine's busy CPU time (/proc/stat), to tell other load apart.
 
 use serde::Serialize;
 

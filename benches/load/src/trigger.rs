@@ -71,14 +71,14 @@ impl Trigger {
         }
         if spec.starts_with("redis:") || spec.starts_with("rediss:") {
             let (env, key) = feature.unwrap_or("bench/bench-flag").split_once('/').ok_or_else(|| anyhow!("--feature wants ENV/KEY"))?;
-            let args = flagrelay::config::ServeArgs {
+            let overrides = flagrelay::config::Overrides {
                 config: "/nonexistent/flagrelay-load.toml".into(),
                 // `redis:redis://HOST:PORT` or just `redis://HOST:PORT`.
                 redis_url: Some(spec.strip_prefix("redis:").filter(|u| u.contains("://")).unwrap_or(spec).to_string()),
                 prefix: prefix.map(str::to_string),
                 ..Default::default()
             };
-            let (cfg, _) = flagrelay::config::RedisUpstream::for_tool(&args).map_err(|e| anyhow!("{e}"))?;
+            let (cfg, _) = flagrelay::config::RedisUpstream::for_tool(&overrides).map_err(|e| anyhow!("{e}"))?;
             let writer = flagrelay::upstream::redis::writer::Writer::connect(&cfg, env).await.map_err(|e| anyhow!("{e}"))?;
             return Ok(Trigger::Redis { writer: Box::new(writer), key: key.to_string() });
         }

@@ -134,10 +134,10 @@ async fn session(cfg: &ClientCfg, st: &State, idx: usize, sem: &Semaphore) -> Re
         let (n, kts) = match r {
             Ok(x) => x,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return if p.ready { Ok(drop_client(st, &p, Some(e.to_string()))) } else { Err(e.to_string()) },
+            Err(e) => return finish(st, &p, Some(e.to_string())),
         };
         if n == 0 {
-            return if p.ready { Ok(drop_client(st, &p, None)) } else { Err("closed before the initial state".into()) };
+            return finish(st, &p, None);
         }
         let uts = now_ns();
         let was_ready = p.ready;
@@ -153,7 +153,7 @@ async fn session(cfg: &ClientCfg, st: &State, idx: usize, sem: &Semaphore) -> Re
             })
         });
         if let Err(e) = parsed {
-            return if p.ready { Ok(drop_client(st, &p, Some(e))) } else { Err(e) };
+            return finish(st, &p, Some(e));
         }
         if !was_ready && p.ready {
             permit.take();
@@ -187,8 +187,20 @@ async fn session(cfg: &ClientCfg, st: &State, idx: usize, sem: &Semaphore) -> Re
             st.advance(before, prev);
         }
         if p.ended {
-            return Ok(drop_client(st, &p, None));
+            drop_client(st, &p, None);
+            return Ok(());
         }
+    }
+}
+
+/// How a session that stops ends: after its initial state the client is dropped and counted
+/// (no retry); before it, the reason goes back to `client` for a retry.
+fn finish(st: &State, p: &Parser, why: Option<String>) -> Result<(), String> {
+    if p.ready {
+        drop_client(st, p, why);
+        Ok(())
+    } else {
+        Err(why.unwrap_or_else(|| "closed before the initial state".into()))
     }
 }
 
