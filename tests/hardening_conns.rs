@@ -2,7 +2,7 @@
 //! cap, the one header deadline from accept, and stream requests that could leave ghosts.
 //! The caps here are small and configured, so nothing exhausts the machine.
 
-mod support;
+use flagrelay_testkit as support;
 
 use std::time::Duration;
 

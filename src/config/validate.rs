@@ -98,20 +98,27 @@ fn log_level(overrides: &Overrides, file: Option<String>) -> Result<String, Conf
 /// without `=` is a level (`trace` `debug` `info` `warn` `error` `off`). `EnvFilter` reads a bare
 /// word as a target to log at every level, so `verbose` would pass it and then log nothing the
 /// relay writes; `flagrelay=trace` says that on purpose.
-pub(super) fn check_log_filter(filter: &str) -> Result<(), String> {
+pub(super) fn check_log_filter(filter: &str) -> Result<(), LogFilterError> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     if filter.trim().is_empty() {
-        return Err("is empty: give a level, e.g. info".into());
+        return Err(LogFilterError::Empty);
     }
-    tracing_subscriber::EnvFilter::builder().parse(filter).map_err(|e| format!("is not a log filter ({e})"))?;
-    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        if !d.contains('=') && !d.contains('[') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) {
-            return Err(format!(
-                "is not a log filter: {d:?} is not a level (trace, debug, info, warn, error, off); for a target write {d}=LEVEL"
-            ));
-        }
+    tracing_subscriber::EnvFilter::builder().parse(filter).map_err(|e| LogFilterError::Syntax(e.to_string()))?;
+    match filter.split(',').map(str::trim).find(|d| !d.is_empty() && !d.contains('=') && !d.contains('[') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))) {
+        Some(d) => Err(LogFilterError::NotALevel(d.to_string())),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Why a log filter is refused (the message follows the filter itself in the config error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum LogFilterError {
+    #[error("is empty: give a level, e.g. info")]
+    Empty,
+    #[error("is not a log filter ({0})")]
+    Syntax(String),
+    #[error("is not a log filter: {0:?} is not a level (trace, debug, info, warn, error, off); for a target write {0}=LEVEL")]
+    NotALevel(String),
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -343,7 +350,7 @@ mod tests {
             assert_eq!(check_log_filter(ok), Ok(()), "{ok}");
         }
         for (bad, says) in [("verbose", "not a level"), ("warn[", "not a log filter"), ("info,lots", "\"lots\""), ("", "empty")] {
-            let e = check_log_filter(bad).unwrap_err();
+            let e = check_log_filter(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad:?}: {e}");
         }
     }

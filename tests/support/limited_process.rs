@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use super::{simple_feature, CLIENT_KEY, SERVER_KEY, WAIT};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flagrelay");
 
 /// Writes a flags file and a config (one `production` environment, loopback ports chosen by the
 /// OS, a 1 s drain window) with `extra` TOML appended (not an `[sse]` table); returns the
@@ -40,13 +39,14 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Starts the relay with `config` under `ulimit {ulimit}` (`-n 512`: soft and hard limit;
-    /// `-Sn 400`: the soft one only) and waits until it logs that it serves.
-    pub async fn start(config: &Path, ulimit: &str) -> RelayProcess {
+    /// Starts the relay binary `bin` (a test's `env!("CARGO_BIN_EXE_flagrelay")`) with `config`
+    /// under `ulimit {ulimit}` (`-n 512`: soft and hard limit; `-Sn 400`: the soft one only) and
+    /// waits until it logs that it serves.
+    pub async fn start(bin: &str, config: &Path, ulimit: &str) -> RelayProcess {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!("ulimit {ulimit} && exec \"$0\" --config \"$1\" --log-format json"))
-            .arg(BIN)
+            .arg(bin)
             .arg(config)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
