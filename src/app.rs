@@ -31,6 +31,7 @@ use crate::fanout::Fanout;
 use crate::http::auth::Keys;
 use crate::http::fd_limit::{self, CapSource};
 use crate::http::rate_limit::KeyedRateLimit;
+use crate::http::request_body::BodyBudget;
 use crate::http::route::Template;
 use crate::http::server::{Server, ServerOptions};
 use crate::http::state::Api;
@@ -53,6 +54,14 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// The key of the OFREP stream tokens: the configured one, else random for this process.
+fn stream_secret(config: &Config) -> Vec<u8> {
+    match &config.http.stream_token_secret {
+        Some(s) => s.0.as_bytes().to_vec(),
+        None => crate::http::auth::random_stream_secret(),
+    }
+}
+
 /// Runs the relay on already-bound listeners until `shutdown` is triggered and the drain ends.
 pub async fn run(config: Config, api_listener: TcpListener, admin_listener: TcpListener, shutdown: Shutdown) -> Result<(), AppError> {
     run_with(config, api_listener, admin_listener, shutdown, LogCounters::new()?).await
@@ -66,8 +75,10 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
     let admin_addr = admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let limits = StoreLimits {
         replay_revisions: config.sse.replay_revisions,
+        replay_bytes: config.sse.replay_bytes,
         tombstones_max: config.sse.tombstones_max,
         tombstone_ttl: config.sse.tombstone_ttl,
+        max_feature_bytes: config.max_feature_bytes,
     };
     for e in &config.environments {
         metrics.init_env(&e.id);
@@ -92,13 +103,14 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
     }
 
     let api = Arc::new(Api {
-        keys: Keys::new(&config.environments, &store),
+        keys: Keys::new(&config.environments, &store, stream_secret(&config)),
         fanout: fanout.clone(),
         metrics: metrics.clone(),
         http: config.http.clone(),
         events,
-        ofrep_limit: KeyedRateLimit::per_second(config.http.ofrep_rate_limit),
-        context_groups: ContextGroups::default(),
+        ofrep_limit: KeyedRateLimit::per_second(config.http.ofrep_rate_limit, config.http.ofrep_rate_limit_max_clients, &metrics),
+        context_groups: ContextGroups::new(&metrics),
+        bodies: BodyBudget::new(config.http.body_budget_bytes, &metrics),
     });
     let max_connections = api_connection_cap(&config, &metrics);
     let opts = ServerOptions {

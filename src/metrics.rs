@@ -5,7 +5,7 @@
 //! The catalogue with meanings and alerts is `docs/metrics.md`.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Values of the `protocol` label of `flagrelay_sse_clients`.
@@ -33,6 +33,7 @@ pub struct Metrics {
     pub data_age_seconds: prometheus::GaugeVec,
     pub source_errors: IntCounterVec,
     pub invalid_features: IntCounterVec,
+    pub replay_bytes: IntGaugeVec,
     // http
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -41,6 +42,10 @@ pub struct Metrics {
     pub http_connections_rejected: IntCounterVec,
     pub http_accept_errors: prometheus::IntCounter,
     pub http_connection_limit: IntGauge,
+    pub http_body_bytes: IntGauge,
+    pub http_body_budget_rejections: IntCounter,
+    pub rate_limit_clients: IntGauge,
+    pub rate_limit_evictions: IntCounter,
     // upstream (Redis)
     pub upstream_connected: IntGaugeVec,
     pub upstream_reconnects: IntCounterVec,
@@ -54,6 +59,8 @@ pub struct Metrics {
     // evaluation
     pub evaluations: IntCounterVec,
     pub evaluation_errors: IntCounterVec,
+    pub context_groups: IntGauge,
+    pub context_group_bytes: IntGauge,
     // logging
     pub log: LogCounters,
 }
@@ -95,6 +102,12 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus:
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn plain_gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
@@ -152,7 +165,8 @@ impl Metrics {
                 g
             },
             source_errors: counter(r, "flagrelay_source_reload_errors_total", "Failed reloads of a source (unreadable or unparsable flags file, failed Redis snapshot).", &["env", "source"])?,
-            invalid_features: counter(r, "flagrelay_invalid_features_total", "Feature controls rejected by validation.", &["env"])?,
+            invalid_features: counter(r, "flagrelay_invalid_features_total", "Feature controls rejected by validation (including the size cap).", &["env"])?,
+            replay_bytes: gauge(r, "flagrelay_replay_bytes", "Bytes the resume history counts against sse.replay_bytes: the replay ring (encoded changes) and the tombstones (deleted keys).", &["env", "part"])?,
             http_requests: counter(r, "flagrelay_http_requests_total", "HTTP requests by route template and status class.", &["route", "status"])?,
             http_duration: histogram(r, "flagrelay_http_request_duration_seconds", "HTTP request handling time (until headers), by route template.", &["route"], latency_buckets())?,
             sdk_events: counter(r, "flagrelay_sdk_events_received_total", "Event and registration batches accepted from SDKs.", &["env", "kind"])?,
@@ -172,6 +186,18 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            http_body_bytes: plain_gauge(r, "flagrelay_http_body_bytes", "Bytes of request bodies being read or parsed now (bounded by http.body_budget_bytes).")?,
+            http_body_budget_rejections: {
+                let c = IntCounter::new("flagrelay_http_body_budget_rejections_total", "Requests refused with 503 because http.body_budget_bytes of bodies were being read or parsed.")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            rate_limit_clients: plain_gauge(r, "flagrelay_rate_limit_clients", "(key, client address) pairs the OFREP rate limit tracks (at most http.ofrep_rate_limit_max_clients).")?,
+            rate_limit_evictions: {
+                let c = IntCounter::new("flagrelay_rate_limit_evictions_total", "(key, client address) pairs the OFREP rate limit forgot while they were still spending, because more were than http.ofrep_rate_limit_max_clients.")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             upstream_connected: gauge(r, "flagrelay_upstream_connected", "1 while the upstream subscription is connected and synced.", &["env"])?,
             upstream_reconnects: counter(r, "flagrelay_upstream_reconnects_total", "Upstream reconnects.", &["env"])?,
             upstream_connect_failures: counter(r, "flagrelay_upstream_connect_failures_total", "Failed attempts to reach the upstream and subscribe (resolve, connect, TLS, subscribe).", &["env"])?,
@@ -187,6 +213,8 @@ impl Metrics {
             },
             evaluations: counter(r, "flagrelay_evaluations_total", "Evaluation requests by API (ofrep, ofrep_bulk, thin_client, stream).", &["env", "api"])?,
             evaluation_errors: counter(r, "flagrelay_evaluation_errors_total", "Evaluation errors by code.", &["env", "code"])?,
+            context_groups: plain_gauge(r, "flagrelay_context_groups", "Live context groups of the per-context evaluation streams (streams with identical contexts share one).")?,
+            context_group_bytes: plain_gauge(r, "flagrelay_context_group_bytes", "Bytes held by the context groups: canonical contexts, encoded results and frames, structures.")?,
             log,
             registry,
         };
@@ -227,6 +255,9 @@ impl Metrics {
         }
         for g in [&self.features, &self.revision, &self.upstream_connected] {
             g.with_label_values(&[env]);
+        }
+        for p in ["ring", "tombstones"] {
+            self.replay_bytes.with_label_values(&[env, p]);
         }
         self.data_age_seconds.with_label_values(&[env]);
         for s in ["file", "redis"] {

@@ -3,13 +3,14 @@
 //!
 //! Invariants:
 //! - A [`Feature`] is immutable once built. It keeps the JSON object exactly as upstream wrote it
-//!   (`raw`, unknown fields and field order included) so the relay re-serves what it was given, plus a
-//!   typed view (`control`) that the rule engine and validation read.
-//! - `Feature::json` is the compact serialization of `raw`, encoded once when the feature is built and
-//!   shared by every response and frame that carries the feature.
+//!   (`json`: its compact serialization, unknown fields and field order included, encoded once and
+//!   shared by every response and frame that carries the feature) so the relay re-serves what it
+//!   was given, plus a typed view (`control`) that the rule engine and validation read. The parsed
+//!   JSON tree itself is not kept: it cost as much again as the typed view.
 //! - Every `Feature` the sources build comes from [`Feature::from_value`] / `from_slice`, which run
 //!   [`validate`]: invalid controls are rejected with a reason. The fields are public, so code (tests)
 //!   can assemble an unvalidated one; the rule engine must not panic on it either.
+//! - [`check_size`] is the one size rule, applied by the store's write path with its configured cap.
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ pub const OPERATORS: [&str; 13] = [
     "after",
 ];
 
-/// Typed view of a feature control. Unknown fields are not modelled here; they stay in `Feature::raw`.
+/// Typed view of a feature control. Unknown fields are not modelled here; they stay in `Feature::json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureControl {
@@ -132,11 +133,10 @@ impl InvalidFeature {
     }
 }
 
-/// A validated feature: upstream's JSON verbatim, its typed view and its encoded bytes.
+/// A validated feature: upstream's JSON verbatim (encoded) and its typed view.
 #[derive(Debug)]
 pub struct Feature {
     pub key: String,
-    pub raw: Value,
     pub control: FeatureControl,
     pub json: Bytes,
 }
@@ -174,12 +174,14 @@ impl Feature {
             Some(_) => return Err(InvalidFeature::new(map_key, "\"key\" must be a string")),
         }
         validate_shape(map_key, obj)?;
-        let control: FeatureControl = serde_json::from_value(raw.clone())
-            .map_err(|e| InvalidFeature::new(map_key, e.to_string()))?;
-        validate(&control)?;
         // Serializing a Value we just parsed cannot fail; keep a typed error anyway.
         let json = serde_json::to_vec(&raw).map_err(|e| InvalidFeature::new(map_key, e.to_string()))?;
-        Ok(Arc::new(Feature { key: map_key.to_string(), raw, control, json: Bytes::from(json) }))
+        let control: FeatureControl = serde_json::from_value(raw)
+            .map_err(|e| InvalidFeature::new(map_key, e.to_string()))?;
+        validate(&control)?;
+        // Held for the feature's life: without the encoder's spare capacity.
+        let json = Bytes::from(json.into_boxed_slice());
+        Ok(Arc::new(Feature { key: map_key.to_string(), control, json }))
     }
 
     /// Parses a control from JSON bytes.
@@ -188,6 +190,19 @@ impl Feature {
             .map_err(|e| InvalidFeature::new(map_key, format!("invalid JSON: {e}")))?;
         Feature::from_value(map_key, raw)
     }
+}
+
+/// Rejects a feature whose encoded JSON is longer than `max_bytes` (`upstream.max_feature_bytes`):
+/// the store holds every version a replay may need, so one feature must not be able to make it
+/// arbitrarily large. The store applies this to what either source delivers.
+pub fn check_size(f: &Feature, max_bytes: usize) -> Result<(), InvalidFeature> {
+    if f.json.len() > max_bytes {
+        return Err(InvalidFeature::new(
+            &f.key,
+            format!("the control is {} bytes encoded, more than upstream.max_feature_bytes ({max_bytes})", f.json.len()),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the raw JSON for shapes serde would silently coerce or that SDKs choke on.
@@ -361,6 +376,15 @@ mod tests {
         let r = bad(json!({"enabled": true, "rules": [default_rule(),
             {"defaultRule": false, "audience": {"conditions": []}, "variantSplits": [{"variantKey": "on", "split": 100}]}]}));
         assert!(r.contains("last"), "{r}");
+    }
+
+    #[test]
+    fn a_feature_over_the_size_cap_is_invalid_and_says_by_how_much() {
+        let f = ok(json!({"enabled": false, "padding": "x".repeat(100)}));
+        assert_eq!(check_size(&f, f.json.len()), Ok(()));
+        let e = check_size(&f, f.json.len() - 1).unwrap_err();
+        assert!(e.reason.contains("upstream.max_feature_bytes"), "{e}");
+        assert!(e.reason.contains(&f.json.len().to_string()), "{e}");
     }
 
     #[test]

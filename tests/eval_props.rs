@@ -220,7 +220,7 @@ fn unvalidated_feature() -> impl Strategy<Value = Option<Arc<Feature>>> {
             }
         }
         let control: FeatureControl = serde_json::from_value(v.clone()).ok()?;
-        Some(Arc::new(Feature { key: control.key.clone(), raw: v, control, json: Bytes::new() }))
+        Some(Arc::new(Feature { key: control.key.clone(), control, json: Bytes::from(v.to_string()) }))
     })
 }
 

@@ -160,10 +160,11 @@ async fn the_observed_latin1_segment_with_slashes_decodes() {
 }
 
 #[tokio::test]
-async fn a_server_key_is_accepted_too() {
+async fn a_server_key_in_a_thin_client_url_is_refused_with_403() {
     let relay = relay().await;
     let r = evaluate(&relay, SERVER_KEY, &user("u", json!({}))).await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.status(), 403);
+    assert_eq!(body_json(r).await["error"], "client_key_required");
 }
 
 #[tokio::test]

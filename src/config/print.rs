@@ -45,7 +45,7 @@ fn to_raw(c: &Config) -> RawConfig {
             LogFormat::Text => "text".into(),
             LogFormat::Json => "json".into(),
         }),
-        upstream: Some(upstream(&c.upstream)),
+        upstream: Some(upstream(&c.upstream, c.max_feature_bytes)),
         environments: c
             .environments
             .iter()
@@ -59,6 +59,7 @@ fn to_raw(c: &Config) -> RawConfig {
             heartbeat_secs: Some(c.sse.heartbeat.as_secs()),
             retry_ms: Some(c.sse.retry_ms),
             replay_revisions: Some(c.sse.replay_revisions),
+            replay_bytes: Some(c.sse.replay_bytes),
             tombstones_max: Some(c.sse.tombstones_max),
             tombstone_ttl_secs: Some(c.sse.tombstone_ttl.as_secs()),
             client_buffer_bytes: Some(c.sse.client_buffer_bytes),
@@ -76,12 +77,18 @@ fn to_raw(c: &Config) -> RawConfig {
             ofrep_rate_limit: Some(c.http.ofrep_rate_limit),
             max_connections: Some(c.http.max_connections),
             header_read_timeout_ms: Some(ms(c.http.header_read_timeout)),
+            ofrep_rate_limit_max_clients: Some(c.http.ofrep_rate_limit_max_clients),
+            trusted_proxies: Some(c.http.trusted_proxies.iter().map(ToString::to_string).collect()),
+            max_context_bytes: Some(c.http.max_context_bytes),
+            body_budget_bytes: Some(c.http.body_budget_bytes),
+            // Nothing of the secret but its length (it still reads back as a valid one).
+            stream_token_secret: c.http.stream_token_secret.as_ref().map(|s| format!("<redacted: {} characters>", s.0.chars().count())),
         }),
     }
 }
 
-fn upstream(u: &Upstream) -> RawUpstream {
-    match u {
+fn upstream(u: &Upstream, max_feature_bytes: usize) -> RawUpstream {
+    let raw = match u {
         Upstream::File(f) => RawUpstream {
             kind: Some("file".into()),
             path: Some(f.path.clone()),
@@ -110,7 +117,8 @@ fn upstream(u: &Upstream) -> RawUpstream {
             tls_client_key_file: r.tls_client_key_file.clone(),
             ..RawUpstream::default()
         },
-    }
+    };
+    RawUpstream { max_feature_bytes: Some(max_feature_bytes), ..raw }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -148,6 +156,20 @@ mod tests {
         };
         assert_eq!(without_keys(&again), without_keys(&c));
         assert_eq!(again.log_level, "warn,flagrelay=debug");
+    }
+
+    #[test]
+    fn the_memory_and_abuse_limits_print_and_read_back_and_the_stream_secret_does_not_show() {
+        let text = format!(
+            "[upstream]\nmax_feature_bytes = 2048\n{MIN}[sse]\nreplay_bytes = 4096\n[http]\nmax_context_bytes = 1024\n\
+             stream_token_secret = \"do-not-print-this-secret\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n"
+        );
+        let c = load(&text, &Overrides::default()).unwrap();
+        let out = c.redacted();
+        assert!(!out.contains("do-not-print"), "{out}");
+        let again = load(&out, &Overrides::default()).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!((again.max_feature_bytes, again.sse.replay_bytes, again.http.max_context_bytes), (2048, 4096, 1024));
+        assert_eq!(again.http.trusted_proxies, c.http.trusted_proxies);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Config {
     pub environments: Vec<EnvironmentConfig>,
     pub sse: SseConfig,
     pub http: HttpConfig,
+    /// `[upstream] max_feature_bytes`: the largest feature control (its encoded JSON) the store
+    /// accepts from either source; a larger one is rejected like an invalid one.
+    pub max_feature_bytes: usize,
     pub shutdown_timeout: Duration,
     /// The log filter (`RUST_LOG` syntax, every bare directive a level), from the first source
     /// that gives one: `--log-level`, `RUST_LOG`, `FLAGRELAY_LOG_LEVEL`, `log_level`, `info`.
@@ -127,6 +130,9 @@ pub struct SseConfig {
     pub retry_ms: u64,
     /// How many revisions the replay ring keeps for `Last-Event-ID` resumes.
     pub replay_revisions: usize,
+    /// The byte budget of the replay ring (the encoded size of the changes it holds), and,
+    /// separately, of the tombstones' keys.
+    pub replay_bytes: usize,
     /// Tombstones (deleted keys) kept for resumes beyond the ring: count and age.
     pub tombstones_max: usize,
     pub tombstone_ttl: Duration,
@@ -151,8 +157,19 @@ pub struct HttpConfig {
     pub cors_allowed_origins: Vec<String>,
     /// `X-Featureflow-Sdk-Config` header value (single-line JSON).
     pub sdk_config_header: String,
-    /// OFREP requests per second per key (0 = unlimited).
+    /// OFREP requests per second per key and client address (0 = unlimited).
     pub ofrep_rate_limit: u32,
+    /// How many (key, client address) budgets the OFREP rate limit tracks at most.
+    pub ofrep_rate_limit_max_clients: usize,
+    /// Peers whose `X-Forwarded-For` is believed (the client address is the first untrusted hop).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The largest evaluation context (its canonical encoding) a thin-client or OFREP request
+    /// may carry.
+    pub max_context_bytes: usize,
+    /// Request-body bytes being read or parsed at once, over all requests.
+    pub body_budget_bytes: usize,
+    /// The key of the OFREP stream tokens; `None`: a random one per process.
+    pub stream_token_secret: Option<Secret>,
     /// Cap on open API connections of every kind, polls and streams (0 = derived from the
     /// open-files limit). `[sse] max_connections` caps streams.
     pub max_connections: usize,

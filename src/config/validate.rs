@@ -33,7 +33,12 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
     };
 
     let environments = environments(file.environments)?;
-    let upstream = upstream(file.upstream.unwrap_or_default(), overrides)?;
+    let raw_upstream = file.upstream.unwrap_or_default();
+    let max_feature_bytes = raw_upstream.max_feature_bytes.unwrap_or(1024 * 1024);
+    let upstream = upstream(raw_upstream, overrides)?;
+    if max_feature_bytes == 0 {
+        return Err(invalid("upstream.max_feature_bytes", "must be > 0"));
+    }
     let sse = sse(file.sse.unwrap_or_default())?;
     let http = http(file.http.unwrap_or_default())?;
 
@@ -62,6 +67,7 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
         environments,
         sse,
         http,
+        max_feature_bytes,
         shutdown_timeout,
         log_level,
         log_format,
@@ -204,6 +210,7 @@ fn sse(sse_f: RawSse) -> Result<SseConfig, ConfigError> {
         heartbeat: Duration::from_secs(heartbeat_secs),
         retry_ms: sse_f.retry_ms.unwrap_or(3000),
         replay_revisions: replay,
+        replay_bytes: sse_f.replay_bytes.unwrap_or(64 * 1024 * 1024),
         tombstones_max: sse_f.tombstones_max.unwrap_or(10_000),
         tombstone_ttl: Duration::from_secs(sse_f.tombstone_ttl_secs.unwrap_or(24 * 3600)),
         client_buffer_bytes,
@@ -214,6 +221,9 @@ fn sse(sse_f: RawSse) -> Result<SseConfig, ConfigError> {
         drain_window: Duration::from_secs(sse_f.drain_window_secs.unwrap_or(5)),
     };
 
+    if sse.replay_bytes == 0 {
+        return Err(invalid("sse.replay_bytes", "must be > 0 (the ring always keeps the last change)"));
+    }
     if sse.retry_ms > 3_600_000 {
         return Err(invalid("sse.retry_ms", "must be at most 3600000 (one hour)"));
     }
@@ -243,6 +253,27 @@ fn http(http_f: RawHttp) -> Result<HttpConfig, ConfigError> {
     if max_body_bytes == 0 {
         return Err(invalid("http.max_body_bytes", "must be > 0"));
     }
+    let body_budget_bytes = http_f.body_budget_bytes.unwrap_or(32 * 1024 * 1024);
+    if body_budget_bytes < max_body_bytes {
+        return Err(invalid(
+            "http.body_budget_bytes",
+            format!("must be at least http.max_body_bytes ({max_body_bytes}), or a body that size could never be read"),
+        ));
+    }
+    let max_context_bytes = http_f.max_context_bytes.unwrap_or(MAX_CONTEXT_BYTES);
+    if max_context_bytes < 64 {
+        return Err(invalid("http.max_context_bytes", "must be at least 64"));
+    }
+    let ofrep_rate_limit_max_clients = http_f.ofrep_rate_limit_max_clients.unwrap_or(100_000);
+    if ofrep_rate_limit_max_clients == 0 {
+        return Err(invalid("http.ofrep_rate_limit_max_clients", "must be > 0"));
+    }
+    let stream_token_secret = match http_f.stream_token_secret {
+        Some(s) if s.chars().count() < 16 => {
+            return Err(invalid("http.stream_token_secret", "must be at least 16 characters (or leave it out: a random one per process)"))
+        }
+        s => s.map(Secret),
+    };
     let header_read_timeout_ms = http_f.header_read_timeout_ms.unwrap_or(5000);
     if !(1..=60_000).contains(&header_read_timeout_ms) {
         return Err(invalid("http.header_read_timeout_ms", "must be between 1 and 60000"));
@@ -252,9 +283,32 @@ fn http(http_f: RawHttp) -> Result<HttpConfig, ConfigError> {
         cors_allowed_origins: http_f.cors_allowed_origins.unwrap_or_else(|| vec!["*".into()]),
         sdk_config_header: sdk_config,
         ofrep_rate_limit: http_f.ofrep_rate_limit.unwrap_or(0),
+        ofrep_rate_limit_max_clients,
+        trusted_proxies: trusted_proxies(http_f.trusted_proxies.unwrap_or_default())?,
+        max_context_bytes,
+        body_budget_bytes,
+        stream_token_secret,
         max_connections: http_f.max_connections.unwrap_or(0),
         header_read_timeout: Duration::from_millis(header_read_timeout_ms),
     })
+}
+
+/// The default of `http.max_context_bytes`: a context at this size is held by its evaluation
+/// stream group in about this many bytes (docs/reliability.md has the figures).
+const MAX_CONTEXT_BYTES: usize = 32 * 1024;
+
+/// `http.trusted_proxies`: CIDRs (`10.0.0.0/8`, `fd00::/8`) or single addresses.
+fn trusted_proxies(raw: Vec<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let s = s.trim();
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| invalid(format!("http.trusted_proxies[{i}]"), format!("{s:?} is not a CIDR like 10.0.0.0/8 or an address")))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -350,6 +404,45 @@ server_keys = ["k1"]
         let e = load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 5\n"), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("sse.drain_window_secs"), "{e}");
         assert!(load(&format!("shutdown_timeout_secs = 5\n{MIN}[sse]\ndrain_window_secs = 4\n"), &Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn the_memory_limits_have_defaults() {
+        let c = load(MIN, &Overrides::default()).unwrap();
+        assert_eq!(c.sse.replay_bytes, 64 << 20);
+        assert_eq!(c.max_feature_bytes, 1 << 20);
+        assert_eq!(c.http.max_context_bytes, 32 << 10);
+        assert_eq!(c.http.body_budget_bytes, 32 << 20);
+        assert_eq!(c.http.ofrep_rate_limit_max_clients, 100_000);
+        assert!(c.http.trusted_proxies.is_empty());
+        assert!(c.http.stream_token_secret.is_none());
+    }
+
+    #[test]
+    fn the_memory_limits_are_read_and_checked_naming_the_key() {
+        let text = format!(
+            "[upstream]\nmax_feature_bytes = 2048\n{MIN}[sse]\nreplay_bytes = 4096\n[http]\nmax_context_bytes = 1024\nbody_budget_bytes = 2097152\n\
+             ofrep_rate_limit_max_clients = 10\nstream_token_secret = \"0123456789abcdef\"\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"fd00::1/8\"]\n"
+        );
+        let c = load(&text, &Overrides::default()).unwrap();
+        assert_eq!((c.max_feature_bytes, c.sse.replay_bytes, c.http.max_context_bytes), (2048, 4096, 1024));
+        assert_eq!((c.http.body_budget_bytes, c.http.ofrep_rate_limit_max_clients), (2 << 20, 10));
+        assert_eq!(c.http.stream_token_secret.as_ref().map(|s| s.0.as_str()), Some("0123456789abcdef"));
+        let nets: Vec<String> = c.http.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]);
+        let rows = [
+            ("[upstream]\nmax_feature_bytes = 0\n", "", "upstream.max_feature_bytes"),
+            ("", "[sse]\nreplay_bytes = 0\n", "sse.replay_bytes"),
+            ("", "[http]\nmax_context_bytes = 10\n", "http.max_context_bytes"),
+            ("", "[http]\nbody_budget_bytes = 1000\n", "http.body_budget_bytes"),
+            ("", "[http]\nofrep_rate_limit_max_clients = 0\n", "http.ofrep_rate_limit_max_clients"),
+            ("", "[http]\nstream_token_secret = \"short\"\n", "http.stream_token_secret"),
+            ("", "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"nope\"]\n", "http.trusted_proxies[1]"),
+        ];
+        for (before, after, key) in rows {
+            let e = load(&format!("{before}{MIN}{after}"), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

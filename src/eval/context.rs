@@ -12,8 +12,11 @@
 //!   itself at evaluation time, and `featureflow.date` / `featureflow.hourofday` are the caller's
 //!   (see [`Context::inject_now`]).
 //! - Construction never panics on any JSON input and does not recurse into nested values.
+//! - A context's size is the length of its canonical encoding ([`Context::canonical`]: the id and
+//!   the attributes sorted by name, as JSON), which is also what an evaluation-stream group holds
+//!   of it; requests cap it ([`Context::check_bytes`], `http.max_context_bytes`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 use serde_json::{Map, Value};
@@ -49,6 +52,8 @@ pub enum ContextError {
     InvalidId { field: &'static str, got: &'static str },
     #[error("the context has more than {limit} {what}")]
     TooLarge { what: &'static str, limit: usize },
+    #[error("the context is larger than {limit} bytes encoded (the relay's limit, http.max_context_bytes)")]
+    TooManyBytes { limit: usize },
 }
 
 /// At most this many attributes per context, and values per attribute: evaluation cost grows
@@ -77,7 +82,7 @@ fn id_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<Stri
 }
 
 /// A scalar attribute value in stored form, or `None` if it is ignored.
-fn scalar(v: &Value) -> Option<Value> {
+pub(super) fn scalar(v: &Value) -> Option<Value> {
     match v {
         Value::String(_) | Value::Number(_) => Some(v.clone()),
         Value::Bool(b) => Some(Value::String(if *b { "true" } else { "false" }.to_string())),
@@ -172,21 +177,72 @@ impl Context {
         Ok(ctx)
     }
 
+    /// The canonical encoding: `["<id>",{"<name>":[values],...}]` with the attributes sorted by
+    /// name (values keep their order). Equal contexts, whatever their attribute order, have equal
+    /// encodings; [`Context::from_canonical`] reads it back.
+    pub fn canonical(&self) -> String {
+        let attrs: BTreeMap<&String, &Vec<Value>> = self.attributes.iter().collect();
+        // Serializing strings and JSON values cannot fail.
+        serde_json::to_string(&(&self.id, attrs)).unwrap_or_default()
+    }
+
+    /// Reads a [`Context::canonical`] encoding back.
+    pub fn from_canonical(text: &str) -> Result<Context, serde_json::Error> {
+        let (id, attributes): (String, HashMap<String, Vec<Value>>) = serde_json::from_str(text)?;
+        Ok(Context { id, attributes })
+    }
+
+    /// The length of [`Context::canonical`], computed without building it.
+    pub fn encoded_len(&self) -> usize {
+        let mut n = Counter(0);
+        // Order does not change the length; writing to a counter cannot fail.
+        let _ = serde_json::to_writer(&mut n, &(&self.id, &self.attributes));
+        n.0
+    }
+
+    /// Fails if the context is longer than `limit` bytes encoded ([`Context::encoded_len`]).
+    pub fn check_bytes(&self, limit: usize) -> Result<(), ContextError> {
+        if self.encoded_len() > limit {
+            return Err(ContextError::TooManyBytes { limit });
+        }
+        Ok(())
+    }
+
+    /// Inserts one attribute as the constructors do: too many values is an error, no value
+    /// removes it, more attributes than allowed is an error.
+    pub(super) fn insert_values(&mut self, name: &str, values: Vec<Value>) -> Result<(), ContextError> {
+        if values.is_empty() {
+            self.attributes.remove(name);
+        } else {
+            self.attributes.insert(name.to_string(), values);
+            if self.attributes.len() > MAX_ATTRIBUTES {
+                return Err(ContextError::TooLarge { what: "attributes", limit: MAX_ATTRIBUTES });
+            }
+        }
+        Ok(())
+    }
+
     fn insert_all<'a>(&mut self, attrs: impl Iterator<Item = (&'a String, &'a Value)>) -> Result<(), ContextError> {
         for (name, value) in attrs {
             if matches!(value, Value::Array(a) if a.len() > MAX_VALUES) {
                 return Err(ContextError::TooLarge { what: "values in one attribute", limit: MAX_VALUES });
             }
-            let values = attribute_values(value);
-            if values.is_empty() {
-                self.attributes.remove(name.as_str());
-            } else {
-                self.attributes.insert(name.clone(), values);
-                if self.attributes.len() > MAX_ATTRIBUTES {
-                    return Err(ContextError::TooLarge { what: "attributes", limit: MAX_ATTRIBUTES });
-                }
-            }
+            self.insert_values(name, attribute_values(value))?;
         }
+        Ok(())
+    }
+}
+
+/// An `io::Write` that only counts.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -271,6 +327,20 @@ mod tests {
         assert_eq!(Context::from_ofrep(&json!({})).unwrap(), Context::default());
         assert!(Context::from_ofrep(&json!({"targetingKey": 1})).is_err());
         assert!(Context::from_ofrep(&json!(null)).is_err());
+    }
+
+    #[test]
+    fn the_canonical_encoding_sorts_attributes_reads_back_and_its_length_is_the_size() {
+        let a = Context::new("u").with("b", 2).with("a", "x").with("a", 1.5).with("c", "é\"");
+        let b = Context::new("u").with("c", "é\"").with("a", "x").with("a", 1.5).with("b", 2);
+        assert_eq!(a.canonical(), r#"["u",{"a":["x",1.5],"b":[2],"c":["é\""]}]"#);
+        assert_eq!(a.canonical(), b.canonical(), "attribute order does not matter");
+        assert_eq!(Context::from_canonical(&a.canonical()).unwrap(), a);
+        assert_eq!(a.encoded_len(), a.canonical().len());
+        assert_eq!(a.check_bytes(a.encoded_len()), Ok(()));
+        let e = a.check_bytes(a.encoded_len() - 1).unwrap_err();
+        assert_eq!(e, ContextError::TooManyBytes { limit: a.encoded_len() - 1 });
+        assert!(e.to_string().contains("http.max_context_bytes"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The Featureflow rule engine (spec §3.4, §3.5, §4, §6.3): pure, synchronous, no I/O.
 //!
 //! Owns: [`CompiledFeature`] (a feature version with its conditions pre-compiled), full evaluation
-//! ([`CompiledFeature::evaluate`]) and, in [`thin`], the partial evaluation served to thin clients.
+//! ([`CompiledFeature::evaluate`]) and, in [`thin`], the partial evaluation served to thin clients;
+//! the [`Context`] evaluated, its canonical encoding and size, and reading an OFREP context from
+//! JSON tokens within its limits ([`OfrepContextSeed`]).
 //!
 //! Invariants:
 //! - Compilation never fails and never panics. A feature whose splits cannot be walked (a rule whose
@@ -24,6 +26,7 @@
 
 mod bucket;
 mod context;
+mod context_stream;
 mod date;
 mod operators;
 pub mod thin;
@@ -34,6 +37,7 @@ use serde_json::Value;
 
 pub use bucket::{bucket, bucket_hash, split_index, split_walk, ANONYMOUS, DEFAULT_SALT};
 pub use context::{Context, ContextError, DATE, HOUR_OF_DAY, USER_ID};
+pub use context_stream::OfrepContextSeed;
 pub use date::{parse_instant, Instant};
 pub use operators::CompiledCondition;
 use operators::Lookup;

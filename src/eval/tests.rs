@@ -16,7 +16,7 @@ fn feature(v: Value) -> CompiledFeature {
 /// Builds a feature without validation (to reach states a validated feature cannot be in).
 fn unvalidated(v: Value) -> CompiledFeature {
     let control: FeatureControl = serde_json::from_value(v.clone()).unwrap();
-    let f = Arc::new(Feature { key: control.key.clone(), raw: v, control, json: Bytes::new() });
+    let f = Arc::new(Feature { key: control.key.clone(), control, json: Bytes::from(v.to_string()) });
     CompiledFeature::compile(&f)
 }
 

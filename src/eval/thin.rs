@@ -1,6 +1,7 @@
 //! Thin-client partial evaluation (spec §5.1, "Suggested server-side compilation").
 //!
-//! Owns: which features thin clients see at all ([`served`]), [`CompiledFeature::evaluate_thin`]
+//! Owns: which features thin clients see at all ([`served`], [`served_control`]: the one rule
+//! every thin-client path, stream and OFREP filters through), [`CompiledFeature::evaluate_thin`]
 //! and the per-feature value of the `/api/js/v1/evaluate` response body ([`ThinResult`]).
 //!
 //! Invariants:
@@ -23,7 +24,7 @@ use serde_json::Value;
 
 use super::context::is_time_target;
 use super::{CompiledFeature, Context, EvalError};
-use crate::model::Condition;
+use crate::model::{Condition, FeatureControl};
 
 /// One entry of a feature's `{"rules": [...]}`: serializes as
 /// `{"audience":{"conditions":[...]}, "variant": k, "value": v}` with `audience` omitted when there
@@ -94,7 +95,11 @@ impl<'a> ThinResult<'a> {
 /// marked `deleted: true` (hidden as the Java SDK hides it), nor one with `inClientApi: false`
 /// (upstream keeps it out of the client API, so browsers never see it). Absent means served.
 pub fn served(f: &CompiledFeature) -> bool {
-    let c = &f.feature().control;
+    served_control(&f.feature().control)
+}
+
+/// [`served`] on a feature control (for the store, which records what thin clients may hear of).
+pub fn served_control(c: &FeatureControl) -> bool {
     !c.deleted && c.in_client_api != Some(false)
 }
 

@@ -43,11 +43,18 @@ pub struct ConnState {
     pub kill: Notify,
     behind_target: AtomicU64,
     behind_since_ms: AtomicU64,
+    /// The connection's TCP peer, for per-client limits (`None` when not known).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl ConnState {
     pub fn new() -> Arc<ConnState> {
         Arc::new(ConnState::default())
+    }
+
+    /// The state of a connection accepted from `peer`.
+    pub fn for_peer(peer: std::net::SocketAddr) -> Arc<ConnState> {
+        Arc::new(ConnState { peer: Some(peer), ..ConnState::default() })
     }
 }
 

@@ -10,9 +10,15 @@
 //!   the environment's content ETag (the same as the server-SDK poll's) and the change time in Unix
 //!   seconds. A resuming client whose `Last-Event-ID` is not the current revision gets one at once.
 //!
-//! Invariant: frames shared by every client are encoded once: the legacy frame in slot
-//! [`LegacyJs`](crate::store::FrameSlot::LegacyJs) of the change record, the OFREP frame in slot
-//! [`Ofrep`](crate::store::FrameSlot::Ofrep) of the snapshot.
+//! Invariants:
+//! - Frames shared by every client are encoded once: the legacy frame in slot
+//!   [`LegacyJs`](crate::store::FrameSlot::LegacyJs) of the change record, the OFREP frame in slot
+//!   [`Ofrep`](crate::store::FrameSlot::Ofrep) of the snapshot.
+//! - Hidden features stay hidden ([`crate::eval::thin::served`], the rule of every thin-client
+//!   path): a legacy frame only names the change's [`thin_keys`](crate::store::ChangeRecord::thin_keys)
+//!   (features served now or before the change), a full state only the features served and the
+//!   deletions of served ones; a change that touches only hidden features sends nothing on
+//!   either stream.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,6 +28,7 @@ use bytes::Bytes;
 
 use super::frames::push_event;
 use super::Renderer;
+use crate::eval::thin::served_control;
 use crate::metrics::Metrics;
 use crate::model::Revision;
 use crate::store::{Catchup, ChangeRecord, EnvStore, Snapshot};
@@ -41,9 +48,14 @@ fn keys_frame<'a>(keys: impl IntoIterator<Item = &'a str>, revision: Revision) -
     Bytes::from(out)
 }
 
-/// The keys a change touched (upserted, then deleted).
-pub(super) fn change_keys(c: &ChangeRecord) -> impl Iterator<Item = &str> {
-    c.upserts.iter().map(|f| f.key.as_str()).chain(c.deletes.iter().map(String::as_str))
+/// The keys of a change thin clients may hear of.
+pub(super) fn thin_keys(c: &ChangeRecord) -> impl Iterator<Item = &str> {
+    c.thin_keys.iter().map(String::as_str)
+}
+
+/// True if none of `changes` touches a feature thin clients are or were served.
+fn hidden_only(changes: &[Arc<ChangeRecord>]) -> bool {
+    changes.iter().all(|c| c.thin_keys.is_empty())
 }
 
 /// The legacy thin-client stream (spec §5.3). See the module docs.
@@ -51,18 +63,19 @@ pub(super) fn change_keys(c: &ChangeRecord) -> impl Iterator<Item = &str> {
 pub struct LegacyJsRenderer;
 
 impl LegacyJsRenderer {
-    fn render(catchup: Catchup, to: &Snapshot) -> Option<Bytes> {
+    fn render(catchup: Catchup, env: &EnvStore, to: &Snapshot) -> Option<Bytes> {
         match catchup {
             Catchup::Current => None,
-            Catchup::Changes(c) if c.is_empty() => None,
+            Catchup::Changes(c) if hidden_only(&c) => None,
             Catchup::Changes(c) if c.len() == 1 && c[0].seq == to.seq => {
-                Some(c[0].frame(crate::store::FrameSlot::LegacyJs).get_or_init(|| keys_frame(change_keys(&c[0]), c[0].revision)).clone())
+                Some(c[0].frame(crate::store::FrameSlot::LegacyJs).get_or_init(|| keys_frame(thin_keys(&c[0]), c[0].revision)).clone())
             }
-            Catchup::Changes(c) => Some(keys_frame(c.iter().flat_map(|c| change_keys(c)), to.revision)),
-            Catchup::FullState { tombstones } => Some(keys_frame(
-                to.features.keys().map(String::as_str).chain(tombstones.iter().map(String::as_str)),
-                to.revision,
-            )),
+            Catchup::Changes(c) => Some(keys_frame(c.iter().flat_map(|c| thin_keys(c)), to.revision)),
+            Catchup::FullState { tombstones } => {
+                let served = to.features.values().filter(|f| served_control(&f.control)).map(|f| f.key.as_str());
+                let deleted = env.served_tombstones(tombstones);
+                Some(keys_frame(served.chain(deleted.iter().map(String::as_str)), to.revision))
+            }
         }
     }
 }
@@ -81,11 +94,11 @@ impl Renderer for LegacyJsRenderer {
             Some(c @ Catchup::FullState { .. }) => ("full_state", c),
         };
         metrics.sse_resumes.with_label_values(&[&env.id, outcome]).inc();
-        Self::render(catchup, snap).into_iter().collect()
+        Self::render(catchup, env, snap).into_iter().collect()
     }
 
-    fn catch_up(&mut self, _env: &EnvStore, catchup: Catchup, to: &Arc<Snapshot>, _metrics: &Metrics) -> Option<Bytes> {
-        Self::render(catchup, to)
+    fn catch_up(&mut self, env: &EnvStore, catchup: Catchup, to: &Arc<Snapshot>, _metrics: &Metrics) -> Option<Bytes> {
+        Self::render(catchup, env, to)
     }
 }
 
@@ -126,7 +139,7 @@ impl Renderer for OfrepRenderer {
     fn catch_up(&mut self, _env: &EnvStore, catchup: Catchup, to: &Arc<Snapshot>, _metrics: &Metrics) -> Option<Bytes> {
         match catchup {
             Catchup::Current => None,
-            Catchup::Changes(c) if c.is_empty() => None,
+            Catchup::Changes(c) if hidden_only(&c) => None,
             _ => Some(refetch_frame(to).clone()),
         }
     }

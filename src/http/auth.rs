@@ -2,10 +2,17 @@
 //! server or a client key.
 //!
 //! Keys are opaque strings (spec §1); several per environment so a key can rotate with overlap.
-//! A key never appears in logs or metrics; advertised URLs carry a [`stream_token`] instead.
+//! A key never appears in logs or metrics; advertised URLs carry a stream token instead
+//! ([`Keys::stream_token`]).
 //! Where the key is read from: the server-SDK endpoints take `Authorization: Bearer <key>`
 //! ([`bearer`]); OFREP also takes `X-API-Key` or a bare `Authorization: <key>` ([`ofrep_key`]); the
-//! thin-client endpoints take it from the path.
+//! thin-client endpoints take it from the path, and there only a **client** key is good
+//! ([`Keys::url_env`]): URLs end up in proxy and access logs, and a server key opens the rules.
+//!
+//! Stream tokens are `st-` + 32 hex digits of HMAC-SHA1(secret, key): without the secret
+//! (`http.stream_token_secret`, else random per process) a token seen in a log cannot be checked
+//! against guessed keys offline. HMAC-SHA1 is a sound keyed PRF whatever SHA-1's collision
+//! weakness, and `sha1` is already what the relay hashes with.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,23 +29,34 @@ pub enum KeyKind {
     Client,
 }
 
-#[derive(Default)]
 pub struct Keys {
     map: HashMap<String, (Arc<EnvStore>, KeyKind)>,
-    /// Opaque stream tokens ([`stream_token`]) -> environment, for URLs that get logged.
+    /// The key of the stream tokens.
+    secret: Vec<u8>,
+    /// Opaque stream tokens ([`Keys::stream_token`]) -> environment, for URLs that get logged.
     stream_tokens: HashMap<String, Arc<EnvStore>>,
 }
 
-/// The token that stands for `key` in advertised stream URLs (OFREP `eventStreams`): URL-safe,
-/// not reversible to the key, and good only for that notification-only stream.
-pub fn stream_token(key: &str) -> String {
-    use sha1::{Digest, Sha1};
-    let d = Sha1::new().chain_update(b"flagrelay-stream-token\0").chain_update(key.as_bytes()).finalize();
-    format!("st-{}", hex::encode(&d[..16]))
+/// A secret for the stream tokens when none is configured: 32 random bytes, so tokens are good
+/// for this process only (replicas behind one load balancer should configure one).
+pub fn random_stream_secret() -> Vec<u8> {
+    rand::random::<[u8; 32]>().to_vec()
+}
+
+/// The token that stands for `key` under `secret` (see the module docs).
+fn stream_token(secret: &[u8], key: &str) -> String {
+    use hmac::{Hmac, Mac};
+    // HMAC takes a key of any length: new_from_slice cannot fail.
+    let mac = Hmac::<sha1::Sha1>::new_from_slice(secret).map(|m| m.chain_update(key.as_bytes()).finalize().into_bytes());
+    match mac {
+        Ok(d) => format!("st-{}", hex::encode(&d[..16])),
+        Err(_) => String::new(),
+    }
 }
 
 impl Keys {
-    pub fn new(envs: &[EnvironmentConfig], store: &Store) -> Keys {
+    /// The keys of `envs`, with stream tokens keyed by `secret`.
+    pub fn new(envs: &[EnvironmentConfig], store: &Store, secret: Vec<u8>) -> Keys {
         let mut map = HashMap::new();
         for e in envs {
             let Some(env) = store.get(&e.id) else { continue };
@@ -49,8 +67,14 @@ impl Keys {
                 map.insert(k.0.clone(), (env.clone(), KeyKind::Client));
             }
         }
-        let stream_tokens = map.iter().map(|(k, (env, _))| (stream_token(k), env.clone())).collect();
-        Keys { map, stream_tokens }
+        let stream_tokens = map.iter().map(|(k, (env, _))| (stream_token(&secret, k), env.clone())).collect();
+        Keys { map, secret, stream_tokens }
+    }
+
+    /// The token that stands for `key` in advertised stream URLs (OFREP `eventStreams`): URL-safe,
+    /// not reversible to the key, and good only for that notification-only stream.
+    pub fn stream_token(&self, key: &str) -> String {
+        stream_token(&self.secret, key)
     }
 
     /// The environment of an advertised stream token.
@@ -80,12 +104,17 @@ impl Keys {
         Ok((env, key))
     }
 
-    /// Any key of an environment (client or server), e.g. from a URL path.
-    pub fn any_env(&self, key: &str) -> Result<(&Arc<EnvStore>, KeyKind), ApiError> {
+    /// The environment of a key taken from a URL path: a client key; a server key is refused
+    /// (403) because URLs are logged.
+    pub fn url_env(&self, key: &str) -> Result<&Arc<EnvStore>, ApiError> {
         if key.is_empty() {
             return Err(ApiError::MissingKey);
         }
-        self.lookup(key).ok_or(ApiError::UnknownKey)
+        match self.lookup(key) {
+            Some((env, KeyKind::Client)) => Ok(env),
+            Some((_, KeyKind::Server)) => Err(ApiError::ServerKeyInUrl),
+            None => Err(ApiError::UnknownKey),
+        }
     }
 }
 
@@ -127,6 +156,17 @@ mod tests {
         assert_eq!(bearer(&headers(&[("authorization", "Bearer ")])), None);
         assert_eq!(bearer(&headers(&[("authorization", "k1")])), None);
         assert_eq!(bearer(&headers(&[])), None);
+    }
+
+    #[test]
+    fn a_stream_token_depends_on_the_secret_and_the_key_and_does_not_show_either() {
+        let t = stream_token(b"secret-one", "sdk-js-1");
+        assert!(t.starts_with("st-") && t.len() == 35 && t[3..].bytes().all(|b| b.is_ascii_hexdigit()), "{t}");
+        assert_eq!(t, stream_token(b"secret-one", "sdk-js-1"), "replicas with one secret agree");
+        assert_ne!(t, stream_token(b"secret-two", "sdk-js-1"), "a guessed key cannot be confirmed without the secret");
+        assert_ne!(t, stream_token(b"secret-one", "sdk-js-2"));
+        assert!(!t.contains("sdk-js"));
+        assert_ne!(random_stream_secret(), random_stream_secret());
     }
 
     #[test]

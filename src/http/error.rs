@@ -15,6 +15,8 @@ pub enum ApiError {
     UnknownKey,
     #[error("this endpoint needs a server key; a client key was given")]
     ClientKeyOnServerEndpoint,
+    #[error("a URL takes a client key only: a server key must not appear in URLs, which end up in logs")]
+    ServerKeyInUrl,
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method {0} is not allowed here")]
@@ -31,6 +33,8 @@ pub enum ApiError {
     NotReady,
     #[error("the request body was not received in time")]
     BodyTimeout,
+    #[error("the relay is reading too many request bodies at once; retry shortly")]
+    Busy,
     #[error("the relay is shutting down; retry on another instance")]
     ShuttingDown,
     /// OFREP endpoints answer in OFREP's own shapes (see [`OfrepError`]).
@@ -118,12 +122,12 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MissingKey | ApiError::UnknownKey => StatusCode::UNAUTHORIZED,
-            ApiError::ClientKeyOnServerEndpoint => StatusCode::FORBIDDEN,
+            ApiError::ClientKeyOnServerEndpoint | ApiError::ServerKeyInUrl => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::Busy | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Ofrep(e) => e.status(),
@@ -135,6 +139,7 @@ impl ApiError {
             ApiError::MissingKey => "missing_key",
             ApiError::UnknownKey => "unknown_key",
             ApiError::ClientKeyOnServerEndpoint => "server_key_required",
+            ApiError::ServerKeyInUrl => "client_key_required",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -143,6 +148,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::NotReady => "not_ready",
             ApiError::BodyTimeout => "request_timeout",
+            ApiError::Busy => "busy",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Ofrep(_) => "ofrep",
         }
@@ -162,7 +168,7 @@ impl ApiError {
             ApiError::Overloaded { retry_after_secs } | ApiError::RateLimited { retry_after_secs } => {
                 b = b.header(header::RETRY_AFTER, retry_after_secs.to_string());
             }
-            ApiError::NotReady | ApiError::ShuttingDown => b = b.header(header::RETRY_AFTER, "1"),
+            ApiError::NotReady | ApiError::Busy | ApiError::ShuttingDown => b = b.header(header::RETRY_AFTER, "1"),
             ApiError::MissingKey | ApiError::UnknownKey => b = b.header(header::WWW_AUTHENTICATE, "Bearer"),
             _ => {}
         }
@@ -185,6 +191,7 @@ mod tests {
             (ApiError::MissingKey, StatusCode::UNAUTHORIZED, "missing_key"),
             (ApiError::UnknownKey, StatusCode::UNAUTHORIZED, "unknown_key"),
             (ApiError::ClientKeyOnServerEndpoint, StatusCode::FORBIDDEN, "server_key_required"),
+            (ApiError::ServerKeyInUrl, StatusCode::FORBIDDEN, "client_key_required"),
             (ApiError::NotFound("/x".into()), StatusCode::NOT_FOUND, "not_found"),
             (ApiError::MethodNotAllowed("PUT".into()), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             (ApiError::PayloadTooLarge(1), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -193,6 +200,7 @@ mod tests {
             (ApiError::RateLimited { retry_after_secs: 1 }, StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             (ApiError::NotReady, StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             (ApiError::BodyTimeout, StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            (ApiError::Busy, StatusCode::SERVICE_UNAVAILABLE, "busy"),
             (ApiError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         ];
         for (e, status, code) in cases {

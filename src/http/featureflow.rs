@@ -62,9 +62,9 @@ pub fn stream(api: &Api, headers: &HeaderMap, conn: Arc<ConnState>) -> Result<Ss
 pub async fn accept_batch(api: &Arc<Api>, req: Request<Incoming>, kind: &'static str) -> Result<Response<ResBody>, ApiError> {
     let env = api.keys.server_env(req.headers())?.clone();
     let (parts, body) = req.into_parts();
-    let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
-    util::json_array(&bytes)?;
-    api.forward(&env.id, kind, bytes)?;
+    let (shape, body) = api.read_body(body, &parts.headers).await?.parse(util::json_array).await?;
+    shape?;
+    api.forward(&env.id, kind, body.bytes)?;
     api.metrics.sdk_events.with_label_values(&[&env.id, kind]).inc();
     Ok(util::json(StatusCode::OK, &b"{}"[..]))
 }

@@ -162,7 +162,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
     loop {
         // The moment a failing or rejecting spell will have been calm long enough to end.
         let calm_end = [backoff.ends_at(), at_cap.ends_at()].into_iter().flatten().min();
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.wait() => return,
             _ = sleep_until_some(calm_end), if calm_end.is_some() => {
                 let now = Instant::now();
@@ -211,7 +211,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
             &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(15)),
         );
-        let conn = Conn { handler: handler.clone(), state: ConnState::new(), shutdown: shutdown.clone(), grace: opts.shutdown_grace, deadline };
+        let conn = Conn { handler: handler.clone(), state: ConnState::for_peer(peer), shutdown: shutdown.clone(), grace: opts.shutdown_grace, deadline };
         let builder = builder.clone();
         handler.connection_opened();
         tracker.spawn(serve_connection(stream, conn, builder, permit));

@@ -13,8 +13,9 @@
 //! - `GET /api/v1/eval/stream/{key}/user/{base64 user}`: the per-context evaluation stream (same
 //!   user encoding; see [`crate::fanout::eval_stream`]).
 //!
-//! Keys: any key of an environment, client or server (client keys are what browsers hold). A
-//! missing or unknown key is 401 with the relay's JSON error.
+//! Keys: a client key of an environment (what browsers hold); the key is in the URL, which ends
+//! up in logs, so a server key is refused with 403 ([`super::auth::Keys::url_env`]). A missing or
+//! unknown key is 401 with the relay's JSON error.
 //!
 //! Invariants:
 //! - Rule values other than time conditions never leave the relay (the engine guarantees it for
@@ -41,7 +42,7 @@ use super::util;
 /// Re-exported where the user-segment and `keys` decoders are, for their property tests.
 pub use super::util::percent_decode;
 use crate::eval::thin::served;
-use crate::eval::Context;
+use crate::eval::{Context, ContextError};
 use crate::fanout::eval_stream::EvalRenderer;
 use crate::fanout::thin_streams::LegacyJsRenderer;
 use crate::fanout::{ConnState, OpenOptions};
@@ -67,6 +68,8 @@ pub enum UserError {
     Json(String),
     #[error("the decoded user is not a Featureflow user: {0}")]
     Shape(String),
+    #[error("{0}")]
+    TooLarge(ContextError),
 }
 
 /// Reads a base64 user segment (spec §5.1) into a context. Never panics.
@@ -94,6 +97,13 @@ pub fn decode_user(segment: &str) -> Result<Context, UserError> {
     Context::from_featureflow_user(&v).map_err(|e| UserError::Shape(e.to_string()))
 }
 
+/// [`decode_user`], refusing a context over `max_bytes` encoded (`http.max_context_bytes`).
+pub fn decode_user_within(segment: &str, max_bytes: usize) -> Result<Context, UserError> {
+    let ctx = decode_user(segment)?;
+    ctx.check_bytes(max_bytes).map_err(UserError::TooLarge)?;
+    Ok(ctx)
+}
+
 /// The `keys` query parameter (`?keys=a,b`, comma-joined); `None` when absent or empty.
 pub fn requested_keys(query: Option<&str>) -> Option<Vec<String>> {
     let q = query?;
@@ -118,8 +128,8 @@ impl From<UserError> for ApiError {
 
 /// `GET /api/js/v1/evaluate/{key}/user/{base64 user}`.
 pub fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, key: &str, user: &str) -> Result<Response<ResBody>, ApiError> {
-    let (env, _) = api.keys.any_env(key)?;
-    let ctx = decode_user(user)?;
+    let env = api.keys.url_env(key)?;
+    let ctx = decode_user_within(user, api.http.max_context_bytes)?;
     let snap = env.snapshot();
     if !snap.loaded {
         // An empty answer would be cached by the client as "everything off".
@@ -161,26 +171,26 @@ pub fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, key: &str, user: &str) 
 
 /// `POST /api/js/v1/event/{key}`: like the server events endpoint, keyed by the path.
 pub async fn client_events(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result<Response<ResBody>, ApiError> {
-    let env = api.keys.any_env(key)?.0.clone();
+    let env = api.keys.url_env(key)?.clone();
     let (parts, body) = req.into_parts();
-    let bytes = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
-    util::json_array(&bytes)?;
-    api.forward(&env.id, "client_events", bytes)?;
+    let (shape, body) = api.read_body(body, &parts.headers).await?.parse(util::json_array).await?;
+    shape?;
+    api.forward(&env.id, "client_events", body.bytes)?;
     api.metrics.sdk_events.with_label_values(&[&env.id, "client_events"]).inc();
     Ok(util::json(StatusCode::OK, &b"{}"[..]))
 }
 
 /// `GET /api/js/v1/stream/{key}`: changed keys per change (spec §5.3).
 pub fn legacy_stream(api: &Arc<Api>, req: &Request<Incoming>, key: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
-    let env = api.keys.any_env(key)?.0.clone();
+    let env = api.keys.url_env(key)?.clone();
     let opts = OpenOptions { last_event_id: util::last_event_id(req.headers()), protocol: "js_legacy", conn };
     Ok(sse::response(sse::open(&api.fanout, env, Box::new(LegacyJsRenderer), opts)?))
 }
 
 /// `GET /api/v1/eval/stream/{key}/user/{base64 user}`: the per-context evaluation stream.
 pub fn eval_stream(api: &Arc<Api>, key: &str, user: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
-    let env = api.keys.any_env(key)?.0.clone();
-    let ctx = decode_user(user)?;
+    let env = api.keys.url_env(key)?.clone();
+    let ctx = decode_user_within(user, api.http.max_context_bytes)?;
     if !env.snapshot().loaded {
         return Err(ApiError::NotReady); // "everything off" would be cached by the client
     }
@@ -224,6 +234,16 @@ mod tests {
         assert!(matches!(decode_user(&b64(b"{nope")), Err(UserError::Json(_))));
         assert!(matches!(decode_user(&b64(b"[1,2]")), Err(UserError::Shape(_))));
         assert!(matches!(decode_user(&b64(br#"{"id":5}"#)), Err(UserError::Shape(_))));
+    }
+
+    #[test]
+    fn a_user_over_the_context_limit_is_refused_naming_the_limit() {
+        let seg = b64(br#"{"id":"u","attributes":{"a":"0123456789"}}"#);
+        let size = decode_user(&seg).unwrap().encoded_len();
+        assert!(decode_user_within(&seg, size).is_ok());
+        let e = decode_user_within(&seg, size - 1).unwrap_err();
+        assert_eq!(e, UserError::TooLarge(ContextError::TooManyBytes { limit: size - 1 }));
+        assert!(e.to_string().contains("http.max_context_bytes"), "{e}");
     }
 
     #[test]

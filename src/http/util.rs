@@ -1,35 +1,14 @@
-//! Small request/response helpers: bounded body reads, JSON responses, header checks, and
-//! percent-decoding of path and query parts.
+//! Small request/response helpers: JSON responses, the event-batch shape check, header checks,
+//! and percent-decoding of path and query parts. Reading a body is [`super::request_body`].
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use super::body::ResBody;
 use super::error::ApiError;
-
-/// How long a request body may take to arrive.
-pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Reads a request body of at most `limit` bytes (413 beyond, 408 if it takes too long).
-pub async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if len > limit as u64 {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
-    }
-    // A client that trickles its body (slow loris) must not hold the connection, or a drain.
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
-        Err(_) => Err(ApiError::BodyTimeout),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
-        Ok(Err(e)) => Err(ApiError::BadRequest(format!("could not read the request body: {e}"))),
-    }
-}
 
 /// Parses a JSON body that must be an array (event and registration batches).
 pub fn json_array(body: &[u8]) -> Result<(), ApiError> {

@@ -3,14 +3,16 @@
 //! the time in).
 //!
 //! - The ring of recent [`ChangeRecord`]s: every change after `base_seq`, contiguous by seq,
-//!   bounded by [`StoreLimits::replay_revisions`].
+//!   bounded by [`StoreLimits::replay_revisions`] and by [`StoreLimits::replay_bytes`] of
+//!   [`ChangeRecord::weight`] (the last change is always kept, whatever its size).
 //! - Lineages: the first load, and every revision that does not go up (a failover, a restore),
 //!   start a new one. A resume by revision replays only changes of the current lineage, from its
 //!   revision base on; a resume by seq is exact across lineages.
 //! - Ambiguous revisions: the ones that two lineages used, or that a jump skipped. A resume from
 //!   one of them cannot be placed and gets full state with every remembered deletion.
-//! - Tombstones: deleted keys, bounded in count and age, so that a full state tells upsert-only
-//!   clients what to drop.
+//! - Tombstones: deleted keys, bounded in count, age and bytes (their keys, within
+//!   `replay_bytes` of their own), so that a full state tells upsert-only clients what to drop.
+//!   Each remembers whether the deleted version was served to thin clients.
 //! - [`Catchup`]: what a client resuming from a seq or a revision needs.
 
 use std::collections::VecDeque;
@@ -20,18 +22,29 @@ use std::time::{Duration, Instant};
 use super::snapshot::{ChangeRecord, FeatureMap, Snapshot};
 use crate::model::Revision;
 
-/// How much history each environment keeps.
+/// How much history each environment keeps, and the largest feature it accepts.
 #[derive(Debug, Clone)]
 pub struct StoreLimits {
     /// Changes kept in the ring for resumes (at least one is always kept).
     pub replay_revisions: usize,
+    /// The ring's byte budget ([`ChangeRecord::weight`]s: the memory its changes hold), and
+    /// separately the tombstones'.
+    pub replay_bytes: usize,
     pub tombstones_max: usize,
     pub tombstone_ttl: Duration,
+    /// A feature whose encoded JSON is longer is rejected by the write path.
+    pub max_feature_bytes: usize,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        StoreLimits { replay_revisions: 1024, tombstones_max: 10_000, tombstone_ttl: Duration::from_secs(86_400) }
+        StoreLimits {
+            replay_revisions: 1024,
+            replay_bytes: 64 << 20,
+            tombstones_max: 10_000,
+            tombstone_ttl: Duration::from_secs(86_400),
+            max_feature_bytes: 1 << 20,
+        }
     }
 }
 
@@ -78,6 +91,15 @@ struct Tombstone {
     seq: u64,
     revision: Revision,
     at: Instant,
+    /// The deleted version was served to thin clients (so they may hear of its deletion).
+    served: bool,
+}
+
+impl Tombstone {
+    /// What it counts against the tombstones' byte budget.
+    fn weight(&self) -> usize {
+        self.key.len() + std::mem::size_of::<Tombstone>()
+    }
 }
 
 /// How many ambiguous revision ranges are remembered.
@@ -88,7 +110,11 @@ const AMBIGUOUS_RANGES: usize = 16;
 pub(super) struct History {
     limits: StoreLimits,
     ring: VecDeque<Arc<ChangeRecord>>,
+    /// The sum of the ring's [`ChangeRecord::weight`]s.
+    ring_bytes: usize,
     tombstones: VecDeque<Tombstone>,
+    /// The sum of the tombstones' weights.
+    tombstone_bytes: usize,
     /// The seq of the last change no longer in the ring (0: none was dropped).
     base_seq: u64,
     /// Resumes by revision are exact from here on, within the current lineage.
@@ -103,12 +129,19 @@ impl History {
         History {
             limits,
             ring: VecDeque::new(),
+            ring_bytes: 0,
             tombstones: VecDeque::new(),
+            tombstone_bytes: 0,
             base_seq: 0,
             rev_base: 0,
             lineage: 0,
             ambiguous: VecDeque::new(),
         }
+    }
+
+    /// The bytes the ring and the tombstones count against their budgets.
+    pub(super) fn bytes(&self) -> (usize, usize) {
+        (self.ring_bytes, self.tombstone_bytes)
     }
 
     /// The current lineage, for the next change's record.
@@ -153,31 +186,39 @@ impl History {
     }
 
     /// Appends `change` (the next seq, after [`History::advance`]) and forgets, as of `now`, what
-    /// the limits no longer hold: the oldest changes beyond `replay_revisions` (moving the bases
-    /// up), the oldest tombstones beyond `tombstones_max` and those older than `tombstone_ttl`.
+    /// the limits no longer hold: the oldest changes beyond `replay_revisions` or `replay_bytes`
+    /// (moving the bases up; the newest change stays), the oldest tombstones beyond
+    /// `tombstones_max` or `replay_bytes` and those older than `tombstone_ttl`.
     pub(super) fn record(&mut self, change: Arc<ChangeRecord>, now: Instant) {
         for k in &change.deletes {
-            self.tombstones.push_back(Tombstone {
+            let t = Tombstone {
                 key: k.clone(),
                 seq: change.seq,
                 revision: change.revision,
                 at: change.at,
-            });
+                served: change.thin_keys.contains(k),
+            };
+            self.tombstone_bytes += t.weight();
+            self.tombstones.push_back(t);
         }
+        self.ring_bytes += change.weight();
         self.ring.push_back(change);
-        while self.ring.len() > self.limits.replay_revisions.max(1) {
-            if let Some(old) = self.ring.pop_front() {
-                self.base_seq = old.seq;
-                if old.lineage == self.lineage {
-                    self.rev_base = self.rev_base.max(old.revision);
-                }
+        let limits = &self.limits;
+        while self.ring.len() > limits.replay_revisions.max(1) || (self.ring_bytes > limits.replay_bytes && self.ring.len() > 1) {
+            let Some(old) = self.ring.pop_front() else { break };
+            self.ring_bytes -= old.weight();
+            self.base_seq = old.seq;
+            if old.lineage == self.lineage {
+                self.rev_base = self.rev_base.max(old.revision);
             }
         }
-        let ttl = self.limits.tombstone_ttl;
-        while self.tombstones.len() > self.limits.tombstones_max
+        let ttl = limits.tombstone_ttl;
+        while self.tombstones.len() > limits.tombstones_max
+            || self.tombstone_bytes > limits.replay_bytes
             || self.tombstones.front().is_some_and(|t| now.saturating_duration_since(t.at) > ttl)
         {
-            self.tombstones.pop_front();
+            let Some(t) = self.tombstones.pop_front() else { break };
+            self.tombstone_bytes -= t.weight();
         }
     }
 
@@ -222,6 +263,13 @@ impl History {
             ));
         }
         Some(Catchup::FullState { tombstones: self.tombstones_absent(to, |t| t.revision > last_revision) })
+    }
+
+    /// Of `keys` (tombstones of a full state), those whose deleted version was served to thin
+    /// clients: the only deletions the thin-client streams announce.
+    pub(super) fn served_tombstones(&self, mut keys: Vec<String>) -> Vec<String> {
+        keys.retain(|k| self.tombstones.iter().any(|t| t.served && &t.key == k));
+        keys
     }
 
     /// Full state for a client whose position cannot be placed, with every remembered deletion

@@ -34,7 +34,12 @@ fn got(c: Catchup) -> Got {
 }
 
 fn feature(key: &str) -> Arc<Feature> {
-    let v = serde_json::json!({"key": key, "enabled": true, "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": "on", "split": 100}]}]});
+    sized(key, 0)
+}
+
+/// A feature whose encoded JSON carries `padding` more bytes.
+fn sized(key: &str, padding: usize) -> Arc<Feature> {
+    let v = serde_json::json!({"key": key, "enabled": true, "padding": "x".repeat(padding), "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": "on", "split": 100}]}]});
     Feature::from_value(key, v).expect("valid")
 }
 
@@ -49,9 +54,14 @@ impl Env {
 
     /// Publishes a change at `revision` that upserts `upserts` and deletes `deletes`.
     fn change(&mut self, revision: Revision, upserts: &[&str], deletes: &[&str]) -> &mut Env {
+        let upserts: Vec<Arc<Feature>> = upserts.iter().map(|k| feature(k)).collect();
+        self.change_of(revision, upserts, deletes)
+    }
+
+    /// [`Env::change`] with the features given.
+    fn change_of(&mut self, revision: Revision, upserts: Vec<Arc<Feature>>, deletes: &[&str]) -> &mut Env {
         self.h.advance(self.revision, revision);
         self.seq += 1;
-        let upserts: Vec<Arc<Feature>> = upserts.iter().map(|k| feature(k)).collect();
         for f in &upserts {
             self.features.insert(f.key.clone(), f.clone());
         }
@@ -59,7 +69,8 @@ impl Env {
         for k in &deletes {
             self.features.remove(k);
         }
-        let c = ChangeRecord::new(self.seq, revision, upserts, deletes, None, self.now, self.h.lineage());
+        let thin_keys = deletes.clone();
+        let c = ChangeRecord::new(self.seq, revision, upserts, deletes, thin_keys, None, self.now, self.h.lineage());
         self.h.record(Arc::new(c), self.now);
         self.revision = Some(revision);
         self
@@ -260,6 +271,67 @@ fn tombstones_older_than_their_ttl_are_forgotten_at_the_next_change() {
 }
 
 #[test]
+fn a_resume_that_falls_out_of_the_byte_bounded_ring_gets_full_state_like_one_beyond_the_revision_ring() {
+    // Each change of a 10 kB feature weighs a little over 20 kB (the feature and its frame): a
+    // 70 kB budget keeps three.
+    let mut e = Env::with(StoreLimits { replay_bytes: 70_000, ..Default::default() });
+    e.change(1, &["a", "gone"], &[]).change(2, &[], &["gone"]);
+    for r in 3..=8 {
+        e.change_of(r, vec![sized("big", 10_000 + r as usize)], &[]);
+    }
+    let (ring, _) = e.h.bytes();
+    assert!(ring <= 70_000, "the ring holds {ring} bytes");
+    assert_eq!(e.h.ring.len(), 3, "changes 6..=8");
+    let cases = [
+        (7, Some(Got::Changes(vec![8]))),
+        (5, Some(Got::Changes(vec![6, 7, 8]))),
+        (4, Some(full(&[]))),
+        (1, Some(full(&["gone"]))),
+    ];
+    for (last, want) in cases {
+        assert_eq!(e.by_revision(last), want, "Last-Event-ID {last}");
+    }
+    assert_eq!(e.by_seq(5), Got::Changes(vec![6, 7, 8]));
+    assert_eq!(e.by_seq(4), full(&[]));
+    assert_eq!(e.by_seq(1), full(&["gone"]));
+}
+
+#[test]
+fn a_change_larger_than_the_byte_budget_is_still_kept_alone() {
+    let mut e = Env::with(StoreLimits { replay_bytes: 1_000, ..Default::default() });
+    e.change(1, &["a"], &[]).change_of(2, vec![sized("big", 5_000)], &[]);
+    assert_eq!(e.h.ring.len(), 1);
+    assert_eq!(e.by_revision(1), Some(Got::Changes(vec![2])));
+    e.change_of(3, vec![sized("big", 6_000)], &[]);
+    assert_eq!(e.h.ring.len(), 1);
+    assert_eq!(e.by_revision(1), Some(full(&[])));
+    assert_eq!(e.h.bytes().0, e.h.ring[0].weight(), "the count follows what is held");
+}
+
+#[test]
+fn tombstones_beyond_the_byte_budget_are_forgotten_oldest_first() {
+    let key = |c: char| c.to_string().repeat(400);
+    let (a, b, c) = (key('a'), key('b'), key('c'));
+    let budget = 2 * (400 + std::mem::size_of::<Tombstone>());
+    let mut e = Env::with(StoreLimits { replay_revisions: 1, replay_bytes: budget, ..Default::default() });
+    e.change(1, &[&a, &b, &c], &[]).change(2, &[], &[&a]).change(3, &[], &[&b]).change(4, &[], &[&c]);
+    assert_eq!(e.by_seq(0), full(&[&b, &c]));
+    assert_eq!(e.h.bytes().1, budget);
+}
+
+#[test]
+fn only_tombstones_of_features_served_to_thin_clients_are_announced_to_them() {
+    let mut e = Env::new(8);
+    e.change(1, &["a", "b"], &[]);
+    e.h.advance(Some(1), 2);
+    e.seq += 1;
+    // "a" was hidden from thin clients when it was deleted; "b" was served.
+    let c = ChangeRecord::new(e.seq, 2, Vec::new(), vec!["a".into(), "b".into()], vec!["b".into()], None, e.now, e.h.lineage());
+    e.h.record(Arc::new(c), e.now);
+    assert_eq!(e.h.served_tombstones(vec!["a".into(), "b".into(), "c".into()]), ["b"]);
+}
+
+#[test]
 fn the_ring_keeps_the_last_change_even_with_a_zero_limit() {
     let mut e = Env::new(0);
     e.change(1, &["a"], &[]).change(2, &["b"], &[]);
@@ -269,7 +341,7 @@ fn the_ring_keeps_the_last_change_even_with_a_zero_limit() {
 
 #[test]
 fn a_snapshot_answers_a_current_client_and_one_a_single_change_behind_on_its_own() {
-    let change = Arc::new(ChangeRecord::new(5, 50, Vec::new(), Vec::new(), None, Instant::now(), 1));
+    let change = Arc::new(ChangeRecord::new(5, 50, Vec::new(), Vec::new(), Vec::new(), None, Instant::now(), 1));
     let made = Snapshot::published("e".into(), 5, 50, Arc::default(), Arc::default(), Some(change));
     let initial = Snapshot::published("e".into(), 5, 50, Arc::default(), Arc::default(), None);
     let cases = [

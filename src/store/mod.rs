@@ -7,6 +7,7 @@
 //! - `history`: the change ring, lineages, ambiguous revisions, tombstones and [`Catchup`]
 //!   decisions, pure.
 //! - `status`: the source's reported state.
+//! - `weight`: what a feature version holds in memory, which the ring's byte budget counts.
 //!
 //! Invariants:
 //! - Readers never wait while a writer builds: a reader clones the current `Arc<Snapshot>` out of
@@ -23,10 +24,17 @@
 //! - A change that changes nothing is not published. A feature is upserted only when its JSON
 //!   differs from the stored one. A new revision with the same content (or the first load of an
 //!   empty set) is published as a new snapshot without a new change record.
+//! - A feature longer than `max_feature_bytes` encoded ([`crate::model::check_size`]) never
+//!   enters: whichever source delivered it, it is rejected like an invalid feature (counted in
+//!   `flagrelay_invalid_features_total`, logged, the last error of the status) and the version held
+//!   before, if any, stays.
+//! - Each change record says which of its keys thin clients may hear of
+//!   ([`snapshot::thin_keys`]), and each tombstone whether its feature was served to them.
 
 mod history;
 mod snapshot;
 mod status;
+pub mod weight;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,11 +44,11 @@ use tokio::sync::watch;
 
 use crate::eval::CompiledFeature;
 use crate::metrics::Metrics;
-use crate::model::{Feature, Revision};
+use crate::model::{check_size, Feature, Revision};
 
 use history::{History, Target};
 pub use history::{Catchup, StoreLimits};
-pub use snapshot::{encode_map, ChangeRecord, CompiledMap, Encoded, FeatureMap, FrameSlot, Snapshot};
+pub use snapshot::{encode_map, thin_keys, ChangeRecord, CompiledMap, Encoded, FeatureMap, FrameSlot, Snapshot};
 pub use status::SourceStatus;
 
 /// A change to apply. `revision: None` means "the next revision".
@@ -67,6 +75,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One environment.
 pub struct EnvStore {
     pub id: Arc<str>,
+    max_feature_bytes: usize,
     tx: watch::Sender<Arc<Snapshot>>,
     write: Mutex<()>,
     history: Mutex<History>,
@@ -80,6 +89,7 @@ impl EnvStore {
         let (tx, _) = watch::channel(Arc::new(Snapshot::empty(id.clone())));
         EnvStore {
             id,
+            max_feature_bytes: limits.max_feature_bytes,
             tx,
             write: Mutex::new(()),
             history: Mutex::new(History::new(limits)),
@@ -120,6 +130,19 @@ impl EnvStore {
         self.update_status(|s| s.confirmed_at = Some(SystemTime::now()));
     }
 
+    /// False for a feature over `max_feature_bytes`, which is counted, logged and recorded as
+    /// the status's last error (see the module invariants).
+    fn admits(&self, f: &Feature, held_before: bool) -> bool {
+        let Err(e) = check_size(f, self.max_feature_bytes) else { return true };
+        self.metrics.invalid_features.with_label_values(&[&self.id]).inc();
+        tracing::warn!(env = %self.id, feature = %f.key, bytes = f.json.len(), limit = self.max_feature_bytes, kept_previous = held_before, "feature over the size cap rejected");
+        self.update_status(|s| {
+            s.last_error = Some(e.to_string());
+            s.last_error_at = Some(SystemTime::now());
+        });
+        false
+    }
+
     /// Applies upserts and deletes as one revision. Returns the published change, or `None` when
     /// nothing changed (a differing `revision` is still recorded, without a change event).
     pub fn apply(&self, update: Update) -> Option<Arc<ChangeRecord>> {
@@ -129,6 +152,9 @@ impl EnvStore {
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
         for f in update.upserts {
+            if !self.admits(&f, features.contains_key(&f.key)) {
+                continue;
+            }
             match features.get(&f.key) {
                 Some(old) if old.json == f.json => {}
                 _ => {
@@ -149,9 +175,16 @@ impl EnvStore {
     }
 
     /// Replaces the whole data set, publishing only the difference as one revision.
-    pub fn replace(&self, new: FeatureMap, revision: Option<Revision>, upstream_ts_ms: Option<u64>) -> Option<Arc<ChangeRecord>> {
+    pub fn replace(&self, mut new: FeatureMap, revision: Option<Revision>, upstream_ts_ms: Option<u64>) -> Option<Arc<ChangeRecord>> {
         let _w = lock(&self.write);
         let cur = self.snapshot();
+        let oversized: Vec<String> = new.iter().filter(|(k, f)| !self.admits(f, cur.features.contains_key(*k))).map(|(k, _)| k.clone()).collect();
+        for k in oversized {
+            match cur.features.get(&k) {
+                Some(old) => new.insert(k, old.clone()),
+                None => new.remove(&k),
+            };
+        }
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
         for (k, f) in &new {
@@ -203,12 +236,16 @@ impl EnvStore {
             compiled.remove(k);
         }
         let seq = cur.seq + 1;
+        let thin = thin_keys(&upserts, &deletes, &cur.features);
         let record = {
             let mut h = lock(&self.history);
             h.advance(from, revision);
             let now = Instant::now();
-            let record = Arc::new(ChangeRecord::new(seq, revision, upserts, deletes, upstream_ts_ms, now, h.lineage()));
+            let record = Arc::new(ChangeRecord::new(seq, revision, upserts, deletes, thin, upstream_ts_ms, now, h.lineage()));
             h.record(record.clone(), now);
+            let (ring, tombstones) = h.bytes();
+            self.metrics.replay_bytes.with_label_values(&[&self.id, "ring"]).set(ring as i64);
+            self.metrics.replay_bytes.with_label_values(&[&self.id, "tombstones"]).set(tombstones as i64);
             record
         };
         let (features, compiled) = (Arc::new(features), Arc::new(compiled));
@@ -233,6 +270,15 @@ impl EnvStore {
             return None; // ahead: answered without the history lock
         }
         lock(&self.history).catchup_revision(last_revision, Target::of(to))
+    }
+
+    /// Of a full state's `tombstones`, those thin clients may hear of (their deleted version was
+    /// served to them).
+    pub fn served_tombstones(&self, tombstones: Vec<String>) -> Vec<String> {
+        if tombstones.is_empty() {
+            return tombstones;
+        }
+        lock(&self.history).served_tombstones(tombstones)
     }
 
     /// Full state for a client whose position this relay cannot place (ahead of it, or an id

@@ -19,8 +19,8 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::lock;
-use crate::eval::CompiledFeature;
+use super::{lock, weight};
+use crate::eval::{thin, CompiledFeature};
 use crate::model::{Feature, Revision};
 
 pub type FeatureMap = BTreeMap<String, Arc<Feature>>;
@@ -190,6 +190,8 @@ pub struct ChangeRecord {
     pub revision: Revision,
     pub upserts: Vec<Arc<Feature>>,
     pub deletes: Vec<String>,
+    /// The keys of this change the thin-client streams announce ([`thin_keys`]), sorted.
+    pub thin_keys: Vec<String>,
     /// Upstream publish time (Unix ms), for the propagation metric.
     pub upstream_ts_ms: Option<u64>,
     pub at: Instant,
@@ -204,14 +206,33 @@ pub struct ChangeRecord {
     pub deliveries_armed: AtomicBool,
 }
 
+/// The keys of a change that thin clients may hear of: an upsert whose new or previous version
+/// is served to them ([`thin::served_control`]; a feature being hidden is announced, so clients
+/// refetch and drop it), and a delete whose deleted version was. A feature hidden before and
+/// after never appears. Sorted, each once.
+pub fn thin_keys(upserts: &[Arc<Feature>], deletes: &[String], previous: &FeatureMap) -> Vec<String> {
+    let was_served = |k: &str| previous.get(k).is_some_and(|f| thin::served_control(&f.control));
+    let mut keys: Vec<String> = upserts
+        .iter()
+        .filter(|f| thin::served_control(&f.control) || was_served(&f.key))
+        .map(|f| f.key.clone())
+        .chain(deletes.iter().filter(|k| was_served(k)).cloned())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 impl ChangeRecord {
     /// A change at (`seq`, `revision`) of `lineage`, made at `at`, with nothing encoded or
-    /// delivered yet.
+    /// delivered yet; `thin_keys` as [`thin_keys`] computes them.
+    #[allow(clippy::too_many_arguments)] // one per field the store knows at publication
     pub(super) fn new(
         seq: u64,
         revision: Revision,
         upserts: Vec<Arc<Feature>>,
         deletes: Vec<String>,
+        thin_keys: Vec<String>,
         upstream_ts_ms: Option<u64>,
         at: Instant,
         lineage: u64,
@@ -221,6 +242,7 @@ impl ChangeRecord {
             revision,
             upserts,
             deletes,
+            thin_keys,
             upstream_ts_ms,
             at,
             lineage,
@@ -233,6 +255,16 @@ impl ChangeRecord {
     /// The cell for this change's frame of one stream kind.
     pub fn frame(&self, slot: FrameSlot) -> &OnceLock<Bytes> {
         self.frames.get(slot)
+    }
+
+    /// What this change counts against the replay ring's byte budget: the memory its upserted
+    /// feature versions hold ([`weight::feature_bytes`]; in the ring they may be superseded, so
+    /// nothing else holds them), the frame its stream kinds encode of them (about their encoded
+    /// size) and its keys, plus the record itself.
+    pub fn weight(&self) -> usize {
+        let upserts: usize = self.upserts.iter().map(|f| weight::feature_bytes(f) + f.json.len() + f.key.len()).sum();
+        let keys: usize = self.deletes.iter().chain(&self.thin_keys).map(|k| 2 * k.len()).sum();
+        std::mem::size_of::<ChangeRecord>() + upserts + keys
     }
 }
 
@@ -256,7 +288,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&s.encoded().body).expect("JSON");
         let keys: Vec<&str> = v.as_object().expect("a map").keys().map(String::as_str).collect();
         assert_eq!(keys, ["a", "b"]);
-        assert_eq!(v["a"], f("a", "off").raw);
+        assert_eq!(v["a"], serde_json::from_slice::<serde_json::Value>(&f("a", "off").json).expect("JSON"));
     }
 
     #[test]
@@ -285,7 +317,7 @@ mod tests {
         s.full_frame_slot(FrameSlot::Ofrep).get_or_init(|| Bytes::from_static(b"ofrep"));
         assert!(s.full_frame_slot(FrameSlot::Featureflow).get().is_none());
         assert!(s.full_frame_slot(FrameSlot::LegacyJs).get().is_none());
-        let c = ChangeRecord::new(1, 7, Vec::new(), vec!["a".into()], None, Instant::now(), 1);
+        let c = ChangeRecord::new(1, 7, Vec::new(), vec!["a".into()], Vec::new(), None, Instant::now(), 1);
         c.frame(FrameSlot::LegacyJs).get_or_init(|| Bytes::from_static(b"legacy"));
         assert_eq!(c.frame(FrameSlot::LegacyJs).get().map(|b| &b[..]), Some(&b"legacy"[..]));
         assert!(c.frame(FrameSlot::Featureflow).get().is_none());
@@ -305,6 +337,47 @@ mod tests {
         s.catchup_frame(FrameSlot::LegacyJs, 3, make);
         s.catchup_frame(FrameSlot::Featureflow, 4, make);
         assert_eq!(built.get(), 3, "another kind or position is another frame");
+    }
+
+    fn hidden(key: &str, extra: serde_json::Value) -> Arc<Feature> {
+        let mut v = serde_json::json!({"key": key, "enabled": false});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        Feature::from_value(key, v).expect("valid")
+    }
+
+    #[test]
+    fn thin_clients_hear_of_a_change_to_a_feature_they_are_or_were_served_and_of_nothing_else() {
+        let previous: FeatureMap = [
+            ("shown", f("shown", "on")),
+            ("hidden", hidden("hidden", serde_json::json!({"inClientApi": false}))),
+            ("soft-deleted", hidden("soft-deleted", serde_json::json!({"deleted": true}))),
+            ("to-hide", f("to-hide", "on")),
+        ]
+        .into_iter()
+        .map(|(k, f)| (k.to_string(), f))
+        .collect();
+        let upserts = [
+            f("shown", "off"),
+            hidden("hidden", serde_json::json!({"inClientApi": false, "enabled": true})),
+            hidden("to-hide", serde_json::json!({"inClientApi": false})),
+            f("new", "on"),
+            hidden("new-hidden", serde_json::json!({"deleted": true})),
+        ];
+        let deletes = ["soft-deleted".to_string(), "shown-gone".to_string()];
+        let mut previous = previous;
+        previous.insert("shown-gone".into(), f("shown-gone", "on"));
+        assert_eq!(thin_keys(&upserts, &deletes, &previous), ["new", "shown", "shown-gone", "to-hide"]);
+    }
+
+    #[test]
+    fn a_change_weighs_what_its_features_hold_and_its_keys() {
+        let a = f("a", "on");
+        let c = ChangeRecord::new(1, 7, vec![a.clone()], vec!["gone".into()], vec!["a".into()], None, Instant::now(), 1);
+        let feature = weight::feature_bytes(&a) + a.json.len() + 1;
+        assert_eq!(c.weight(), std::mem::size_of::<ChangeRecord>() + feature + 2 * (4 + 1));
+        assert!(weight::feature_bytes(&a) > a.json.len());
     }
 
     #[test]

@@ -147,3 +147,67 @@ fn a_revision_only_change_is_recorded_without_an_event() {
     let s = e.snapshot();
     assert_eq!((s.revision, s.seq), (9, seq));
 }
+
+fn env_capped(max_feature_bytes: usize) -> (EnvStore, Arc<Metrics>) {
+    let m = Arc::new(Metrics::new(Registry::new()).expect("metrics"));
+    (EnvStore::new("e", StoreLimits { max_feature_bytes, ..Default::default() }, m.clone()), m)
+}
+
+fn padded(key: &str, variant: &str, padding: usize) -> Arc<Feature> {
+    let v = serde_json::json!({"key": key, "enabled": true, "padding": "x".repeat(padding), "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": variant, "split": 100}]}]});
+    Feature::from_value(key, v).expect("valid")
+}
+
+fn variant(e: &EnvStore, key: &str) -> Option<String> {
+    e.snapshot().features.get(key).map(|f| f.control.rules[0].variant_splits[0].variant_key.clone())
+}
+
+#[test]
+fn an_upsert_over_the_feature_size_cap_is_rejected_counted_and_the_previous_version_stays() {
+    let (e, m) = env_capped(1_000);
+    e.apply(Update { upserts: vec![padded("a", "on", 10)], ..Default::default() });
+    let c = e.apply(Update { upserts: vec![padded("a", "off", 2_000), padded("b", "on", 10)], ..Default::default() }).expect("b changed");
+    assert_eq!(c.upserts.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(variant(&e, "a").as_deref(), Some("on"), "the previous version stays");
+    assert!(e.apply(Update { upserts: vec![padded("new", "on", 2_000)], ..Default::default() }).is_none());
+    assert_eq!(variant(&e, "new"), None, "a new feature over the cap never enters");
+    assert_eq!(m.invalid_features.with_label_values(&["e"]).get(), 2);
+    assert!(e.status().last_error.is_some_and(|s| s.contains("max_feature_bytes")));
+}
+
+#[test]
+fn a_replace_with_a_feature_over_the_size_cap_keeps_the_version_held_before() {
+    let (e, m) = env_capped(1_000);
+    e.replace(map(&[padded("a", "on", 10)]), None, None);
+    e.replace(map(&[padded("a", "off", 2_000), padded("new", "on", 2_000), padded("b", "on", 10)]), None, None);
+    let s = e.snapshot();
+    assert_eq!(s.features.keys().map(String::as_str).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(variant(&e, "a").as_deref(), Some("on"));
+    assert_eq!(m.invalid_features.with_label_values(&["e"]).get(), 2);
+}
+
+#[test]
+fn the_history_bytes_are_exported_per_environment() {
+    let (e, m) = env_capped(1 << 20);
+    e.replace(map(&[padded("a", "on", 5_000)]), None, None);
+    e.apply(Update { deletes: vec!["a".into()], ..Default::default() });
+    assert!(m.replay_bytes.with_label_values(&["e", "ring"]).get() > 5_000);
+    assert!(m.replay_bytes.with_label_values(&["e", "tombstones"]).get() > 0);
+}
+
+#[test]
+fn a_change_records_which_keys_thin_clients_may_hear_of() {
+    let e = env();
+    let hidden = |k: &str| Feature::from_value(k, serde_json::json!({"key": k, "inClientApi": false})).expect("valid");
+    e.replace(map(&[f("a", "on"), hidden("h")]), None, None);
+    let c = e.apply(Update { upserts: vec![f("a", "off"), hidden("h2")], deletes: vec!["h".into()], ..Default::default() }).expect("change");
+    assert_eq!(c.thin_keys, ["a"]);
+    let s = e.snapshot();
+    match e.full_state_for_unknown(&s) {
+        Catchup::FullState { tombstones } => {
+            assert_eq!(tombstones, ["h"], "server SDKs hear of every deletion");
+            assert!(e.served_tombstones(tombstones).is_empty(), "thin clients of none of a hidden feature");
+        }
+        other => panic!("expected full state, got {other:?}"),
+    }
+}

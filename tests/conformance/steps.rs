@@ -99,7 +99,7 @@ fn field<'a>(rec: &'a Map<String, Value>, k: &str) -> Result<&'a str, Outcome> {
 fn compile(control: FeatureControl) -> CompiledFeature {
     let raw = serde_json::to_value(&control).unwrap_or_default();
     let json = Bytes::from(serde_json::to_vec(&raw).unwrap_or_default());
-    CompiledFeature::compile(&Arc::new(Feature { key: control.key.clone(), raw, control, json }))
+    CompiledFeature::compile(&Arc::new(Feature { key: control.key.clone(), control, json }))
 }
 
 fn control(key: &str, enabled: bool, rules: Vec<Rule>, variants: Vec<Variant>) -> FeatureControl {

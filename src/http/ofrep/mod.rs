@@ -2,8 +2,8 @@
 //! `POST /ofrep/v1/evaluate/flags/{key}` (single flag), `POST /ofrep/v1/evaluate/flags` (bulk,
 //! trailing slash accepted, strong `ETag` + 304), and `GET /ofrep/v1/stream/{token}`, the SSE
 //! endpoint the bulk response advertises in `eventStreams` (ADR-0008), where the token stands for
-//! the key ([`super::auth::stream_token`]). This module holds the handlers; the encoding is in
-//! [`wire`].
+//! the key ([`super::auth::Keys::stream_token`]). This module holds the handlers; reading a request
+//! is [`request`], the encoding is in [`wire`].
 //!
 //! Request: the body is `{"context": {...}}`; an empty body, a `null` or missing `context` and a
 //! context without `targetingKey` are all fine (anonymous). Attributes sit flat beside
@@ -32,10 +32,14 @@
 //! - The bulk ETag is a 64-bit SipHash (std's `DefaultHasher`, fixed keys) of the exact body plus
 //!   its length ([`wire::bulk_etag`]), so equal bodies have equal ETags on every replica;
 //!   `If-None-Match` is compared as the server-SDK poll does.
-//! - With `ofrep_rate_limit > 0`, each key gets that many evaluation requests per second (bursts up
-//!   to one second's worth; [`super::rate_limit`]) and beyond it 429 with an integer `Retry-After`.
-//!   The stream endpoint is not rate-limited.
+//! - With `ofrep_rate_limit > 0`, each key gets that many evaluation requests per second **per
+//!   client address** (bursts up to one second's worth; the peer, or the first untrusted
+//!   `X-Forwarded-For` hop behind `trusted_proxies`; [`super::rate_limit`]) and beyond it 429 with
+//!   an integer `Retry-After`. The stream endpoint is not rate-limited.
+//! - The body is read within the request-body budget and parsed as tokens within the context's
+//!   limits ([`request`]; [`super::request_body`]).
 
+pub mod request;
 pub mod wire;
 
 use std::sync::Arc;
@@ -45,51 +49,57 @@ use hyper::header;
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 
-use super::auth::stream_token;
 use super::body::ResBody;
 use super::error::{ApiError, OfrepCode, OfrepError};
 use super::sse;
 use super::state::Api;
 use super::util;
+use super::rate_limit::client_addr;
 use crate::eval::thin::served;
+use crate::eval::Context;
 use crate::fanout::thin_streams::OfrepRenderer;
 use crate::fanout::{ConnState, OpenOptions};
 use crate::store::EnvStore;
-pub use wire::{bulk_body, parse_request};
+pub use request::{parse_request, parse_request_within, RequestError};
+pub use wire::bulk_body;
 
-/// A request that passed [`admit`]: its environment, key, head and body.
+/// A request that passed [`admit`]: its environment, key, head and what its body says.
 struct Admitted {
     env: Arc<EnvStore>,
     key: String,
     parts: Parts,
-    body: bytes::Bytes,
+    context: Result<Context, RequestError>,
 }
 
-/// What both evaluation endpoints do first: authenticate, rate-limit, read the bounded body.
-async fn admit(api: &Arc<Api>, req: Request<Incoming>) -> Result<Admitted, ApiError> {
+/// What both evaluation endpoints do first: authenticate, rate-limit by key and client address,
+/// read the body within its budget and parse it (off the runtime when it is big; the body and
+/// its share of the budget are let go before any evaluation).
+async fn admit(api: &Arc<Api>, req: Request<Incoming>, conn: &ConnState) -> Result<Admitted, ApiError> {
     let (env, key) = api.keys.ofrep_env(req.headers())?;
     let (env, key) = (env.clone(), key.to_string());
     if let Some(limit) = &api.ofrep_limit {
-        limit.check(&key).map_err(|retry_after_secs| {
+        let client = client_addr(conn.peer.map(|p| p.ip()), req.headers(), &api.http.trusted_proxies);
+        limit.check(&key, client).map_err(|retry_after_secs| {
             api.metrics.evaluation_errors.with_label_values(&[&env.id, "RATE_LIMITED"]).inc();
             ApiError::RateLimited { retry_after_secs }
         })?;
     }
     let (parts, body) = req.into_parts();
-    let body = util::read_body(body, &parts.headers, api.http.max_body_bytes).await?;
-    Ok(Admitted { env, key, parts, body })
+    let max = api.http.max_context_bytes;
+    let (context, _body) = api.read_body(body, &parts.headers).await?.parse(move |b| parse_request_within(b, max)).await?;
+    Ok(Admitted { env, key, parts, context })
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
-pub async fn single(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result<Response<ResBody>, ApiError> {
-    let Admitted { env, body, .. } = admit(api, req).await?;
+pub async fn single(api: &Arc<Api>, req: Request<Incoming>, key: &str, conn: &ConnState) -> Result<Response<ResBody>, ApiError> {
+    let Admitted { env, context, .. } = admit(api, req, conn).await?;
     let m = &api.metrics;
     m.evaluations.with_label_values(&[&env.id, "ofrep"]).inc();
     let fail = |code: OfrepCode, details: String| {
         m.evaluation_errors.with_label_values(&[&env.id, code.as_str()]).inc();
         OfrepError::Flag { key: key.to_string(), code, details }
     };
-    let mut ctx = parse_request(&body).map_err(|e| fail(OfrepCode::InvalidContext, e.to_string()))?;
+    let mut ctx = context.map_err(|e| fail(OfrepCode::InvalidContext, e.to_string()))?;
     // OFREP clients cannot finish time conditions themselves: the relay supplies "now"
     // (featureflow.date, and featureflow.hourofday in UTC) unless the context carries them.
     ctx.inject_now(chrono::Utc::now());
@@ -111,11 +121,11 @@ pub async fn single(api: &Arc<Api>, req: Request<Incoming>, key: &str) -> Result
 
 /// `POST /ofrep/v1/evaluate/flags` (`flagConfigEtag` / `flagConfigLastModified` are accepted and
 /// need nothing: the answer is always computed from the current data).
-pub async fn bulk(api: &Arc<Api>, req: Request<Incoming>) -> Result<Response<ResBody>, ApiError> {
-    let Admitted { env, key, parts, body } = admit(api, req).await?;
+pub async fn bulk(api: &Arc<Api>, req: Request<Incoming>, conn: &ConnState) -> Result<Response<ResBody>, ApiError> {
+    let Admitted { env, key, parts, context } = admit(api, req, conn).await?;
     let m = &api.metrics;
     m.evaluations.with_label_values(&[&env.id, "ofrep_bulk"]).inc();
-    let mut ctx = parse_request(&body).map_err(|e| {
+    let mut ctx = context.map_err(|e| {
         m.evaluation_errors.with_label_values(&[&env.id, OfrepCode::InvalidContext.as_str()]).inc();
         OfrepError::Bulk { code: OfrepCode::InvalidContext, details: e.to_string() }
     })?;
@@ -125,7 +135,7 @@ pub async fn bulk(api: &Arc<Api>, req: Request<Incoming>) -> Result<Response<Res
         return Err(ApiError::NotReady); // an empty flag set would replace the client's cache
     }
     // The advertised URL carries a token, never the key: URLs end up in proxy logs.
-    let (body, errors) = bulk_body(&snap.compiled, &ctx, &wire::stream_uri(&stream_token(&key)));
+    let (body, errors) = bulk_body(&snap.compiled, &ctx, &wire::stream_uri(&api.keys.stream_token(&key)));
     if errors > 0 {
         m.evaluation_errors.with_label_values(&[&env.id, OfrepCode::ParseError.as_str()]).inc_by(errors);
     }

@@ -1,13 +1,12 @@
-//! OFREP wire encoding: reading a request body into a context, and writing evaluations in OFREP's
-//! shapes (value, reason, variant; success and failure items; the bulk body with its
-//! `eventStreams`), the advertised stream URL and the bulk ETag. Pure functions, no HTTP types; the
-//! mapping rules are in the [`super`] module docs.
+//! OFREP wire encoding: writing evaluations in OFREP's shapes (value, reason, variant; success and
+//! failure items; the bulk body with its `eventStreams`), the advertised stream URL and the bulk
+//! ETag. Pure functions, no HTTP types; the mapping rules are in the [`super`] module docs. Reading
+//! a request is [`super::request`].
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use serde_json::Value;
 
 use crate::eval::thin::served;
-use crate::eval::{CompiledFeature, Context, ContextError, Evaluation, Reason};
+use crate::eval::{CompiledFeature, Context, Evaluation, Reason};
 use crate::http::error::OfrepCode;
 use crate::store::CompiledMap;
 
@@ -17,36 +16,6 @@ const STREAM: &str = "/ofrep/v1/stream/";
 const INACTIVITY_DELAY_SECS: u64 = 120;
 /// What a path segment keeps unescaped: RFC 3986's unreserved set.
 const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-// ---- request parsing ------------------------------------------------------------------------
-
-/// Why a request body is not an OFREP request (a 400 `INVALID_CONTEXT`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    #[error("the body is not valid JSON: {0}")]
-    Json(String),
-    #[error("the body must be a JSON object like {{\"context\": {{...}}}}")]
-    NotAnObject,
-    #[error(transparent)]
-    Context(#[from] ContextError),
-}
-
-/// Reads an OFREP request body into a context, leniently (see the module docs). Never panics.
-pub fn parse_request(body: &[u8]) -> Result<Context, RequestError> {
-    let body = body.trim_ascii();
-    if body.is_empty() {
-        return Ok(Context::default());
-    }
-    let v: Value = serde_json::from_slice(body).map_err(|e| RequestError::Json(e.to_string()))?;
-    match &v {
-        Value::Null => Ok(Context::default()),
-        Value::Object(o) => match o.get("context") {
-            None | Some(Value::Null) => Ok(Context::default()),
-            Some(c) => Ok(Context::from_ofrep(c)?),
-        },
-        _ => Err(RequestError::NotAnObject),
-    }
-}
 
 // ---- mapping --------------------------------------------------------------------------------
 
@@ -184,6 +153,8 @@ mod tests {
     use bytes::Bytes;
     use serde_json::json;
 
+    use serde_json::Value;
+
     use super::*;
     use crate::model::{Feature, FeatureControl};
 
@@ -198,7 +169,7 @@ mod tests {
             "rules": [{"defaultRule": true, "variantSplits": [{"variantKey": "on", "split": 90}]}]});
         let control: FeatureControl = serde_json::from_value(raw.clone()).unwrap();
         let json = Bytes::from(serde_json::to_vec(&raw).unwrap());
-        Arc::new(CompiledFeature::compile(&Arc::new(Feature { key: key.into(), raw, control, json })))
+        Arc::new(CompiledFeature::compile(&Arc::new(Feature { key: key.into(), control, json })))
     }
 
     fn one(f: &Arc<CompiledFeature>, ctx: &Context) -> Value {
@@ -270,27 +241,6 @@ mod tests {
         assert!(v["flags"][0]["errorDetails"].as_str().unwrap().contains("splits sum to 90"));
         assert_eq!(v["flags"][1]["value"], true);
         assert_eq!(v["eventStreams"][0]["endpoint"]["requestUri"], "/ofrep/v1/stream/k");
-    }
-
-    #[test]
-    fn lenient_request_bodies() {
-        for body in [&b""[..], b"  ", b"null", b"{}", b"{\"context\":null}", b"{\"context\":{}}"] {
-            assert_eq!(parse_request(body), Ok(Context::default()), "{:?}", String::from_utf8_lossy(body));
-        }
-        let c = parse_request(br#"{"context":{"targetingKey":"u1","plan":"pro"}}"#).unwrap();
-        assert_eq!((c.id.as_str(), c.values("plan").unwrap()), ("u1", &[json!("pro")][..]));
-        for bad in [&b"{"[..], b"[]", b"\"x\"", b"{\"context\":[]}", b"{\"context\":{\"targetingKey\":1}}"] {
-            assert!(parse_request(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn a_bad_request_body_says_why() {
-        assert!(matches!(parse_request(b"{"), Err(RequestError::Json(_))));
-        assert_eq!(parse_request(b"[]"), Err(RequestError::NotAnObject));
-        assert_eq!(RequestError::NotAnObject.to_string(), "the body must be a JSON object like {\"context\": {...}}");
-        let e = parse_request(b"{\"context\":[]}").unwrap_err();
-        assert_eq!(e.to_string(), Context::from_ofrep(&json!([])).unwrap_err().to_string());
     }
 
     #[test]

@@ -58,7 +58,7 @@ fn flags(prod: &str, staging: &str) -> Value {
 fn served(f: &Fixture, env: &str, key: &str) -> Option<String> {
     let snap = f.store.get(env)?.snapshot();
     let feat = snap.features.get(key)?;
-    feat.raw["rules"][0]["variantSplits"][0]["variantKey"].as_str().map(str::to_string)
+    feat.control.rules.first()?.variant_splits.first().map(|s| s.variant_key.clone())
 }
 
 fn state(f: &Fixture, env: &str) -> (&'static str, Option<String>) {
@@ -111,7 +111,7 @@ async fn without_any_event_the_periodic_content_check_finds_a_same_stamp_edit() 
             tokio::time::timeout(Duration::from_secs(10), async {
                 loop {
                     let snap = store.get("production").unwrap().snapshot();
-                    if snap.features.get("a").is_some_and(|x| x.raw["rules"][0]["variantSplits"][0]["variantKey"] == variant) {
+                    if snap.features.get("a").is_some_and(|x| x.control.rules.first().and_then(|r| r.variant_splits.first()).is_some_and(|s| s.variant_key == variant)) {
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
