@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# SSE fan-out, flagrelay against nchan (nginx's C pub/sub module), side by side on this machine.
+# SSE fan-out, flagrelay against the write floor and nchan (nginx's C pub/sub module), side by side
+# on this machine, in one run.
 #
 #   benches/fanout.sh                 # N = 1000 5000 10000 18500, 1 and 2 server cores
 #   benches/fanout.sh 10000           # one N
 #   CORES=2 CHANGES=20 benches/fanout.sh 1000 5000
 #
-# For every N and core count it runs nchan, then flagrelay, each freshly started and pinned with
+# For every N it first measures the floor: benches/floor/fanout_write.c, one write() of the same
+# frame size per already-open loopback socket whose peer reads (sender on cpu 0, reader on cpu 1),
+# CHANGES rounds. Then, for every core count, it runs nchan, then flagrelay, each freshly started and pinned with
 # taskset to the same cores (1 core: cpu 0; 2 cores: cpus 0,1; nchan gets as many nginx workers,
 # flagrelay as many tokio workers via TOKIO_WORKER_THREADS). With 1 server core the load tool runs
 # on cpu 1; with 2 it shares both cores with the server (this machine has 2 vCPUs).
@@ -16,11 +19,15 @@
 # rewrites of its flags file (UPSTREAM=file; polled every 10 ms, so "trigger -> first" includes
 # up to 10 ms of polling).
 #
-# Environment: CORES (default "1 2"), CHANGES (20), IDLE_SECS (31: two 15 s heartbeats),
+# Environment: SERVERS (default "floor nchan flagrelay": which to run), RELAY_BIN (a relay binary
+# to measure instead of building this checkout's, e.g. an older commit's for an A/B run),
+# FRAME_BYTES (248: the floor's write size, flagrelay's change frame), CORES (default "1 2"), CHANGES (20), IDLE_SECS (31: two 15 s heartbeats),
 # SOURCES (127.0.0.1,...,127.0.0.4), OUT (target/fanout-bench), NCHAN_PORT (18080),
 # RELAY_PORT (17700; admin on +1), REDIS_PORT (16390), NCHAN_RUN (benches/nchan/run.sh).
-# Results: OUT/{nchan,flagrelay}-N-Cc.json (flagrelay-load --json reports), a ratio table per pair,
-# and a summary table at the end (OUT/summary.md).
+# Results: OUT/floor-N.txt (the floor program's line), OUT/{nchan,flagrelay}-N-Cc.json
+# (flagrelay-load --json reports), a ratio table per pair with flagrelay/floor and nchan/flagrelay,
+# and a summary table at the end (OUT/summary.md). A floor is only compared with the run it was
+# measured in.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -37,10 +44,23 @@ key=sdk-srv-bench-fanout-0001
 redis_port=${REDIS_PORT:-16390}
 if [ -z "${UPSTREAM:-}" ]; then command -v redis-server >/dev/null && UPSTREAM=redis || UPSTREAM=file; fi
 
+servers=${SERVERS:-floor nchan flagrelay}
+runs() { [[ " $servers " == *" $1 "* ]]; }
+need=(jq taskset curl); runs floor && need+=(gcc); runs flagrelay && [ "$UPSTREAM" = redis ] && need+=(redis-server)
+for t in "${need[@]}"; do
+  command -v "$t" >/dev/null || { echo "fanout.sh needs $t (Debian: apt-get install -y jq util-linux curl gcc redis-server)" >&2; exit 1; }
+done
+frame_bytes=${FRAME_BYTES:-248}
 # The relay and the load tool (its own workspace package, benches/load).
-cargo build --release -p flagrelay -p flagrelay-load >&2
-load=$repo/target/release/flagrelay-load
-relay=$repo/target/release/flagrelay
+tdir=${CARGO_TARGET_DIR:-$repo/target}
+if [ -n "${RELAY_BIN:-}" ]; then
+  cargo build --release -p flagrelay-load >&2
+  relay=$RELAY_BIN
+else
+  cargo build --release -p flagrelay -p flagrelay-load >&2
+  relay=$tdir/release/flagrelay
+fi
+load=$tdir/release/flagrelay-load
 mkdir -p "$out"
 work=$(mktemp -d "${TMPDIR:-/tmp}/flagrelay-fanout.XXXXXX")
 export NCHAN_DIR=$work/nchan
@@ -103,12 +123,25 @@ disturbed() { command -v jq >/dev/null && jq -e ".other_load_changes_pct > ${QUI
 
 wait_gone() { for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; }
 
+floor_bin=$work/fanout_write
+if runs floor; then gcc -O2 -o "$floor_bin" "$repo/benches/floor/fanout_write.c"; fi
+# floor_field FILE KEY: a number from the floor program's line ("sender cpu/write=1234 ns", "median 5.67 ms").
+floor_cpu_us() { sed -n 's/.*sender cpu\/write=\([0-9.]*\) ns.*/\1/p' "$1" | awk '{printf "%.2f", $1 / 1000}'; }
+floor_event_ms() { sed -n 's/.*sockets: median \([0-9.]*\) ms.*/\1/p' "$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+
 for n in "${sizes[@]}"; do
+  if runs floor; then
+    wait_quiet
+    echo "== N=$n: the floor (one write() of $frame_bytes bytes per socket, $changes rounds)" >&2
+    "$floor_bin" "$n" "$changes" "$frame_bytes" drain | tee "$out/floor-$n.txt" >&2
+  fi
   for c in $cores_list; do
     if [ "$c" = 1 ]; then cpus=0; gen=(--client-cpus 1); else cpus=0-$((c - 1)); gen=(); fi
     common=(-n "$n" -m "$changes" --idle-secs "$idle" --sources "$sources" "${gen[@]}")
 
     for attempt in $(seq 0 "${RETRIES:-2}"); do
+    runs nchan || break
     wait_quiet
     echo "== N=$n, $c server core(s): nchan" >&2
     WORKERS=$c taskset -c "$cpus" "$nchan_run" start "$nport" >&2
@@ -122,6 +155,7 @@ for n in "${sizes[@]}"; do
     done
 
     for attempt in $(seq 0 "${RETRIES:-2}"); do
+    runs flagrelay || break
     wait_quiet
     echo "== N=$n, $c server core(s): flagrelay ($UPSTREAM upstream)" >&2
     write_flags
@@ -144,12 +178,41 @@ for n in "${sizes[@]}"; do
     echo "(other load during the run: measuring again)" >&2
     done
 
-    echo "== N=$n, $c server core(s): flagrelay / nchan" >&2
-    "$load" compare "$out/nchan-$n-${c}c.json" "$out/flagrelay-$n-${c}c.json"
+    fr=$out/flagrelay-$n-${c}c.json nc=$out/nchan-$n-${c}c.json
+    if runs nchan && runs flagrelay; then
+      echo "== N=$n, $c server core(s): flagrelay / nchan" >&2
+      "$load" compare "$nc" "$fr"
+    fi
+    if runs floor; then
+      fl_cpu=$(floor_cpu_us "$out/floor-$n.txt") fl_ms=$(floor_event_ms "$out/floor-$n.txt")
+      cpu() { jq -r '.server.cpu_per_delivery_us' "$1"; }
+      echo "floor (this run): $fl_cpu µs CPU per write, $fl_ms ms for one event to $n sockets"
+      if runs flagrelay; then
+        echo "flagrelay/floor, CPU per delivered message: $(ratio "$(cpu "$fr")" "$fl_cpu")"
+        echo "flagrelay/floor, trigger -> last client vs one event to all sockets: $(ratio "$(jq -r .last_ms_median "$fr")" "$fl_ms")"
+      fi
+      if runs nchan; then echo "nchan/floor, CPU per delivered message: $(ratio "$(cpu "$nc")" "$fl_cpu")"; fi
+    fi
+    if runs nchan && runs flagrelay; then
+      echo "nchan/flagrelay, CPU per delivered message: $(ratio "$(jq -r .server.cpu_per_delivery_us "$nc")" "$(jq -r .server.cpu_per_delivery_us "$fr")")"
+    fi
     echo
   done
 done
 
 files=()
-for n in "${sizes[@]}"; do for c in $cores_list; do files+=("$out/nchan-$n-${c}c.json" "$out/flagrelay-$n-${c}c.json"); done; done
-"$load" summary "${files[@]}" | tee "$out/summary.md"
+for n in "${sizes[@]}"; do for c in $cores_list; do
+  runs nchan && files+=("$out/nchan-$n-${c}c.json")
+  runs flagrelay && files+=("$out/flagrelay-$n-${c}c.json")
+done; done
+{
+  [ ${#files[@]} -eq 0 ] || "$load" summary "${files[@]}"
+  if runs floor; then
+    echo
+    echo "| floor (one write per socket, $frame_bytes B) | clients | CPU µs/write | one event to all sockets, median ms |"
+    echo "|---|---:|---:|---:|"
+    for n in "${sizes[@]}"; do
+      echo "| floor | $n | $(floor_cpu_us "$out/floor-$n.txt") | $(floor_event_ms "$out/floor-$n.txt") |"
+    done
+  fi
+} | tee "$out/summary.md"

@@ -17,7 +17,8 @@
 # completed, so it excludes wrk's own CPU.
 #
 # Environment: CORES ("1 2"), DURATION (20 s), WARMUP (3 s), CONNECTIONS (64), PORT (17800; admin
-# +1), OUT (target/http-eval-bench). Results: OUT/summary.md and wrk's raw output per run.
+# +1), OUT (target/http-eval-bench), RELAY_BIN (a relay binary to measure instead of building this
+# checkout's, e.g. an older commit's for an A/B run). Results: OUT/summary.md and wrk's raw output per run.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -30,8 +31,12 @@ out=${OUT:-$repo/target/http-eval-bench}
 key=sdk-js-bench-http-0001
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
 
-cargo build --release --bin flagrelay >&2
-relay=$repo/target/release/flagrelay
+if [ -n "${RELAY_BIN:-}" ]; then
+  relay=$RELAY_BIN
+else
+  cargo build --release --bin flagrelay >&2
+  relay=${CARGO_TARGET_DIR:-$repo/target}/release/flagrelay
+fi
 mkdir -p "$out"
 work=$(mktemp -d "${TMPDIR:-/tmp}/flagrelay-http-eval.XXXXXX")
 relay_pid=
