@@ -36,7 +36,7 @@ pub struct ClientCfg {
     pub parse: ParseCfg,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ChangeResult {
     /// Kernel receipt timestamps, ns since the epoch.
     pub kernel: Vec<i64>,
@@ -46,7 +46,7 @@ pub struct ChangeResult {
     pub skipped: usize,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ChildResult {
     pub ready: usize,
     pub failed: usize,

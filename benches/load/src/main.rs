@@ -323,8 +323,6 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         eprintln!();
     }
     let connect_secs = t_connect.elapsed().as_secs_f64();
-    let ready: usize = progress.iter().map(|p| p.0).sum();
-    let failed: usize = progress.iter().map(|p| p.1).sum();
     tokio::time::sleep(settle).await;
     let server1 = procfs::sample(&a.pids);
     let gen1 = procfs::sample(&ch.pids);
@@ -350,6 +348,7 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         let s_before = procfs::sample(&a.pids);
         let g_before = procfs::sample(&ch.pids);
         let t0 = now_ns();
+        let t0_mono = Instant::now();
         let took = trig.fire(&format!("FLM{run_id}-{i}")).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(a.change_timeout_ms);
         let mut timed_out = false;
@@ -371,7 +370,7 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
                 Ok(None) => bail!("client processes gone"),
             }
         }
-        let wall_done = (now_ns() - t0) as f64 / 1e6;
+        let wall_done = t0_mono.elapsed().as_secs_f64() * 1e3;
         tokio::time::sleep(Duration::from_millis(a.gap_ms)).await;
         let s_after = procfs::sample(&a.pids);
         let g_after = procfs::sample(&ch.pids);
@@ -381,8 +380,8 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
             trigger_ms: took.as_secs_f64() * 1e3,
             timed_out,
             wait_ms: wall_done,
-            server_cpu_ms: (s_after - s_before).cpu_sched_s * 1e3,
-            client_cpu_ms: (g_after - g_before).cpu_sched_s * 1e3,
+            server_cpu_ms: s_after.since(&s_before).map(|c| c.sched_s * 1e3),
+            client_cpu_ms: g_after.since(&g_before).map(|c| c.sched_s * 1e3),
             ..Default::default()
         });
         if timed_out {
@@ -422,8 +421,6 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         procs: nprocs,
         sources: a.sources.iter().map(|s| s.to_string()).collect(),
         server_pids: a.pids.clone(),
-        ready,
-        failed,
         connect_secs,
         idle_secs,
         changes_secs,
@@ -432,6 +429,7 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         rows,
         results,
         system_busy_s: [busy1, busy2, busy3],
+        cores: sys::online_cpus(),
     });
     if let Some(p) = &a.json_out {
         std::fs::write(p, serde_json::to_string_pretty(&rep)?).with_context(|| format!("writing {}", p.display()))?;
