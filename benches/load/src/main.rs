@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use report::{ChangeRow, Report};
@@ -149,6 +150,7 @@ fn ready_any(a: &RunArgs) -> bool {
 }
 
 fn child_main(a: RunArgs) -> anyhow::Result<()> {
+    sys::ignore_interrupts();
     sys::raise_nofile()?;
     let url = trigger::parse_url(&a.url)?;
     let mut req = format!(
@@ -171,6 +173,21 @@ fn child_main(a: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The run ended on a signal: exit status 128 + `number`.
+#[derive(Debug)]
+struct Interrupted {
+    name: &'static str,
+    number: u8,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by {}", self.name)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -185,10 +202,16 @@ fn main() -> std::process::ExitCode {
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("flagrelay-load: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            Some(i) => {
+                eprintln!("flagrelay-load: {i}");
+                std::process::ExitCode::from(128 + i.number)
+            }
+            None => {
+                eprintln!("flagrelay-load: error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -201,6 +224,7 @@ struct Children {
     pids: Vec<u32>,
     stdins: Vec<tokio::process::ChildStdin>,
     rx: mpsc::UnboundedReceiver<Msg>,
+    /// Killed on drop: a run that stops for any reason takes its clients with it.
     _procs: Vec<tokio::process::Child>,
 }
 
@@ -263,8 +287,33 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
     if a.clients == 0 {
         bail!("--clients must be > 0");
     }
-    let run_id = format!("{:08x}", (now_ns() as u64 ^ (std::process::id() as u64) << 32) as u32);
     let mut trig = trigger::Trigger::parse(&a.trigger, a.feature.as_deref(), a.payload_bytes, a.redis_prefix.as_deref()).await?;
+    // From here on a signal ends the run, not the process: the file trigger's file goes back.
+    let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let outcome = tokio::select! {
+        biased;
+        _ = sigint.recv() => Err(anyhow::Error::new(Interrupted { name: "SIGINT", number: 2 })),
+        _ = sigterm.recv() => Err(anyhow::Error::new(Interrupted { name: "SIGTERM", number: 15 })),
+        r = measure(a, &mut trig) => r,
+    };
+    // The run's future is gone (and its client processes killed): put back what it changed.
+    match trig.restore() {
+        Ok(Some(p)) => eprintln!("flagrelay-load: put {} back as it was", p.display()),
+        Ok(None) => {}
+        Err(e) => {
+            let msg = format!("could not put the file trigger's file back: {e}");
+            match outcome {
+                Ok(()) => bail!(msg),
+                Err(_) => eprintln!("flagrelay-load: error: {msg}"),
+            }
+        }
+    }
+    outcome
+}
+
+async fn measure(a: RunArgs, trig: &mut trigger::Trigger) -> anyhow::Result<()> {
+    let run_id = format!("{:08x}", (now_ns() as u64 ^ (std::process::id() as u64) << 32) as u32);
     let settle = Duration::from_millis(a.settle_ms);
     if matches!(trig, trigger::Trigger::File { .. } | trigger::Trigger::Redis { .. }) {
         // Marker 0: the state every client starts from.
