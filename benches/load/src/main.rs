@@ -89,7 +89,8 @@ struct RunArgs {
     /// Changes to trigger after every client is ready (none without a --trigger).
     #[arg(short = 'm', long, default_value_t = 10)]
     changes: usize,
-    /// file:PATH (flags file, atomic rewrite), nchan:URL (HTTP POST to the publisher),
+    /// file:PATH (flags file, atomic rewrite; its original bytes are put back at the end, also on
+    /// an error, SIGINT or SIGTERM), nchan:URL (HTTP POST to the publisher),
     /// redis://HOST:PORT (upsert through the relay's Redis writer script), none.
     #[arg(long, default_value = "none")]
     trigger: String,
