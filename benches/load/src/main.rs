@@ -12,9 +12,16 @@
 //! flagrelay-load -- ...`), so the relay's package ships one binary; it links the relay's library
 //! only for the Redis trigger (the relay's writer script and Redis settings).
 //!
+//! It fails like a tool: failures are counted live (the progress line, and the first error's
+//! text as soon as it happens); a run whose clients cannot open their streams stops before any
+//! change with exit status 1 and that error (`verdict` holds the policy and `--allow-failed`);
+//! figures that were not measured print as `n/a` (see `report`); a file it edits is put back as
+//! it was, also on SIGINT and SIGTERM (exit status 130 / 143).
+//!
 //! Layout: this file is the coordinator; `client` runs in child processes (the coordinator
 //! re-executes itself with `--child`), `sse` parses streams, `trigger` makes changes, `procfs`
-//! samples processes, `sys` holds the few raw Linux calls.
+//! samples processes, `sys` holds the few raw Linux calls, `verdict` decides whether a run goes
+//! on, `report` prints it.
 
 mod client;
 mod procfs;
@@ -22,6 +29,7 @@ mod report;
 mod sse;
 mod sys;
 mod trigger;
+mod verdict;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::Stdio;
@@ -30,9 +38,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use client::Line;
 use report::{ChangeRow, Report};
+use verdict::Counts;
 
 #[derive(Parser, Debug)]
 #[command(name = "flagrelay-load", about = "SSE fan-out load generator and meter", args_conflicts_with_subcommands = true)]
@@ -71,10 +82,15 @@ struct RunArgs {
     /// CPU list for the client processes (taskset syntax, e.g. "1"); default: inherited.
     #[arg(long)]
     client_cpus: Option<String>,
-    /// Changes to trigger after every client is ready.
+    /// Clients that may fail to open their stream, or lose it during the run, before the run
+    /// stops with an error (default: none may). A run with no ready client always stops.
+    #[arg(long, default_value_t = 0)]
+    allow_failed: usize,
+    /// Changes to trigger after every client is ready (none without a --trigger).
     #[arg(short = 'm', long, default_value_t = 10)]
     changes: usize,
-    /// file:PATH (flags file, atomic rewrite), nchan:URL (HTTP POST to the publisher),
+    /// file:PATH (flags file, atomic rewrite; its original bytes are put back at the end, also on
+    /// an error, SIGINT or SIGTERM), nchan:URL (HTTP POST to the publisher),
     /// redis://HOST:PORT (upsert through the relay's Redis writer script), none.
     #[arg(long, default_value = "none")]
     trigger: String,
@@ -149,6 +165,7 @@ fn ready_any(a: &RunArgs) -> bool {
 }
 
 fn child_main(a: RunArgs) -> anyhow::Result<()> {
+    sys::ignore_interrupts();
     sys::raise_nofile()?;
     let url = trigger::parse_url(&a.url)?;
     let mut req = format!(
@@ -160,6 +177,7 @@ fn child_main(a: RunArgs) -> anyhow::Result<()> {
     }
     req.push_str("\r\n");
     client::run(client::ClientCfg {
+        url: a.url.clone(),
         addr: resolve(&url)?,
         request: req.into_bytes(),
         sources: a.sources.clone(),
@@ -170,6 +188,21 @@ fn child_main(a: RunArgs) -> anyhow::Result<()> {
         parse: sse::ParseCfg { marker: format!("FLM{}-", a.run_id).into_bytes(), ready_any: ready_any(&a) },
     })
 }
+
+/// The run ended on a signal: exit status 128 + `number`.
+#[derive(Debug)]
+struct Interrupted {
+    name: &'static str,
+    number: u8,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by {}", self.name)
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -185,10 +218,16 @@ fn main() -> std::process::ExitCode {
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("flagrelay-load: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            Some(i) => {
+                eprintln!("flagrelay-load: {i}");
+                std::process::ExitCode::from(128 + i.number)
+            }
+            None => {
+                eprintln!("flagrelay-load: error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -201,6 +240,7 @@ struct Children {
     pids: Vec<u32>,
     stdins: Vec<tokio::process::ChildStdin>,
     rx: mpsc::UnboundedReceiver<Msg>,
+    /// Killed on drop: a run that stops for any reason takes its clients with it.
     _procs: Vec<tokio::process::Child>,
 }
 
@@ -259,15 +299,176 @@ fn spawn_children(a: &RunArgs, run_id: &str) -> anyhow::Result<Children> {
     Ok(out)
 }
 
+/// What the coordinator knows of its clients, from every line they sent so far (in any phase:
+/// a client that fails while connecting reports its changes as done at once).
+struct Live {
+    clients: usize,
+    allow_failed: usize,
+    tty: bool,
+    /// Per process: the last counts it sent, and whether it sent `R`.
+    counts: Vec<(usize, usize, usize)>,
+    settled: Vec<bool>,
+    first_error: Option<String>,
+    /// The first error arrived and is not printed yet.
+    announce: bool,
+    dropped_shown: usize,
+    /// Processes that reported change i as done.
+    done: Vec<usize>,
+    results: Vec<Option<client::ChildResult>>,
+}
+
+impl Live {
+    fn new(a: &RunArgs, nprocs: usize, tty: bool) -> Live {
+        Live {
+            clients: a.clients,
+            allow_failed: a.allow_failed,
+            tty,
+            counts: vec![(0, 0, 0); nprocs],
+            settled: vec![false; nprocs],
+            first_error: None,
+            announce: false,
+            dropped_shown: 0,
+            done: vec![0; a.changes + 1],
+            results: (0..nprocs).map(|_| None).collect(),
+        }
+    }
+
+    fn totals(&self) -> Counts {
+        let mut c = Counts { clients: self.clients, ..Counts::default() };
+        for &(r, f, d) in &self.counts {
+            c.ready += r;
+            c.failed += f;
+            c.dropped += d;
+        }
+        c
+    }
+
+    fn first(&self) -> Option<&str> {
+        self.first_error.as_deref()
+    }
+
+    fn all_settled(&self) -> bool {
+        self.settled.iter().all(|s| *s)
+    }
+
+    /// `; first: …` for an error about the processes themselves.
+    fn because(&self) -> String {
+        self.first().map(|e| format!("; first client error: {e}")).unwrap_or_default()
+    }
+
+    fn handle(&mut self, msg: Msg, phase: &str) -> anyhow::Result<()> {
+        match msg {
+            Msg::Line(i, l) => match Line::parse(&l) {
+                Some(Line::Progress { ready, failed, dropped }) => self.counts[i] = (ready, failed, dropped),
+                Some(Line::Ready { ready, failed, dropped }) => {
+                    self.counts[i] = (ready, failed, dropped);
+                    self.settled[i] = true;
+                }
+                Some(Line::FirstError(t)) if self.first_error.is_none() => {
+                    self.first_error = Some(t);
+                    self.announce = true;
+                }
+                Some(Line::Done(j)) => {
+                    if let Some(d) = self.done.get_mut(j) {
+                        *d += 1;
+                    }
+                }
+                Some(Line::Result(j)) => {
+                    let r: client::ChildResult = serde_json::from_str(&j).context("a client process's result")?;
+                    self.counts[i] = (r.ready, r.failed, r.dropped);
+                    self.results[i] = Some(r);
+                }
+                Some(Line::FirstError(_)) | None => {}
+            },
+            Msg::Gone(i) if self.results[i].is_none() => bail!("client process {i} exited {phase}{}", self.because()),
+            Msg::Gone(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The next message before `deadline`, handled; `false` at the deadline.
+    async fn next(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>, deadline: tokio::time::Instant, phase: &str) -> anyhow::Result<bool> {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => Ok(false),
+            Ok(Some(m)) => {
+                self.handle(m, phase)?;
+                self.show_news();
+                Ok(true)
+            }
+            Ok(None) => bail!("client processes gone {phase}{}", self.because()),
+        }
+    }
+
+    /// Prints the first error once, as soon as it is known, and each new lost stream.
+    fn show_news(&mut self) {
+        if self.announce {
+            self.announce = false;
+            if let Some(e) = &self.first_error {
+                eprintln!("{}first failure: {e}", if self.tty { "\n" } else { "" });
+            }
+        }
+        let d = self.totals().dropped;
+        if d > self.dropped_shown && self.settled.iter().any(|s| *s) {
+            self.dropped_shown = d;
+            eprintln!("streams ended so far: {d}");
+        }
+    }
+
+    /// After connecting: stop once lost streams are more than allowed.
+    fn check_run(&self) -> anyhow::Result<()> {
+        verdict::during_run(&self.totals(), self.allow_failed, self.first()).map_err(|e| anyhow!(e))
+    }
+
+    /// Handles messages until `deadline` (an idle or settle period), checking for lost streams.
+    async fn pump_until(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>, deadline: tokio::time::Instant, phase: &str) -> anyhow::Result<()> {
+        while self.next(rx, deadline, phase).await? {
+            self.check_run()?;
+        }
+        self.check_run()
+    }
+}
+
 async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
     if a.clients == 0 {
         bail!("--clients must be > 0");
     }
-    let run_id = format!("{:08x}", (now_ns() as u64 ^ (std::process::id() as u64) << 32) as u32);
+    // The URL's errors once, here, not once per client process.
+    let url = trigger::parse_url(&a.url)?;
+    resolve(&url).with_context(|| format!("resolving {}", a.url))?;
     let mut trig = trigger::Trigger::parse(&a.trigger, a.feature.as_deref(), a.payload_bytes, a.redis_prefix.as_deref()).await?;
+    // From here on a signal ends the run, not the process: the file trigger's file goes back.
+    let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let outcome = tokio::select! {
+        biased;
+        _ = sigint.recv() => Err(anyhow::Error::new(Interrupted { name: "SIGINT", number: 2 })),
+        _ = sigterm.recv() => Err(anyhow::Error::new(Interrupted { name: "SIGTERM", number: 15 })),
+        r = measure(a, &mut trig) => r,
+    };
+    // The run's future is gone (and its client processes killed): put back what it changed.
+    match trig.restore() {
+        Ok(Some(p)) => eprintln!("flagrelay-load: put {} back as it was", p.display()),
+        Ok(None) => {}
+        Err(e) => {
+            let msg = format!("could not put the file trigger's file back: {e}");
+            match outcome {
+                Ok(()) => bail!(msg),
+                Err(_) => eprintln!("flagrelay-load: error: {msg}"),
+            }
+        }
+    }
+    outcome
+}
+
+async fn measure(mut a: RunArgs, trig: &mut trigger::Trigger) -> anyhow::Result<()> {
+    if matches!(trig, trigger::Trigger::None) && a.changes > 0 {
+        eprintln!("no --trigger: no change phase");
+        a.changes = 0;
+    }
+    let run_id = format!("{:08x}", (now_ns() as u64 ^ (std::process::id() as u64) << 32) as u32);
     let settle = Duration::from_millis(a.settle_ms);
     if matches!(trig, trigger::Trigger::File { .. } | trigger::Trigger::Redis { .. }) {
-        // Marker 0: the state every client starts from.
+        // Marker 0: the state every client starts from (no clients yet: nothing to watch).
         trig.fire(&format!("FLM{run_id}-0")).await?;
         tokio::time::sleep(settle).await;
     }
@@ -276,56 +477,43 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
     let mut ch = spawn_children(&a, &run_id)?;
     let nprocs = ch.pids.len();
     let gen0 = procfs::sample(&ch.pids);
-    let mut progress = vec![(0usize, 0usize); nprocs];
-    let mut ready_procs = 0;
-    let mut results: Vec<Option<client::ChildResult>> = (0..nprocs).map(|_| None).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.connect_timeout_secs);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut live = Live::new(&a, nprocs, tty);
+    let rx = &mut ch.rx;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.connect_timeout_secs);
     let mut last_print = Instant::now() - Duration::from_secs(1);
-    while ready_procs < nprocs {
-        let msg = tokio::time::timeout_at(deadline, ch.rx.recv()).await.map_err(|_| {
-            let r: usize = progress.iter().map(|p| p.0).sum();
-            anyhow!("only {r} of {} clients had their initial state after {} s", a.clients, a.connect_timeout_secs)
-        })?;
-        match msg {
-            Some(Msg::Line(i, l)) => {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                match f.first().copied() {
-                    Some("P") | Some("R") if f.len() == 3 => {
-                        progress[i] = (f[1].parse().unwrap_or(0), f[2].parse().unwrap_or(0));
-                        if f[0] == "R" {
-                            ready_procs += 1;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Some(Msg::Gone(i)) => bail!("client process {i} exited while connecting"),
-            None => bail!("client processes gone"),
+    let progress = |live: &Live| {
+        let c = live.totals();
+        let line = format!("connecting: {}/{} ready, {} failed, {:.1} s", c.ready, c.clients, c.failed, t_connect.elapsed().as_secs_f64());
+        if tty {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("{line}");
         }
-        if last_print.elapsed() >= Duration::from_millis(250) || ready_procs == nprocs {
-            last_print = Instant::now();
-            let r: usize = progress.iter().map(|p| p.0).sum();
-            let f: usize = progress.iter().map(|p| p.1).sum();
-            let line = format!(
-                "connecting: {r}/{} ready, {f} failed, {:.1} s",
-                a.clients,
-                t_connect.elapsed().as_secs_f64()
-            );
+    };
+    while !live.all_settled() {
+        if !live.next(rx, deadline, "while connecting").await? {
             if tty {
-                eprint!("\r{line}   ");
-            } else {
-                eprintln!("{line}");
+                eprintln!();
             }
+            bail!(verdict::connect_timed_out(&live.totals(), a.connect_timeout_secs, live.first()));
+        }
+        if last_print.elapsed() >= Duration::from_millis(250) {
+            last_print = Instant::now();
+            progress(&live);
         }
     }
+    progress(&live);
     if tty {
         eprintln!();
     }
+    match verdict::after_connect(&live.totals(), a.allow_failed, live.first()) {
+        Err(e) => bail!(e),
+        Ok(Some(w)) => eprintln!("flagrelay-load: warning: {w}"),
+        Ok(None) => {}
+    }
     let connect_secs = t_connect.elapsed().as_secs_f64();
-    let ready: usize = progress.iter().map(|p| p.0).sum();
-    let failed: usize = progress.iter().map(|p| p.1).sum();
-    tokio::time::sleep(settle).await;
+    live.pump_until(rx, tokio::time::Instant::now() + settle, "while settling").await?;
     let server1 = procfs::sample(&a.pids);
     let gen1 = procfs::sample(&ch.pids);
 
@@ -334,7 +522,8 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
     let busy1 = procfs::system_busy_s();
     if a.idle_secs > 0.0 {
         eprintln!("idle for {} s ...", a.idle_secs);
-        tokio::time::sleep(Duration::from_secs_f64(a.idle_secs)).await;
+        let idle = Duration::try_from_secs_f64(a.idle_secs).context("--idle-secs")?;
+        live.pump_until(rx, tokio::time::Instant::now() + idle, "while idle").await?;
     }
     let idle_secs = t_idle.elapsed().as_secs_f64();
     let server2 = procfs::sample(&a.pids);
@@ -343,36 +532,24 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
 
     // Changes.
     let mut rows = Vec::new();
-    let mut done_upto = 0usize;
-    let mut done_count = vec![0usize; a.changes + 1];
     let t_changes = Instant::now();
     for i in 1..=a.changes {
         let s_before = procfs::sample(&a.pids);
         let g_before = procfs::sample(&ch.pids);
         let t0 = now_ns();
-        let took = trig.fire(&format!("FLM{run_id}-{i}")).await?;
+        let t0_mono = Instant::now();
+        let took = trig.fire(&format!("FLM{run_id}-{i}")).await.with_context(|| format!("change {i}"))?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(a.change_timeout_ms);
         let mut timed_out = false;
-        while done_count[i] < nprocs {
-            match tokio::time::timeout_at(deadline, ch.rx.recv()).await {
-                Err(_) => {
-                    timed_out = true;
-                    break;
-                }
-                Ok(Some(Msg::Line(_, l))) => {
-                    if let Some(j) = l.strip_prefix("D ").and_then(|j| j.trim().parse::<usize>().ok()) {
-                        if j < done_count.len() {
-                            done_count[j] += 1;
-                            done_upto = done_upto.max(j);
-                        }
-                    }
-                }
-                Ok(Some(Msg::Gone(c))) => bail!("client process {c} exited during the changes"),
-                Ok(None) => bail!("client processes gone"),
+        while live.done[i] < nprocs {
+            if !live.next(rx, deadline, "during the changes").await? {
+                timed_out = true;
+                break;
             }
+            live.check_run()?;
         }
-        let wall_done = (now_ns() - t0) as f64 / 1e6;
-        tokio::time::sleep(Duration::from_millis(a.gap_ms)).await;
+        let wall_done = t0_mono.elapsed().as_secs_f64() * 1e3;
+        live.pump_until(rx, tokio::time::Instant::now() + Duration::from_millis(a.gap_ms), "during the changes").await?;
         let s_after = procfs::sample(&a.pids);
         let g_after = procfs::sample(&ch.pids);
         rows.push(ChangeRow {
@@ -381,8 +558,8 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
             trigger_ms: took.as_secs_f64() * 1e3,
             timed_out,
             wait_ms: wall_done,
-            server_cpu_ms: (s_after - s_before).cpu_sched_s * 1e3,
-            client_cpu_ms: (g_after - g_before).cpu_sched_s * 1e3,
+            server_cpu_ms: s_after.since(&s_before).map(|c| c.sched_s * 1e3),
+            client_cpu_ms: g_after.since(&g_before).map(|c| c.sched_s * 1e3),
             ..Default::default()
         });
         if timed_out {
@@ -399,21 +576,14 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         let _ = s.write_all(b"E\n").await;
         let _ = s.flush().await;
     }
-    let mut got = 0;
-    while got < nprocs {
-        match tokio::time::timeout(Duration::from_secs(60), ch.rx.recv()).await {
-            Ok(Some(Msg::Line(i, l))) => {
-                if let Some(j) = l.strip_prefix("J ") {
-                    results[i] = Some(serde_json::from_str(j).context("a client process's result")?);
-                    got += 1;
-                }
-            }
-            Ok(Some(Msg::Gone(i))) if results[i].is_none() => bail!("client process {i} exited without a result"),
-            Ok(Some(Msg::Gone(_))) => {}
-            Ok(None) | Err(_) => bail!("client processes did not report"),
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while live.results.iter().any(Option::is_none) {
+        if !live.next(rx, deadline, "without a result").await? {
+            bail!("client processes did not report their results within 60 s");
         }
     }
-    let results: Vec<client::ChildResult> = results.into_iter().flatten().collect();
+    let results: Vec<client::ChildResult> = std::mem::take(&mut live.results).into_iter().flatten().collect();
+    let timed_out = rows.iter().filter(|r| r.timed_out).count();
     let rep = Report::build(report::Inputs {
         label: a.label.clone(),
         url: a.url.clone(),
@@ -422,8 +592,6 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         procs: nprocs,
         sources: a.sources.iter().map(|s| s.to_string()).collect(),
         server_pids: a.pids.clone(),
-        ready,
-        failed,
         connect_secs,
         idle_secs,
         changes_secs,
@@ -432,6 +600,7 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         rows,
         results,
         system_busy_s: [busy1, busy2, busy3],
+        cores: sys::online_cpus(),
     });
     if let Some(p) = &a.json_out {
         std::fs::write(p, serde_json::to_string_pretty(&rep)?).with_context(|| format!("writing {}", p.display()))?;
@@ -441,5 +610,5 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", rep.human());
     }
-    Ok(())
+    verdict::after_changes(timed_out, a.changes, a.change_timeout_ms).map_err(|e| anyhow!(e))
 }

@@ -38,6 +38,16 @@ pub struct Parser {
     pub ended: bool,
 }
 
+/// Why a stream could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedError {
+    /// The response was not `200`: its status line without the version (`401 Unauthorized`)
+    /// and the start of the body that came with the headers (one line, at most 200 bytes).
+    Status { code: u16, status: String, body: String },
+    /// Not HTTP, or a broken framing.
+    Protocol(String),
+}
+
 pub struct ParseCfg {
     /// `FLM<run>-`: a marker is this prefix followed by decimal digits.
     pub marker: Vec<u8>,
@@ -64,22 +74,21 @@ impl Parser {
     }
 
     /// Feeds bytes read from the socket; `out` is called for every completed event of interest.
-    pub fn feed(&mut self, mut data: &[u8], cfg: &ParseCfg, out: &mut impl FnMut(Ev)) -> Result<(), String> {
+    pub fn feed(&mut self, mut data: &[u8], cfg: &ParseCfg, out: &mut impl FnMut(Ev)) -> Result<(), FeedError> {
         if let Some(head) = self.head.as_mut() {
             let start = head.len().saturating_sub(3);
             head.extend_from_slice(data);
             let Some(pos) = find(&head[start..], b"\r\n\r\n").map(|p| p + start) else {
                 if head.len() > 16 * 1024 {
-                    return Err("response headers too long".into());
+                    return Err(FeedError::Protocol("response headers too long".into()));
                 }
                 return Ok(());
             };
             let head = self.head.take().unwrap_or_default();
-            let text = String::from_utf8_lossy(&head[..pos]).to_ascii_lowercase();
-            let status = text.split_whitespace().nth(1).unwrap_or("");
-            if status != "200" {
-                let first = text.lines().next().unwrap_or("").to_string();
-                return Err(format!("HTTP status {first:?}"));
+            let original = String::from_utf8_lossy(&head[..pos]).into_owned();
+            let text = original.to_ascii_lowercase();
+            if let Some(e) = status_error(&original, &head[pos + 4..]) {
+                return Err(e);
             }
             self.chunked = text
                 .lines()
@@ -91,7 +100,7 @@ impl Parser {
         self.body(d, cfg, out)
     }
 
-    fn body(&mut self, mut data: &[u8], cfg: &ParseCfg, out: &mut impl FnMut(Ev)) -> Result<(), String> {
+    fn body(&mut self, mut data: &[u8], cfg: &ParseCfg, out: &mut impl FnMut(Ev)) -> Result<(), FeedError> {
         if !self.chunked {
             self.sse(data, cfg, out);
             return Ok(());
@@ -108,8 +117,9 @@ impl Parser {
                         b';' => Chunk::Size { v, ext: true },
                         _ if ext => Chunk::Size { v, ext },
                         _ => {
-                            let h = (b as char).to_digit(16).ok_or("bad chunk size")? as usize;
-                            Chunk::Size { v: v.checked_mul(16).ok_or("chunk too large")? + h, ext }
+                            let bad = |what: &str| FeedError::Protocol(what.to_string());
+                            let h = (b as char).to_digit(16).ok_or_else(|| bad("bad chunk size"))? as usize;
+                            Chunk::Size { v: v.checked_mul(16).ok_or_else(|| bad("chunk too large"))? + h, ext }
                         }
                     };
                 }
@@ -204,6 +214,28 @@ impl Parser {
     }
 }
 
+/// `None` for a `200` response head; else what was wrong with it (`head`: status line and
+/// headers, `rest`: the bytes after them that came in the same read).
+fn status_error(head: &str, rest: &[u8]) -> Option<FeedError> {
+    let line = head.lines().next().unwrap_or("").trim();
+    let Some(after) = line.strip_prefix("HTTP/") else {
+        let shown: String = line.chars().take(80).collect();
+        return Some(FeedError::Protocol(format!("not an HTTP response: {shown:?}")));
+    };
+    let status = after.split_once(' ').map(|(_, s)| s.trim()).unwrap_or("");
+    let code: u16 = status.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    if code == 200 {
+        return None;
+    }
+    let body: String = String::from_utf8_lossy(&rest[..rest.len().min(200)])
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string();
+    Some(FeedError::Status { code, status: if status.is_empty() { line.to_string() } else { status.to_string() }, body })
+}
+
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() || hay.len() < needle.len() {
         return None;
@@ -278,6 +310,25 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = body.chunks(1).collect();
         assert_eq!(run(&bytes, false), whole);
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_status_line_and_the_start_of_its_body() {
+        let cfg = ParseCfg { marker: b"FLMab-".to_vec(), ready_any: false };
+        let mut p = Parser::new();
+        let r = p.feed(
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\r\n{\"error\":\"unknown_key\"}\n",
+            &cfg,
+            &mut |_| {},
+        );
+        assert_eq!(
+            r,
+            Err(FeedError::Status { code: 401, status: "401 Unauthorized".into(), body: "{\"error\":\"unknown_key\"}".into() })
+        );
+        let mut p = Parser::new();
+        assert!(matches!(p.feed(b"SSH-2.0-OpenSSH\r\n\r\n", &cfg, &mut |_| {}), Err(FeedError::Protocol(_))));
+        let mut p = Parser::new();
+        assert_eq!(p.feed(b"HTTP/1.1 200 OK\r\n\r\n", &cfg, &mut |_| {}), Ok(()));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The few Linux calls the load tool needs that std does not expose, through the `libc` crate:
 //! raising the open-files limit, socket options for kernel receive timestamps and port-less
-//! binds, `recvmsg` with its control messages, and the clock-tick rate of procfs.
+//! binds, `recvmsg` with its control messages, the clock-tick rate of procfs, the online CPU
+//! count, and the client processes' signal dispositions.
 
 use std::io;
 use std::mem::{size_of, size_of_val, MaybeUninit};
@@ -90,4 +91,22 @@ pub fn clk_tck() -> u64 {
     // SAFETY: a plain query.
     let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if v > 0 { v as u64 } else { 100 }
+}
+
+/// CPUs online on the machine (not this process's affinity: the server may use others).
+pub fn online_cpus() -> u32 {
+    // SAFETY: a plain query.
+    let v = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if v > 0 { v as u32 } else { 1 }
+}
+
+/// A client process ignores SIGINT and SIGTERM: a Ctrl-C reaches the whole process group, and
+/// the coordinator must be the one that decides (it restores a file it edited, then kills its
+/// clients). A client still ends when the coordinator goes: its stdin closes.
+pub fn ignore_interrupts() {
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
 }
