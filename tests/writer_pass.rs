@@ -290,3 +290,39 @@ async fn clients_that_close_while_in_the_pass_leave_it_and_the_rest_keep_streami
         "written to the one open stream only"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_thin_client_and_ofrep_streams_go_through_the_pass_with_their_cors_headers() {
+    let relay = TestRelay::builder().flags(flags(base())).config("[sse]\nwriter_shards = 2").start().await;
+    let origin = [("origin", "https://app.example")];
+    let mut legacy = SseClient::connect(&relay.url(&format!("/api/js/v1/stream/{CLIENT_KEY}")), &origin).await;
+    assert_eq!(legacy.status, 200);
+    assert_eq!(legacy.headers["access-control-allow-origin"], "*");
+    let bulk = within(
+        "an OFREP bulk evaluation",
+        http()
+            .post(relay.url("/ofrep/v1/evaluate/flags"))
+            .header("authorization", format!("Bearer {CLIENT_KEY}"))
+            .header("content-type", "application/json")
+            .body(r#"{"context":{"targetingKey":"ada"}}"#)
+            .send(),
+    )
+    .await
+    .unwrap();
+    let v: Value = within("the bulk body", bulk.json()).await.unwrap();
+    let uri = v["eventStreams"][0]["endpoint"]["requestUri"].as_str().expect("requestUri").to_string();
+    let mut ofrep = SseClient::connect(&relay.url(&uri), &origin).await;
+    assert_eq!(ofrep.status, 200);
+    assert_eq!(ofrep.headers["access-control-expose-headers"], "ETag, Retry-After");
+    assert_eq!(ofrep.headers["content-type"], "text/event-stream");
+
+    let mut p = base();
+    p["a"] = simple_feature("a", "off");
+    relay.write_flags(&flags(p));
+    let keys = legacy.expect().await;
+    assert_eq!(keys.json(), json!(["a"]), "the legacy stream names the changed key");
+    assert_eq!(ofrep.expect().await.json()["type"], "refetchEvaluation");
+    let m = relay.metrics().await;
+    let passes = metric(&m, "flagrelay_fanout_pass_seconds_count", &[("env", "production")]);
+    assert_eq!(passes, Some(4.0), "one pass per shard of each kind's pass");
+}

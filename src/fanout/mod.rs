@@ -26,7 +26,7 @@ use prometheus::{Histogram, IntCounter};
 use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::WatchStream;
 
-pub use pass::{EnvPass, Handoff, Member};
+pub use pass::{EnvPass, Handoff, Member, PassKind};
 pub use render::{FeatureflowRenderer, Renderer};
 pub use stream::SseStream;
 
@@ -122,6 +122,9 @@ pub(crate) enum FrameKind {
     Retry,
 }
 
+/// A writer pass's key: its environment and stream kind.
+type PassKey = (Arc<str>, PassKind);
+
 /// The open streams of one environment, for the reaper.
 struct EnvConns {
     env: Arc<EnvStore>,
@@ -142,8 +145,8 @@ pub struct Fanout {
     next_id: AtomicU64,
     open: AtomicUsize,
     envs: Mutex<HashMap<Arc<str>, Arc<EnvHandles>>>,
-    /// The writer pass of each environment's server-SDK streams, made with its first member.
-    passes: Mutex<HashMap<Arc<str>, Arc<EnvPass>>>,
+    /// The writer pass of each environment's streams of each kind, made with its first member.
+    passes: Mutex<HashMap<PassKey, Arc<EnvPass>>>,
     /// The passes' shard tasks, joined by [`Fanout::run`].
     pass_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Shards per pass: `[sse] writer_shards`, or the runtime's worker threads.
@@ -195,15 +198,15 @@ impl Fanout {
         m.entry(env.clone()).or_insert_with(|| Arc::new(EnvHandles::new(&self.metrics, env))).clone()
     }
 
-    /// The writer pass of `env`'s server-SDK streams (started with its first use).
-    pub fn pass_for(self: &Arc<Self>, env: &Arc<EnvStore>) -> Arc<EnvPass> {
+    /// The writer pass of `env`'s streams of `kind` (started with its first use).
+    pub fn pass_for(self: &Arc<Self>, env: &Arc<EnvStore>, kind: PassKind) -> Arc<EnvPass> {
         let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = passes.get(&env.id) {
+        if let Some(p) = passes.get(&(env.id.clone(), kind)) {
             return p.clone();
         }
-        let (pass, tasks) = EnvPass::start(self, env.clone(), self.env_handles(&env.id), self.shards);
+        let (pass, tasks) = EnvPass::start(self, kind, env.clone(), self.env_handles(&env.id), self.shards);
         self.pass_tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
-        passes.insert(env.id.clone(), pass.clone());
+        passes.insert((env.id.clone(), kind), pass.clone());
         pass
     }
 

@@ -1,6 +1,7 @@
-//! The writer pass: the streams of an environment that follow it frame by frame live in shards
-//! (about one per worker thread), and each change or heartbeat reaches them by one pass per
-//! shard: one non-blocking `try_write` of the shared frame per socket. No connection task is
+//! The writer pass: the streams of an environment (of one kind, [`PassKind`]) that follow it
+//! frame by frame live in shards (about one per worker thread), and each change or heartbeat
+//! reaches them by one pass per shard: one non-blocking `try_write` of the shared frame per
+//! socket. No connection task is
 //! woken and no per-connection future is polled.
 //!
 //! A member whose socket takes less than the whole frame (a short write, `WouldBlock`) or fails
@@ -30,7 +31,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use super::thin_streams::{LegacyJsRenderer, OfrepRenderer};
 use super::{ConnState, EnvHandles, Fanout, FeatureflowRenderer, Renderer};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Catchup, ChangeRecord, EnvStore, Snapshot};
 
@@ -40,6 +43,47 @@ pub(crate) const OWN: u8 = 0;
 pub(crate) const POOL: u8 = 1;
 /// The pass is writing it now.
 pub(crate) const BUSY: u8 = 2;
+
+/// The stream kinds the pass serves: those whose frames are the same for every client of an
+/// environment (their renderers keep no per-client state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PassKind {
+    /// The Featureflow server-SDK stream.
+    Featureflow,
+    /// The legacy thin-client stream (changed keys).
+    LegacyJs,
+    /// The OFREP change-notification stream (`refetchEvaluation`).
+    Ofrep,
+}
+
+impl PassKind {
+    /// The kind of a stream by its metrics label; `None` for streams the pass does not serve.
+    pub fn of(protocol: &str) -> Option<PassKind> {
+        match protocol {
+            "featureflow" => Some(PassKind::Featureflow),
+            "js_legacy" => Some(PassKind::LegacyJs),
+            "ofrep" => Some(PassKind::Ofrep),
+            _ => None,
+        }
+    }
+
+    /// The frame that brings a client of this kind through `catchup` to `to`.
+    fn render(self, env: &EnvStore, catchup: Catchup, to: &Arc<Snapshot>, metrics: &Metrics) -> Option<Bytes> {
+        match self {
+            PassKind::Featureflow => FeatureflowRenderer.catch_up(env, catchup, to, metrics),
+            PassKind::LegacyJs => LegacyJsRenderer.catch_up(env, catchup, to, metrics),
+            PassKind::Ofrep => OfrepRenderer.catch_up(env, catchup, to, metrics),
+        }
+    }
+
+    fn comment_heartbeats(self) -> bool {
+        match self {
+            PassKind::Featureflow => FeatureflowRenderer.comment_heartbeats(),
+            PassKind::LegacyJs => LegacyJsRenderer.comment_heartbeats(),
+            PassKind::Ofrep => OfrepRenderer.comment_heartbeats(),
+        }
+    }
+}
 
 /// What a member that left the pass has to write before it is current again.
 #[derive(Debug, Default)]
@@ -81,8 +125,9 @@ struct Span {
     remaining: usize,
 }
 
-/// The writer-pass shards of one environment's Featureflow server-SDK streams.
+/// The writer-pass shards of one environment's streams of one kind.
 pub struct EnvPass {
+    kind: PassKind,
     env: Arc<EnvStore>,
     handles: Arc<EnvHandles>,
     shards: Box<[Shard]>,
@@ -100,12 +145,14 @@ impl EnvPass {
     /// The pass of `env` with `shards` shards, and the shards' tasks (joined by [`Fanout::run`]).
     pub(crate) fn start(
         hub: &Arc<Fanout>,
+        kind: PassKind,
         env: Arc<EnvStore>,
         handles: Arc<EnvHandles>,
         shards: usize,
     ) -> (Arc<EnvPass>, Vec<JoinHandle<()>>) {
         let shards = shards.max(1);
         let pass = Arc::new(EnvPass {
+            kind,
             pass_seconds: hub
                 .metrics
                 .fanout_pass_seconds
@@ -138,7 +185,7 @@ impl EnvPass {
                 heartbeats.borrow_and_update();
                 let stop = hub.shutdown.clone();
                 let linger = hub.cfg.drain_window + Duration::from_millis(100);
-                let comment = FeatureflowRenderer.comment_heartbeats();
+                let comment = kind.comment_heartbeats();
                 tokio::spawn(pass.clone().run_shard(
                     i,
                     seq,
@@ -278,7 +325,7 @@ impl EnvPass {
                 Catchup::Changes(c) => c.clone(),
                 _ => Vec::new(),
             };
-            let frame = FeatureflowRenderer.catch_up(&self.env, catchup, snap, &hub.metrics);
+            let frame = self.kind.render(&self.env, catchup, snap, &hub.metrics);
             self.write_all(members, from, snap.seq, frame, &changed);
         }
         self.pass_seconds.observe(started.elapsed().as_secs_f64());

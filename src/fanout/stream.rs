@@ -157,11 +157,11 @@ impl SseStream {
         self.inner.seq
     }
 
-    /// The writer pass this stream can be served by: the Featureflow server-SDK streams', whose
-    /// frames are the same for every client of the environment. `None` for the other kinds,
-    /// which are pulled frame by frame.
+    /// The writer pass this stream can be served by: that of its environment and kind, for the
+    /// kinds whose frames are the same for every client ([`super::PassKind`]). `None` for the
+    /// per-context stream, which is pulled frame by frame.
     pub fn writer_pass(&self) -> Option<Arc<super::EnvPass>> {
-        (self.inner.protocol == "featureflow").then(|| self.inner.hub.pass_for(&self.inner.env))
+        super::PassKind::of(self.inner.protocol).map(|kind| self.inner.hub.pass_for(&self.inner.env, kind))
     }
 
     /// The stream's socket goes into the writer pass: its subscriptions are dropped, so no

@@ -5,7 +5,8 @@
 //! Why: hyper keeps two 8 KiB buffers and its dispatcher per connection for the stream's whole
 //! life and frames every event with chunked encoding (three-part writes). A stream needs none of
 //! that: the response is `Connection: close` with no length, so the body is the frames, verbatim.
-//! The response head is [`super::sse::FAST_HEAD`], the same headers hyper sends for a stream.
+//! The response head is [`super::sse::FAST_HEAD`] (with the CORS headers of a browser stream,
+//! [`super::sse::fast_head_with`]), the same headers hyper sends for a stream.
 //!
 //! Invariants:
 //! - Only a first request head that arrived complete within the connection's header deadline
@@ -30,7 +31,6 @@ use futures_util::{Stream, StreamExt};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::net::TcpStream;
 
-use super::sse::FAST_HEAD;
 use crate::fanout::{ConnState, EnvPass, Member, SseStream};
 use crate::shutdown::Shutdown;
 
@@ -69,10 +69,12 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
     Some(Head { method: req.method?.to_string(), path: req.path?.to_string(), headers, len })
 }
 
-/// Serves `stream` on `socket`, whose request head has been read. Returns when the connection is
+/// Serves `stream` on `socket`, whose request head has been read, starting with the response
+/// `head`. Returns when the connection is
 /// done.
 pub async fn serve(
     socket: TcpStream,
+    head: bytes::Bytes,
     mut stream: SseStream,
     conn: Arc<ConnState>,
     shutdown: Shutdown,
@@ -86,6 +88,7 @@ pub async fn serve(
         &mut stream,
         &conn,
         pass.as_deref().map(|p| (p, shard)),
+        &head,
     );
     // The client sends nothing after its request: any read result (EOF, data, error) ends it.
     let closed = async {
@@ -124,8 +127,9 @@ async fn pump(
     stream: &mut SseStream,
     conn: &Arc<ConnState>,
     pass: Option<(&EnvPass, usize)>,
+    head: &[u8],
 ) -> std::io::Result<()> {
-    write_all(socket, &FAST_HEAD).await?;
+    write_all(socket, head).await?;
     loop {
         // Pulled: whatever the stream has now (its initial state, what changed meanwhile).
         let frame = match pass {
