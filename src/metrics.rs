@@ -27,6 +27,8 @@ pub struct Metrics {
     pub sse_max_age_closes: IntCounterVec,
     pub delivery_seconds: HistogramVec,
     pub change_delivery_seconds: HistogramVec,
+    pub fanout_pass_seconds: HistogramVec,
+    pub fanout_pass_span_seconds: HistogramVec,
     // store and sources
     pub features: IntGaugeVec,
     pub revision: IntGaugeVec,
@@ -156,6 +158,8 @@ impl Metrics {
             sse_drained: counter(r, "flagrelay_sse_drained_total", "SSE connections closed by the shutdown drain.", &["env"])?,
             sse_max_age_closes: counter(r, "flagrelay_sse_max_age_closes_total", "SSE connections closed at their maximum age.", &["env"])?,
             delivery_seconds: histogram(r, "flagrelay_sse_delivery_seconds", "Time from a change entering the store to its frame being handed to a client connection.", &["env"], latency_buckets())?,
+            fanout_pass_seconds: histogram(r, "flagrelay_fanout_pass_seconds", "Wall time of one shard's writer pass over its server-SDK streams for one change.", &["env"], latency_buckets())?,
+            fanout_pass_span_seconds: histogram(r, "flagrelay_fanout_pass_span_seconds", "Per change: from the first shard's pass starting to the last shard's pass ending.", &["env"], latency_buckets())?,
             change_delivery_seconds: histogram(r, "flagrelay_sse_change_delivery_seconds", "Time from a change entering the store until it was handed to every SSE connection of its environment.", &["env"], latency_buckets())?,
             features: gauge(r, "flagrelay_features", "Features currently served, per environment.", &["env"])?,
             revision: gauge(r, "flagrelay_environment_revision", "Current environment revision.", &["env"])?,
@@ -250,7 +254,7 @@ impl Metrics {
         for o in ["replayed", "full_state", "ahead", "current"] {
             self.sse_resumes.with_label_values(&[env, o]);
         }
-        for h in [&self.delivery_seconds, &self.change_delivery_seconds, &self.propagation_seconds] {
+        for h in [&self.delivery_seconds, &self.change_delivery_seconds, &self.propagation_seconds, &self.fanout_pass_seconds, &self.fanout_pass_span_seconds] {
             h.with_label_values(&[env]);
         }
         for g in [&self.features, &self.revision, &self.upstream_connected] {

@@ -68,6 +68,7 @@ fn to_raw(c: &Config) -> RawConfig {
             max_connections: Some(c.sse.max_connections),
             max_connection_age_secs: Some(c.sse.max_connection_age.map_or(0, |d| d.as_secs())),
             drain_window_secs: Some(c.sse.drain_window.as_secs()),
+            writer_shards: Some(c.sse.writer_shards),
         }),
         http: Some(RawHttp {
             max_body_bytes: Some(c.http.max_body_bytes),

@@ -91,6 +91,7 @@ pub(super) struct RawSse {
     pub max_connections: Option<usize>,
     pub max_connection_age_secs: Option<u64>,
     pub drain_window_secs: Option<u64>,
+    pub writer_shards: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -148,6 +148,8 @@ pub struct SseConfig {
     pub max_connection_age: Option<Duration>,
     /// On shutdown, SSE connections are closed spread over this window.
     pub drain_window: Duration,
+    /// Shards of each environment's writer pass (0 = one per worker thread).
+    pub writer_shards: usize,
 }
 
 /// `[http]`: request limits and response headers of the API.

@@ -219,6 +219,7 @@ fn sse(sse_f: RawSse) -> Result<SseConfig, ConfigError> {
         max_connections: sse_f.max_connections.unwrap_or(0),
         max_connection_age: sse_f.max_connection_age_secs.filter(|s| *s > 0).map(Duration::from_secs),
         drain_window: Duration::from_secs(sse_f.drain_window_secs.unwrap_or(5)),
+        writer_shards: sse_f.writer_shards.unwrap_or(0),
     };
 
     if sse.replay_bytes == 0 {
@@ -238,6 +239,9 @@ fn sse(sse_f: RawSse) -> Result<SseConfig, ConfigError> {
     }
     if sse.drain_window > Duration::from_secs(3600) {
         return Err(invalid("sse.drain_window_secs", "must be at most 3600"));
+    }
+    if sse.writer_shards > 256 {
+        return Err(invalid("sse.writer_shards", "must be at most 256 (0 = one per worker thread)"));
     }
     Ok(sse)
 }

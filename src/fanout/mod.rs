@@ -11,12 +11,13 @@
 
 pub mod eval_stream;
 pub mod frames;
+mod pass;
 mod render;
 mod stream;
 pub mod thin_streams;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,7 @@ use prometheus::{Histogram, IntCounter};
 use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::WatchStream;
 
+pub use pass::{EnvPass, Handoff, Member, PassKind};
 pub use render::{FeatureflowRenderer, Renderer};
 pub use stream::SseStream;
 
@@ -45,6 +47,12 @@ pub struct ConnState {
     behind_since_ms: AtomicU64,
     /// The connection's TCP peer, for per-client limits (`None` when not known).
     pub peer: Option<std::net::SocketAddr>,
+    /// Who writes the socket of a stream served by the writer pass ([`pass`]): its own task
+    /// (`OWN`, also for every stream outside the pass), the pass, or the pass right now.
+    owner: AtomicU8,
+    /// What the pass handed back when the socket left it, and the wake for the task.
+    handoff: Mutex<Option<Handoff>>,
+    pub wake: Notify,
 }
 
 impl ConnState {
@@ -114,6 +122,9 @@ pub(crate) enum FrameKind {
     Retry,
 }
 
+/// A writer pass's key: its environment and stream kind.
+type PassKey = (Arc<str>, PassKind);
+
 /// The open streams of one environment, for the reaper.
 struct EnvConns {
     env: Arc<EnvStore>,
@@ -134,6 +145,12 @@ pub struct Fanout {
     next_id: AtomicU64,
     open: AtomicUsize,
     envs: Mutex<HashMap<Arc<str>, Arc<EnvHandles>>>,
+    /// The writer pass of each environment's streams of each kind, made with its first member.
+    passes: Mutex<HashMap<PassKey, Arc<EnvPass>>>,
+    /// The passes' shard tasks, joined by [`Fanout::run`].
+    pass_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Shards per pass: `[sse] writer_shards`, or the runtime's worker threads.
+    shards: usize,
     epoch: Instant,
 }
 
@@ -144,6 +161,11 @@ fn unix_ms() -> u128 {
 impl Fanout {
     pub fn new(cfg: SseConfig, metrics: Arc<Metrics>, shutdown: Shutdown) -> Arc<Fanout> {
         let (heartbeat_tx, _) = watch::channel(frames::heartbeat_frame(unix_ms()));
+        let shards = match cfg.writer_shards {
+            0 => tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers()),
+            n => n,
+        }
+        .max(1);
         Arc::new(Fanout {
             retry_frame: frames::retry_frame(cfg.retry_ms),
             cfg,
@@ -154,6 +176,9 @@ impl Fanout {
             next_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             envs: Mutex::new(HashMap::new()),
+            passes: Mutex::new(HashMap::new()),
+            pass_tasks: Mutex::new(Vec::new()),
+            shards,
             epoch: Instant::now(),
         })
     }
@@ -171,6 +196,18 @@ impl Fanout {
     fn env_handles(&self, env: &Arc<str>) -> Arc<EnvHandles> {
         let mut m = self.envs.lock().unwrap_or_else(|e| e.into_inner());
         m.entry(env.clone()).or_insert_with(|| Arc::new(EnvHandles::new(&self.metrics, env))).clone()
+    }
+
+    /// The writer pass of `env`'s streams of `kind` (started with its first use).
+    pub fn pass_for(self: &Arc<Self>, env: &Arc<EnvStore>, kind: PassKind) -> Arc<EnvPass> {
+        let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = passes.get(&(env.id.clone(), kind)) {
+            return p.clone();
+        }
+        let (pass, tasks) = EnvPass::start(self, kind, env.clone(), self.env_handles(&env.id), self.shards);
+        self.pass_tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
+        passes.insert((env.id.clone(), kind), pass.clone());
+        pass
     }
 
     /// Opens a stream for `env`, rendered by `renderer`. Fails when the cap is reached.
@@ -228,17 +265,27 @@ impl Fanout {
     /// Counts one delivery of `change`; the last connection to receive it records how long the
     /// change took to reach every connection (and, with an upstream timestamp, the propagation).
     fn delivered(h: &EnvHandles, change: &ChangeRecord) {
-        let elapsed = change.at.elapsed().as_secs_f64();
-        h.delivery.observe(elapsed);
-        if !change.deliveries_armed.swap(true, Ordering::AcqRel) {
-            let n = h.clients.load(Ordering::Relaxed);
-            change.pending_deliveries.fetch_add(n, Ordering::AcqRel);
+        let now = Instant::now();
+        h.delivery.observe(now.saturating_duration_since(change.at).as_secs_f64());
+        Fanout::delivered_n(h, change, 1, now);
+    }
+
+    /// Counts `n` deliveries of `change` made by `now` toward "written to every connection"
+    /// (the delivery histogram is observed by the caller, once per delivery).
+    fn delivered_n(h: &EnvHandles, change: &ChangeRecord, n: i64, now: Instant) {
+        if n <= 0 {
+            return;
         }
-        if change.pending_deliveries.fetch_sub(1, Ordering::AcqRel) == 1 {
-            h.change_delivery.observe(elapsed);
+        if !change.deliveries_armed.swap(true, Ordering::AcqRel) {
+            let clients = h.clients.load(Ordering::Relaxed);
+            change.pending_deliveries.fetch_add(clients, Ordering::AcqRel);
+        }
+        let before = change.pending_deliveries.fetch_sub(n, Ordering::AcqRel);
+        if before > 0 && before <= n {
+            h.change_delivery.observe(now.saturating_duration_since(change.at).as_secs_f64());
             if let Some(ts) = change.upstream_ts_ms {
-                let now = unix_ms() as i128;
-                let secs = (now - ts as i128).max(0) as f64 / 1000.0;
+                let now_ms = unix_ms() as i128;
+                let secs = (now_ms - ts as i128).max(0) as f64 / 1000.0;
                 h.propagation.observe(secs);
             }
         }
@@ -254,11 +301,19 @@ impl Fanout {
         reaper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = self.shutdown.wait() => return,
+                _ = self.shutdown.wait() => break,
                 _ = heartbeat.tick() => {
                     self.heartbeat_tx.send_replace(frames::heartbeat_frame(unix_ms()));
                 }
                 _ = reaper.tick() => self.reap(),
+            }
+        }
+        // The passes' shards end a drain window after shutdown (streams still draining get
+        // changes until then).
+        let tasks = std::mem::take(&mut *self.pass_tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            if let Err(e) = t.await {
+                tracing::error!(task = "fanout pass shard", error = %e, "task panicked or was cancelled");
             }
         }
     }

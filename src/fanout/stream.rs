@@ -6,6 +6,11 @@
 //! therefore never builds a backlog here: when it is polled again it jumps straight to the
 //! current snapshot, with one coalesced frame for what it missed.
 //!
+//! A stream served by the writer pass ([`super::pass`]) is *parked* while its socket is in the
+//! pass: it drops its channel subscriptions, so changes wake nothing, and its connection task
+//! only waits for its end ([`SseStream::poll_end`]); back from the pass it is *unparked* at the
+//! seq the pass brought it to, and is pulled as any other until it is current again.
+//!
 //! Invariants: the stream ends on shutdown (after a random delay within the drain window, with a
 //! randomised `retry:` hint), at its maximum age, or when the reaper kills it; it never ends on its
 //! own otherwise. `ConnState::delivered_seq` is the seq of the last snapshot whose frames were
@@ -43,8 +48,9 @@ struct Inner {
     id: u64,
     seq: u64,
     queue: VecDeque<Bytes>,
-    changes: WatchStream<Arc<Snapshot>>,
-    heartbeats: WatchStream<Bytes>,
+    /// `None` while parked.
+    changes: Option<WatchStream<Arc<Snapshot>>>,
+    heartbeats: Option<WatchStream<Bytes>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The shutdown future has been polled once (its waker is registered for this task).
     shutdown_armed: bool,
@@ -93,8 +99,8 @@ impl SseStream {
                 id,
                 seq,
                 queue,
-                changes,
-                heartbeats,
+                changes: Some(changes),
+                heartbeats: Some(heartbeats),
                 shutdown,
                 shutdown_armed: false,
                 drain: None,
@@ -145,11 +151,55 @@ impl Inner {
     }
 }
 
-impl Stream for SseStream {
-    type Item = Bytes;
+impl SseStream {
+    /// The environment's seq this stream has brought its client to.
+    pub fn seq(&self) -> u64 {
+        self.inner.seq
+    }
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let me = &mut *self.get_mut().inner;
+    /// The writer pass this stream can be served by: that of its environment and kind, for the
+    /// kinds whose frames are the same for every client ([`super::PassKind`]). `None` for the
+    /// per-context stream, which is pulled frame by frame.
+    pub fn writer_pass(&self) -> Option<Arc<super::EnvPass>> {
+        super::PassKind::of(self.inner.protocol).map(|kind| self.inner.hub.pass_for(&self.inner.env, kind))
+    }
+
+    /// The stream's socket goes into the writer pass: its subscriptions are dropped, so no
+    /// change or heartbeat wakes its task.
+    pub fn park(&mut self) {
+        self.inner.changes = None;
+        self.inner.heartbeats = None;
+    }
+
+    /// Back from the pass at `seq`, with `delivered` (the changes the pass's last frame carried,
+    /// now written) counted: the stream follows the environment again from there, starting with
+    /// whatever changed meanwhile.
+    pub fn unpark(&mut self, seq: u64, delivered: &[Arc<crate::store::ChangeRecord>]) {
+        let me = &mut *self.inner;
+        for c in delivered {
+            Fanout::delivered(&me.handles, c);
+        }
+        me.seq = me.seq.max(seq);
+        me.conn.delivered_seq.store(me.seq, Ordering::Relaxed);
+        if me.changes.is_none() {
+            me.changes = Some(WatchStream::new(me.env.subscribe()));
+        }
+        if me.heartbeats.is_none() {
+            me.heartbeats = Some(WatchStream::from_changes(me.hub.heartbeat_tx.subscribe()));
+        }
+    }
+
+    /// The stream's end, when one is due: `Ready(Some(frame))` with its last frame (drain, max
+    /// age), `Ready(None)` when it ends with nothing more (killed). Registers the timers' and
+    /// the shutdown's wakers, nothing else.
+    pub fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.inner.poll_end(cx)
+    }
+}
+
+impl Inner {
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let me = self;
         if me.finished {
             return Poll::Ready(None);
         }
@@ -157,9 +207,6 @@ impl Stream for SseStream {
             me.finished = true;
             me.end = "slow_client";
             return Poll::Ready(None);
-        }
-        if let Some(b) = me.queue.pop_front() {
-            return me.emit(b, FrameKind::Initial);
         }
         // The shutdown future is polled once to register this task, then only after the flag is
         // set (its mutex would otherwise be taken on every poll of every stream).
@@ -188,8 +235,31 @@ impl Stream for SseStream {
                 return me.finish(frames::retry_frame(hint), "max_age");
             }
         }
-        loop {
-            match Pin::new(&mut me.changes).poll_next(cx) {
+        Poll::Pending
+    }
+}
+
+impl Stream for SseStream {
+    type Item = Bytes;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let me = &mut *self.get_mut().inner;
+        if me.finished {
+            return Poll::Ready(None);
+        }
+        if me.conn.killed.load(Ordering::Relaxed) {
+            me.finished = true;
+            me.end = "slow_client";
+            return Poll::Ready(None);
+        }
+        if let Some(b) = me.queue.pop_front() {
+            return me.emit(b, FrameKind::Initial);
+        }
+        if let Poll::Ready(end) = me.poll_end(cx) {
+            return Poll::Ready(end);
+        }
+        while let Some(changes) = me.changes.as_mut() {
+            match Pin::new(changes).poll_next(cx) {
                 Poll::Ready(Some(snap)) => {
                     if let Some(b) = me.catch_up(&snap) {
                         return me.emit(b, FrameKind::Change);
@@ -203,12 +273,12 @@ impl Stream for SseStream {
                 Poll::Pending => break,
             }
         }
-        match Pin::new(&mut me.heartbeats).poll_next(cx) {
-            Poll::Ready(Some(b)) => {
+        match me.heartbeats.as_mut().map(|h| Pin::new(h).poll_next(cx)) {
+            Some(Poll::Ready(Some(b))) => {
                 let b = if me.renderer.comment_heartbeats() { Bytes::from_static(b": heartbeat\n\n") } else { b };
                 me.emit(b, FrameKind::Heartbeat)
             }
-            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            _ => Poll::Pending,
         }
     }
 }

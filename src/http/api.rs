@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request, Response, StatusCode};
@@ -19,11 +20,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::body::ResBody;
 use super::cors;
 use super::error::ApiError;
-use super::route::{Route, Template};
+use super::route::Route;
 use super::server::{Handler, Refusal};
 use super::sse_fast::Head;
 use super::state::Api;
-use super::{featureflow, ofrep, thin, util};
+use super::{featureflow, ofrep, sse, thin, util};
 use crate::fanout::{ConnState, SseStream};
 
 /// Whether `route` with these headers opens an SSE stream.
@@ -94,20 +95,30 @@ impl Handler for Api {
         true
     }
 
-    /// The Featureflow server-SDK stream without hyper, when the request is exactly that and
-    /// would succeed; anything else (including every error) is answered by the normal path.
-    fn fast_sse(self: &Arc<Self>, head: &Head, conn: &Arc<ConnState>) -> Option<SseStream> {
+    /// A stream without hyper — the Featureflow server-SDK stream, the legacy thin-client stream
+    /// and the OFREP change stream — when the request is exactly that and would succeed;
+    /// anything else (including every error) is answered by the normal path.
+    fn fast_sse(self: &Arc<Self>, head: &Head, conn: &Arc<ConnState>) -> Option<(SseStream, Bytes)> {
         let start = Instant::now();
         // The path is the whole request target here: one with a query is left to hyper.
-        if head.method != "GET" || Route::parse(&Method::GET, &head.path) != Route::Features || !util::wants_event_stream(&head.headers) {
-            return None;
+        if head.method != "GET" || head.path.contains('?') || self.fanout.at_capacity() {
+            return None; // (at the cap the normal path answers, and counts, the 503)
         }
-        if self.fanout.at_capacity() {
-            return None; // the normal path answers (and counts) the 503
+        let route = Route::parse(&Method::GET, &head.path);
+        let (template, cors_kind) = (route.template(), route.cors());
+        let stream = match route {
+            Route::Features if util::wants_event_stream(&head.headers) => featureflow::stream(self, &head.headers, conn.clone()),
+            Route::JsStream { key } => thin::legacy_sse(self, &head.headers, &key, conn.clone()),
+            Route::OfrepStream { token } => ofrep::stream_sse(self, &head.headers, &token, conn.clone()),
+            _ => return None,
         }
-        let stream = featureflow::stream(self, &head.headers, conn.clone()).ok()?;
-        self.record(Template::Features, StatusCode::OK, start);
-        Some(stream)
+        .ok()?;
+        let mut extra = HeaderMap::new();
+        if let Some(kind) = cors_kind {
+            cors::apply(&self.http.cors_allowed_origins, head.headers.get(header::ORIGIN), &mut extra, kind, false);
+        }
+        self.record(template, StatusCode::OK, start);
+        Some((stream, sse::fast_head_with(&extra)))
     }
 
     fn connection_opened(&self) {

@@ -44,8 +44,9 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Arc<ConnState>) -> impl Future<Output = Response<ResBody>> + Send;
 
     /// Offers a connection's first request head to the SSE fast path ([`super::sse_fast`]): a
-    /// stream to serve without hyper, or `None` to let hyper handle the request.
-    fn fast_sse(self: &Arc<Self>, _head: &sse_fast::Head, _conn: &Arc<ConnState>) -> Option<crate::fanout::SseStream> {
+    /// stream to serve without hyper with its response head, or `None` to let hyper handle the
+    /// request.
+    fn fast_sse(self: &Arc<Self>, _head: &sse_fast::Head, _conn: &Arc<ConnState>) -> Option<(crate::fanout::SseStream, bytes::Bytes)> {
         None
     }
 
@@ -274,9 +275,9 @@ async fn serve_connection<H: Handler>(stream: TcpStream, conn: Conn<H>, builder:
                 // The client sends nothing after a stream request (see `sse_fast::serve`):
                 // bytes after it end the connection, as any read would once streaming.
                 Some((n, sse)) if n < bytes.len() => drop(sse),
-                Some((_, sse)) => {
+                Some((_, (sse, head))) => {
                     drop(bytes);
-                    sse_fast::serve(stream, sse, conn.state, conn.shutdown, conn.grace).await;
+                    sse_fast::serve(stream, head, sse, conn.state, conn.shutdown, conn.grace).await;
                 }
                 None => serve_hyper(Prefixed::new(bytes, stream), &builder, conn).await,
             }

@@ -82,6 +82,28 @@ const FAST_HEAD_LEN: usize = fast_head_len();
 /// The response head the fast path writes before the frames: [`HEADERS`] plus `Connection: close`.
 pub const FAST_HEAD: [u8; FAST_HEAD_LEN] = fast_head();
 
+/// [`FAST_HEAD`] with `extra` headers (CORS for browser streams) before `Connection: close`,
+/// their names title-cased as hyper writes them.
+pub fn fast_head_with(extra: &hyper::HeaderMap) -> bytes::Bytes {
+    if extra.is_empty() {
+        return bytes::Bytes::from_static(&FAST_HEAD);
+    }
+    let close = FAST_HEAD.len() - (CLOSE.0.len() + 2 + CLOSE.1.len() + 2 + 2);
+    let mut out = Vec::with_capacity(FAST_HEAD.len() + 64 * extra.len());
+    out.extend_from_slice(&FAST_HEAD[..close]);
+    for (name, value) in extra {
+        for (i, b) in name.as_str().bytes().enumerate() {
+            let title = i == 0 || name.as_str().as_bytes()[i - 1] == b'-';
+            out.push(if title { b.to_ascii_uppercase() } else { b });
+        }
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&FAST_HEAD[close..]);
+    bytes::Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +113,19 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&FAST_HEAD).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn extra_headers_go_before_connection_close_title_cased() {
+        assert_eq!(&fast_head_with(&hyper::HeaderMap::new())[..], &FAST_HEAD[..]);
+        let mut h = hyper::HeaderMap::new();
+        h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+        h.insert("access-control-expose-headers", HeaderValue::from_static("Retry-After"));
+        assert_eq!(
+            std::str::from_utf8(&fast_head_with(&h)).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n\
+             Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Retry-After\r\nConnection: close\r\n\r\n"
         );
     }
 

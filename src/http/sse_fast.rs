@@ -5,7 +5,8 @@
 //! Why: hyper keeps two 8 KiB buffers and its dispatcher per connection for the stream's whole
 //! life and frames every event with chunked encoding (three-part writes). A stream needs none of
 //! that: the response is `Connection: close` with no length, so the body is the frames, verbatim.
-//! The response head is [`super::sse::FAST_HEAD`], the same headers hyper sends for a stream.
+//! The response head is [`super::sse::FAST_HEAD`] (with the CORS headers of a browser stream,
+//! [`super::sse::fast_head_with`]), the same headers hyper sends for a stream.
 //!
 //! Invariants:
 //! - Only a first request head that arrived complete within the connection's header deadline
@@ -13,22 +14,24 @@
 //!   has nothing after it, and that the handler turns into a stream takes this path; everything
 //!   else (errors included) goes to hyper untouched: the bytes already read are replayed to it
 //!   first ([`super::prefixed::Prefixed`]).
-//! - The stream is pulled only when the previous frame was written, so nothing queues here but
+//! - While the client is current its socket is in the environment's writer pass
+//!   ([`crate::fanout::EnvPass`]): changes and heartbeats are written by the pass and this task
+//!   sleeps until the pass hands the socket back (a short write) or the stream ends. Otherwise
+//!   the stream is pulled only when the previous frame was written, so nothing queues here but
 //!   the one frame in flight (a shared `Bytes`).
 //! - The connection ends when the stream ends, the client closes or errors, the reaper kills it,
 //!   or the shutdown grace runs out.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::sse::FAST_HEAD;
-use crate::fanout::{ConnState, SseStream};
+use crate::fanout::{ConnState, EnvPass, Member, SseStream};
 use crate::shutdown::Shutdown;
 
 /// The largest first request head read before a connection's path is chosen; a larger head goes
@@ -66,25 +69,39 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
     Some(Head { method: req.method?.to_string(), path: req.path?.to_string(), headers, len })
 }
 
-/// Serves `stream` on `socket`, whose request head has been read. Returns when the connection is
+/// Serves `stream` on `socket`, whose request head has been read, starting with the response
+/// `head`. Returns when the connection is
 /// done.
-pub async fn serve(mut socket: TcpStream, mut stream: SseStream, conn: Arc<ConnState>, shutdown: Shutdown, grace: Duration) {
-    let (mut rd, mut wr) = socket.split();
-    if wr.write_all(&FAST_HEAD).await.is_err() {
-        return;
-    }
-    let pump = async {
-        while let Some(frame) = stream.next().await {
-            if write_frame(&mut wr, &frame).await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.shutdown().await;
-    };
+pub async fn serve(
+    socket: TcpStream,
+    head: bytes::Bytes,
+    mut stream: SseStream,
+    conn: Arc<ConnState>,
+    shutdown: Shutdown,
+    grace: Duration,
+) {
+    let socket = Arc::new(socket);
+    let pass = stream.writer_pass();
+    let shard = pass.as_ref().map_or(0, |p| p.shard_for_new());
+    let pump = pump(
+        &socket,
+        &mut stream,
+        &conn,
+        pass.as_deref().map(|p| (p, shard)),
+        &head,
+    );
     // The client sends nothing after its request: any read result (EOF, data, error) ends it.
     let closed = async {
         let mut b = [0u8; 1];
-        let _ = rd.read(&mut b).await;
+        loop {
+            if socket.readable().await.is_err() {
+                return;
+            }
+            match socket.try_read(&mut b) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                _ => return,
+            }
+        }
     };
     let stopping = async {
         shutdown.wait().await;
@@ -97,10 +114,91 @@ pub async fn serve(mut socket: TcpStream, mut stream: SseStream, conn: Arc<ConnS
         _ = conn.kill.notified() => {}
         _ = stopping => {}
     }
+    // However it ended, the pass lets go of the socket (and drops it soon, closing it).
+    if let Some(p) = &pass {
+        let _ = p.leave(shard, &conn).await;
+    }
 }
 
-async fn write_frame(wr: &mut tokio::net::tcp::WriteHalf<'_>, frame: &Bytes) -> std::io::Result<()> {
-    wr.write_all(frame).await
+/// Writes the head and then the stream's frames, through the writer pass while the client is
+/// current when there is one.
+async fn pump(
+    socket: &Arc<TcpStream>,
+    stream: &mut SseStream,
+    conn: &Arc<ConnState>,
+    pass: Option<(&EnvPass, usize)>,
+    head: &[u8],
+) -> std::io::Result<()> {
+    write_all(socket, head).await?;
+    loop {
+        // Pulled: whatever the stream has now (its initial state, what changed meanwhile).
+        let frame = match pass {
+            Some(_) => {
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_next(cx))).await
+            }
+            None => Poll::Ready(stream.next().await),
+        };
+        match frame {
+            Poll::Ready(Some(frame)) => {
+                write_all(socket, &frame).await?;
+                continue;
+            }
+            Poll::Ready(None) => return end(socket),
+            Poll::Pending => {}
+        }
+        let Some((pass, shard)) = pass else { continue };
+        // Current: from here on the pass writes the socket.
+        let member = Member {
+            conn: conn.clone(),
+            socket: socket.clone(),
+            seq: stream.seq(),
+        };
+        if pass.join(shard, member).is_err() {
+            continue; // the environment moved on meanwhile: pull that first
+        }
+        stream.park();
+        let handoff = loop {
+            tokio::select! {
+                _ = conn.wake.notified() => {
+                    if let Some(h) = conn.take_handoff() {
+                        break h;
+                    }
+                }
+                last = std::future::poll_fn(|cx| stream.poll_end(cx)) => {
+                    if let Some(h) = pass.leave(shard, conn).await {
+                        write_all(socket, &h.rest).await?;
+                    }
+                    if let Some(frame) = last {
+                        write_all(socket, &frame).await?;
+                    }
+                    return end(socket);
+                }
+            }
+        };
+        // Back from the pass: finish the frame it started, then catch up as a pulled stream.
+        write_all(socket, &handoff.rest).await?;
+        stream.unpark(handoff.seq, &handoff.changes);
+    }
+}
+
+/// The stream is over: the response ends with the connection's write side.
+fn end(socket: &TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)
+}
+
+/// Writes all of `buf` on socket readiness (the socket is shared with the pass, so this does not
+/// go through `AsyncWrite`, which needs it exclusively).
+async fn write_all(socket: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::body::ResBody;
@@ -45,7 +45,7 @@ use crate::eval::thin::served;
 use crate::eval::{Context, ContextError};
 use crate::fanout::eval_stream::EvalRenderer;
 use crate::fanout::thin_streams::LegacyJsRenderer;
-use crate::fanout::{ConnState, OpenOptions};
+use crate::fanout::{ConnState, OpenOptions, SseStream};
 
 /// The exact content type featureflow-client 1.3.x and 2.x accept (spec §5.1).
 pub const CONTENT_TYPE: &str = "application/json;charset=UTF-8";
@@ -182,9 +182,14 @@ pub async fn client_events(api: &Arc<Api>, req: Request<Incoming>, key: &str) ->
 
 /// `GET /api/js/v1/stream/{key}`: changed keys per change (spec §5.3).
 pub fn legacy_stream(api: &Arc<Api>, req: &Request<Incoming>, key: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
+    Ok(sse::response(legacy_sse(api, req.headers(), key, conn)?))
+}
+
+/// The stream of [`legacy_stream`], for either path (hyper or native).
+pub fn legacy_sse(api: &Arc<Api>, headers: &HeaderMap, key: &str, conn: Arc<ConnState>) -> Result<SseStream, ApiError> {
     let env = api.keys.url_env(key)?.clone();
-    let opts = OpenOptions { last_event_id: util::last_event_id(req.headers()), protocol: "js_legacy", conn };
-    Ok(sse::response(sse::open(&api.fanout, env, Box::new(LegacyJsRenderer), opts)?))
+    let opts = OpenOptions { last_event_id: util::last_event_id(headers), protocol: "js_legacy", conn };
+    sse::open(&api.fanout, env, Box::new(LegacyJsRenderer), opts)
 }
 
 /// `GET /api/v1/eval/stream/{key}/user/{base64 user}`: the per-context evaluation stream.

@@ -56,6 +56,55 @@ impl SseClient {
         }
     }
 
+    /// A stream on a raw socket (no HTTP client library): `GET path` with `Bearer key` to `addr`,
+    /// with a receive buffer of `rcvbuf` bytes when given. It reads only while asked for an
+    /// event, so until then it is a client that has stopped reading.
+    pub async fn raw(
+        addr: std::net::SocketAddr,
+        path: &str,
+        key: &str,
+        rcvbuf: Option<u32>,
+    ) -> SseClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(n) = rcvbuf {
+            sock.set_recv_buffer_size(n).expect("SO_RCVBUF");
+        }
+        let mut s = within("connect", sock.connect(addr))
+            .await
+            .expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer {key}\r\n\r\n");
+        within("the request write", s.write_all(req.as_bytes()))
+            .await
+            .expect("write");
+        let head = super::tcp::read_head(&mut s).await;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let stream = futures_util::stream::unfold(s, |mut s| async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(bytes::Bytes::from(buf)), s))
+                }
+            }
+        });
+        SseClient {
+            status,
+            headers: reqwest::header::HeaderMap::new(),
+            stream: Some(stream.boxed()),
+            buf: Vec::new(),
+            pending: VecDeque::new(),
+            last_id: None,
+            retry: None,
+            ended: false,
+        }
+    }
+
     /// The next dispatched event (heartbeats included), or `None` when the stream ended.
     pub async fn next_any(&mut self) -> Option<SseEvent> {
         within("an SSE event", self.next_raw()).await

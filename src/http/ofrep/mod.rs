@@ -45,7 +45,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header;
+use hyper::header::{self, HeaderMap};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 
@@ -58,7 +58,7 @@ use super::rate_limit::client_addr;
 use crate::eval::thin::served;
 use crate::eval::Context;
 use crate::fanout::thin_streams::OfrepRenderer;
-use crate::fanout::{ConnState, OpenOptions};
+use crate::fanout::{ConnState, OpenOptions, SseStream};
 use crate::store::EnvStore;
 pub use request::{parse_request, parse_request_within, RequestError};
 pub use wire::bulk_body;
@@ -153,7 +153,12 @@ pub async fn bulk(api: &Arc<Api>, req: Request<Incoming>, conn: &ConnState) -> R
 
 /// `GET /ofrep/v1/stream/{token}`: `refetchEvaluation` on every environment change.
 pub fn stream(api: &Arc<Api>, req: &Request<Incoming>, token: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
+    Ok(sse::response(stream_sse(api, req.headers(), token, conn)?))
+}
+
+/// The stream of [`stream`], for either path (hyper or native).
+pub fn stream_sse(api: &Arc<Api>, headers: &HeaderMap, token: &str, conn: Arc<ConnState>) -> Result<SseStream, ApiError> {
     let env = api.keys.stream_env(token).ok_or(OfrepError::Unauthorized)?;
-    let opts = OpenOptions { last_event_id: util::last_event_id(req.headers()), protocol: "ofrep", conn };
-    Ok(sse::response(sse::open(&api.fanout, env.clone(), Box::new(OfrepRenderer), opts)?))
+    let opts = OpenOptions { last_event_id: util::last_event_id(headers), protocol: "ofrep", conn };
+    sse::open(&api.fanout, env.clone(), Box::new(OfrepRenderer), opts)
 }
