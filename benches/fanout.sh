@@ -12,6 +12,8 @@
 # taskset to the same cores (1 core: cpu 0; 2 cores: cpus 0,1; nchan gets as many nginx workers,
 # flagrelay as many tokio workers via TOKIO_WORKER_THREADS). With 1 server core the load tool runs
 # on cpu 1; with 2 it shares both cores with the server (this machine has 2 vCPUs).
+# nchan may refuse up to 5 % of the clients (nginx's worker_connections, about 19,000 here, is
+# reached near 18,500): its runs pass --allow-failed N/20 to the load tool, which reports them.
 # Both servers send the same change frame size (~245 bytes with SSE framing; flagrelay's is a
 # one-feature `features.updated`, nchan's a 220-byte JSON message). nchan's changes are HTTP POSTs
 # to its publisher; flagrelay's are upserts through its Redis writer script (UPSTREAM=redis, the
@@ -19,13 +21,15 @@
 # rewrites of its flags file (UPSTREAM=file; polled every 10 ms, so "trigger -> first" includes
 # up to 10 ms of polling).
 #
-# Environment: SERVERS (default "floor nchan flagrelay": which to run), RELAY_BIN (a relay binary
+# Environment: SERVERS (default "floor nchan flagrelay": which to run), PERF (set: a flat `perf
+# record` profile of the relay per run, its top symbols in OUT/flagrelay-N-Cc.perf.txt), RELAY_BIN (a relay binary
 # to measure instead of building this checkout's, e.g. an older commit's for an A/B run),
 # FRAME_BYTES (248: the floor's write size, flagrelay's change frame), CORES (default "1 2"), CHANGES (20), IDLE_SECS (31: two 15 s heartbeats),
 # SOURCES (127.0.0.1,...,127.0.0.4), OUT (target/fanout-bench), NCHAN_PORT (18080),
 # RELAY_PORT (17700; admin on +1), REDIS_PORT (16390), NCHAN_RUN (benches/nchan/run.sh).
 # Results: OUT/floor-N.txt (the floor program's line), OUT/{nchan,flagrelay}-N-Cc.json
-# (flagrelay-load --json reports), a ratio table per pair with flagrelay/floor and nchan/flagrelay,
+# (flagrelay-load --json reports), OUT/flagrelay-N-Cc.metrics (the relay's /metrics after the run)
+# with the writer pass's figures in OUT/flagrelay-N-Cc.pass.txt, a ratio table per pair with flagrelay/floor and nchan/flagrelay,
 # and a summary table at the end (OUT/summary.md). A floor is only compared with the run it was
 # measured in.
 set -euo pipefail
@@ -148,7 +152,7 @@ for n in "${sizes[@]}"; do
     chan=bench$RANDOM$RANDOM
     "$load" "${common[@]}" --label "nchan, $c core(s), N=$n" \
       --url "http://127.0.0.1:$nport/sub?id=$chan" --trigger "nchan:http://127.0.0.1:$nport/pub?id=$chan" \
-      --payload-bytes 220 --pid "$("$nchan_run" pids | paste -sd,)" --json-out "$out/nchan-$n-${c}c.json"
+      --payload-bytes 220 --allow-failed $((n / 20)) --pid "$("$nchan_run" pids | paste -sd,)" --json-out "$out/nchan-$n-${c}c.json"
     master=$(cat "$NCHAN_DIR/nginx.pid"); "$nchan_run" stop; wait_gone "$master"
     disturbed "$out/nchan-$n-${c}c.json" || break
     echo "(other load during the run: measuring again)" >&2
@@ -169,9 +173,27 @@ for n in "${sizes[@]}"; do
     relay_pid=$!
     # Ready once it serves (a fresh Redis environment becomes ready with the tool's first write).
     for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$((rport + 1))/healthz" && break; sleep 0.1; done
+    perf_pid=
+    if [ -n "${PERF:-}" ]; then
+      # A flat profile of the relay over the whole run (this VM has no hardware counters).
+      perf record -q -F 1999 -e cpu-clock -p "$relay_pid" -o "$out/flagrelay-$n-${c}c.perf.data" 2>/dev/null &
+      perf_pid=$!
+    fi
     "$load" "${common[@]}" --label "flagrelay, $c core(s), N=$n" \
       --url "http://127.0.0.1:$rport/api/sdk/v1/features" --key "$key" --trigger "$trigger" --feature bench/bench-flag \
       --pid "$relay_pid" --json-out "$out/flagrelay-$n-${c}c.json"
+    if [ -n "$perf_pid" ]; then
+      kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+      perf report -i "$out/flagrelay-$n-${c}c.perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 > "$out/flagrelay-$n-${c}c.perf.txt" || true
+    fi
+    # The relay's own view of its passes: each shard's pass, and first start -> last end per change.
+    curl -s "http://127.0.0.1:$((rport + 1))/metrics" > "$out/flagrelay-$n-${c}c.metrics" || true
+    awk '/^flagrelay_fanout_pass(_span)?_seconds_(sum|count)\{/ { split($1, k, "{"); v[k[1]] = $2 }
+      END { if (v["flagrelay_fanout_pass_seconds_count"] > 0 && v["flagrelay_fanout_pass_span_seconds_count"] > 0)
+        printf "writer pass: %d shard passes, mean %.2f ms each; %d changes, mean span %.2f ms from the first shard start to the last shard end\n",
+          v["flagrelay_fanout_pass_seconds_count"], 1000 * v["flagrelay_fanout_pass_seconds_sum"] / v["flagrelay_fanout_pass_seconds_count"],
+          v["flagrelay_fanout_pass_span_seconds_count"], 1000 * v["flagrelay_fanout_pass_span_seconds_sum"] / v["flagrelay_fanout_pass_span_seconds_count"] }' \
+      "$out/flagrelay-$n-${c}c.metrics" | tee "$out/flagrelay-$n-${c}c.pass.txt" >&2
     kill -TERM "$relay_pid"; wait "$relay_pid" 2>/dev/null || true; relay_pid=
     if [ -f "$work/redis.pid" ]; then kill -TERM "$(cat "$work/redis.pid")"; wait_gone "$(cat "$work/redis.pid")"; rm -f "$work/redis.pid"; fi
     disturbed "$out/flagrelay-$n-${c}c.json" || break

@@ -239,12 +239,6 @@ impl EnvPass {
         }
     }
 
-    /// Notes that a member's connection went away without leaving (its task ended while the pass
-    /// held it): the shard drops it soon, so its descriptor closes.
-    pub fn departed(&self, shard: usize) {
-        self.shards[shard].departed.notify_one();
-    }
-
     #[allow(clippy::too_many_arguments)]
     async fn run_shard(
         self: Arc<Self>,
