@@ -326,3 +326,49 @@ async fn the_thin_client_and_ofrep_streams_go_through_the_pass_with_their_cors_h
     let passes = metric(&m, "flagrelay_fanout_pass_seconds_count", &[("env", "production")]);
     assert_eq!(passes, Some(4.0), "one pass per shard of each kind's pass");
 }
+
+fn user_segment(id: &str, role: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(json!({"id": id, "attributes": {"user_role": role}}).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_context_streams_get_their_own_groups_frames_through_the_pass() {
+    let prod = json!({"a": role_feature("a", &["beta"]), "e": simple_feature("e", "on")});
+    let relay = TestRelay::builder().flags(flags(prod.clone())).config("[sse]\nwriter_shards = 2").start().await;
+    // Three clients of each of two contexts, spread over both shards.
+    let mut beta = Vec::new();
+    let mut other = Vec::new();
+    for i in 0..3 {
+        for (list, role) in [(&mut beta, "beta"), (&mut other, "other")] {
+            let seg = user_segment(&format!("{role}-user"), role);
+            let mut c = SseClient::raw(api_addr(&relay), &format!("/api/v1/eval/stream/{CLIENT_KEY}/user/{seg}"), "-", None).await;
+            assert_eq!(c.status, 200, "client {i} of {role}");
+            let e = c.expect().await;
+            assert_eq!(e.event, "features.evaluated");
+            assert_eq!(e.json()["a"], if role == "beta" { "on" } else { "off" });
+            list.push(c);
+        }
+    }
+    // A change that flips `a` for both contexts, each its own way.
+    let mut p = prod.clone();
+    p["a"] = role_feature("a", &["other"]);
+    relay.write_flags(&flags(p.clone()));
+    for c in &mut beta {
+        assert_eq!(c.expect().await.json(), json!({"a": "off"}));
+    }
+    for c in &mut other {
+        assert_eq!(c.expect().await.json(), json!({"a": "on"}));
+    }
+    // A change the same for everyone.
+    p["e"] = simple_feature("e", "off");
+    relay.write_flags(&flags(p));
+    for c in beta.iter_mut().chain(other.iter_mut()) {
+        assert_eq!(c.expect().await.json(), json!({"e": "off"}));
+    }
+    let m = relay.metrics().await;
+    assert_eq!(metric(&m, "flagrelay_fanout_pass_seconds_count", &[("env", "production")]), Some(4.0), "two changes, two shards");
+    // Each group is evaluated once on connect and once per change, however many clients it has.
+    assert_eq!(metric(&m, "flagrelay_evaluations_total", &[("env", "production"), ("api", "stream")]), Some(6.0));
+    assert_eq!(metric(&m, "flagrelay_sse_events_total", &[("env", "production"), ("event", "change")]), Some(12.0));
+}

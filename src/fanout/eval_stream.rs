@@ -234,6 +234,24 @@ impl ContextGroup {
     }
 }
 
+impl ContextGroup {
+    /// The frame that brings a client at group version `have` to the group's version for `snap`
+    /// (the diff when it is one version behind, else the whole map; nothing when current), and
+    /// that version. The group is evaluated once per change however many clients ask.
+    pub fn frame_for(&self, env: &EnvStore, snap: &Snapshot, metrics: &Metrics, have: u64) -> (Option<Bytes>, u64) {
+        let mut st = self.advance(env, snap, metrics);
+        let version = st.version;
+        let frame = if have == version {
+            None
+        } else if have + 1 == version {
+            st.diff.clone()
+        } else {
+            Some(full_frame(self, &mut st))
+        };
+        (frame, version)
+    }
+}
+
 impl Drop for ContextGroup {
     fn drop(&mut self) {
         let counted = lock(&self.state).counted;
@@ -304,16 +322,17 @@ impl Renderer for EvalRenderer {
     }
 
     fn catch_up(&mut self, env: &EnvStore, _catchup: Catchup, to: &Arc<Snapshot>, metrics: &Metrics) -> Option<Bytes> {
-        let group = self.group.clone();
-        let mut st = group.advance(env, to, metrics);
-        let have = std::mem::replace(&mut self.have, st.version);
-        if have == st.version {
-            None
-        } else if have + 1 == st.version {
-            st.diff.clone()
-        } else {
-            Some(full_frame(&group, &mut st))
-        }
+        let (frame, version) = self.group.frame_for(env, to, metrics, self.have);
+        self.have = version;
+        frame
+    }
+
+    fn context_group(&self) -> Option<(Arc<ContextGroup>, u64)> {
+        Some((self.group.clone(), self.have))
+    }
+
+    fn set_group_version(&mut self, have: u64) {
+        self.have = have;
     }
 }
 

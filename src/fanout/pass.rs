@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use super::eval_stream::ContextGroup;
 use super::thin_streams::{LegacyJsRenderer, OfrepRenderer};
 use super::{ConnState, EnvHandles, Fanout, FeatureflowRenderer, Renderer};
 use crate::metrics::Metrics;
@@ -54,6 +55,9 @@ pub enum PassKind {
     LegacyJs,
     /// The OFREP change-notification stream (`refetchEvaluation`).
     Ofrep,
+    /// The per-context evaluation stream: its frame is its context group's ([`EvalMember`]),
+    /// made once per group and pass.
+    Eval,
 }
 
 impl PassKind {
@@ -63,16 +67,19 @@ impl PassKind {
             "featureflow" => Some(PassKind::Featureflow),
             "js_legacy" => Some(PassKind::LegacyJs),
             "ofrep" => Some(PassKind::Ofrep),
+            "eval" => Some(PassKind::Eval),
             _ => None,
         }
     }
 
-    /// The frame that brings a client of this kind through `catchup` to `to`.
+    /// The frame that brings a client of this kind through `catchup` to `to` (`None` for
+    /// [`PassKind::Eval`], whose frames are per group).
     fn render(self, env: &EnvStore, catchup: Catchup, to: &Arc<Snapshot>, metrics: &Metrics) -> Option<Bytes> {
         match self {
             PassKind::Featureflow => FeatureflowRenderer.catch_up(env, catchup, to, metrics),
             PassKind::LegacyJs => LegacyJsRenderer.catch_up(env, catchup, to, metrics),
             PassKind::Ofrep => OfrepRenderer.catch_up(env, catchup, to, metrics),
+            PassKind::Eval => None,
         }
     }
 
@@ -81,6 +88,7 @@ impl PassKind {
             PassKind::Featureflow => FeatureflowRenderer.comment_heartbeats(),
             PassKind::LegacyJs => LegacyJsRenderer.comment_heartbeats(),
             PassKind::Ofrep => OfrepRenderer.comment_heartbeats(),
+            PassKind::Eval => true,
         }
     }
 }
@@ -94,6 +102,14 @@ pub struct Handoff {
     pub seq: u64,
     /// The changes `rest` delivers, counted when it is written.
     pub changes: Vec<Arc<ChangeRecord>>,
+    /// For a per-context stream: the group version the client has once `rest` is written.
+    pub have: u64,
+}
+
+/// What the pass keeps of a per-context stream: its group and the group version its client has.
+pub struct EvalMember {
+    pub group: Arc<ContextGroup>,
+    pub have: u64,
 }
 
 /// A connection in a shard.
@@ -102,6 +118,20 @@ pub struct Member {
     pub socket: Arc<TcpStream>,
     /// The snapshot seq the connection has been written up to.
     pub seq: u64,
+    /// For a per-context stream ([`PassKind::Eval`]).
+    pub eval: Option<EvalMember>,
+}
+
+impl Member {
+    fn have(&self) -> u64 {
+        self.eval.as_ref().map_or(0, |e| e.have)
+    }
+
+    /// Marks the socket as being written by the pass (`POOL` → `BUSY`); `false` when the
+    /// member's task has taken it back (the connection ended), and the member is dropped.
+    fn claim(&self) -> bool {
+        self.conn.owner.compare_exchange(POOL, BUSY, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
 }
 
 struct Shard {
@@ -319,35 +349,36 @@ impl EnvPass {
                 Catchup::Changes(c) => c.clone(),
                 _ => Vec::new(),
             };
-            let frame = self.kind.render(&self.env, catchup, snap, &hub.metrics);
-            self.write_all(members, from, snap.seq, frame, &changed);
+            let shared = self.kind.render(&self.env, catchup, snap, &hub.metrics);
+            let frame_of = |m: &Member| match (&m.eval, self.kind) {
+                (Some(e), PassKind::Eval) => e.group.frame_for(&self.env, snap, &hub.metrics, e.have),
+                _ => (shared.clone(), 0),
+            };
+            self.write_all(members, from, snap.seq, frame_of, &changed);
         }
         self.pass_seconds.observe(started.elapsed().as_secs_f64());
         self.span_end(snap.seq);
     }
 
-    /// One pass writing `frame` (which brings a member from `from` to `to`) to every member.
+    /// One pass writing to every member the frame `frame_of` gives it (which brings it from
+    /// `from` to `to`, and a per-context member to a group version).
     fn write_all(
         &self,
         members: &mut Vec<Member>,
         from: u64,
         to: u64,
-        frame: Option<Bytes>,
+        frame_of: impl Fn(&Member) -> (Option<Bytes>, u64),
         changed: &[Arc<ChangeRecord>],
     ) {
         let h = &self.handles;
         let delivery = h.delivery.local();
         let mut written = 0u64;
         let mut started = 0u64;
+        let mut bytes = 0u64;
         let mut now = Instant::now();
         let mut k = 0usize;
         members.retain_mut(|m| {
-            // A member's task took its socket back (it ended): drop it.
-            if m.conn
-                .owner
-                .compare_exchange(POOL, BUSY, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
+            if !m.claim() {
                 return false;
             }
             if m.seq >= to {
@@ -356,19 +387,15 @@ impl EnvPass {
             }
             if m.seq != from {
                 // Behind the shard: it catches up itself.
-                hand_off(
-                    m,
-                    Handoff {
-                        rest: Bytes::new(),
-                        seq: m.seq,
-                        changes: Vec::new(),
-                    },
-                );
+                let have = m.have();
+                hand_off(m, Handoff { rest: Bytes::new(), seq: m.seq, changes: Vec::new(), have });
                 return false;
             }
+            let (frame, have) = frame_of(m);
             let n = match &frame {
                 Some(frame) => {
                     started += 1;
+                    bytes += frame.len() as u64;
                     // WouldBlock and errors alike leave the pass: a broken socket's task finds
                     // out on its own write and ends.
                     m.socket.try_write(frame).unwrap_or(0)
@@ -378,18 +405,14 @@ impl EnvPass {
             let len = frame.as_ref().map_or(0, Bytes::len);
             if n < len {
                 let rest = frame.as_ref().map_or_else(Bytes::new, |f| f.slice(n..));
-                hand_off(
-                    m,
-                    Handoff {
-                        rest,
-                        seq: to,
-                        changes: changed.to_vec(),
-                    },
-                );
+                hand_off(m, Handoff { rest, seq: to, changes: changed.to_vec(), have });
                 return false;
             }
             written += 1;
             m.seq = to;
+            if let Some(e) = m.eval.as_mut() {
+                e.have = have;
+            }
             m.conn.delivered_seq.store(to, Ordering::Relaxed);
             m.conn.owner.store(POOL, Ordering::Release);
             // The clock is read every 16 deliveries: within them the elapsed time hardly moves.
@@ -403,10 +426,8 @@ impl EnvPass {
             true
         });
         delivery.flush();
-        if let Some(frame) = &frame {
-            h.ev_change.inc_by(started);
-            h.bytes.inc_by(started * frame.len() as u64);
-        }
+        h.ev_change.inc_by(started);
+        h.bytes.inc_by(bytes);
         if changed.len() > 1 {
             h.lagged.inc_by(started);
         }
@@ -420,11 +441,7 @@ impl EnvPass {
         let h = &self.handles;
         let mut started = 0u64;
         members.retain_mut(|m| {
-            if m.conn
-                .owner
-                .compare_exchange(POOL, BUSY, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
+            if !m.claim() {
                 return false;
             }
             started += 1;
@@ -433,13 +450,14 @@ impl EnvPass {
                 m.conn.owner.store(POOL, Ordering::Release);
                 true
             } else {
-                let at = m.seq;
+                let (at, have) = (m.seq, m.have());
                 hand_off(
                     m,
                     Handoff {
                         rest: frame.slice(n..),
                         seq: at,
                         changes: Vec::new(),
+                        have,
                     },
                 );
                 false

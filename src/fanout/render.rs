@@ -25,6 +25,15 @@ pub trait Renderer: Send + 'static {
     fn comment_heartbeats(&self) -> bool {
         false
     }
+
+    /// A per-context renderer's group and the group version its client has, which the writer
+    /// pass takes over while the stream is in it (`None` for every other renderer).
+    fn context_group(&self) -> Option<(Arc<super::eval_stream::ContextGroup>, u64)> {
+        None
+    }
+
+    /// Back from the writer pass, which brought the client to group version `have`.
+    fn set_group_version(&mut self, _have: u64) {}
 }
 
 /// `features.updated` / `features.deleted`, spec §2.5.

@@ -157,11 +157,16 @@ impl SseStream {
         self.inner.seq
     }
 
-    /// The writer pass this stream can be served by: that of its environment and kind, for the
-    /// kinds whose frames are the same for every client ([`super::PassKind`]). `None` for the
-    /// per-context stream, which is pulled frame by frame.
+    /// The writer pass this stream can be served by: that of its environment and kind
+    /// ([`super::PassKind`]); every kind the fast path serves has one.
     pub fn writer_pass(&self) -> Option<Arc<super::EnvPass>> {
         super::PassKind::of(self.inner.protocol).map(|kind| self.inner.hub.pass_for(&self.inner.env, kind))
+    }
+
+    /// What the writer pass keeps of this stream besides its socket: its context group and
+    /// version, for a per-context stream.
+    pub fn eval_member(&self) -> Option<super::pass::EvalMember> {
+        self.inner.renderer.context_group().map(|(group, have)| super::pass::EvalMember { group, have })
     }
 
     /// The stream's socket goes into the writer pass: its subscriptions are dropped, so no
@@ -171,11 +176,14 @@ impl SseStream {
         self.inner.heartbeats = None;
     }
 
-    /// Back from the pass at `seq`, with `delivered` (the changes the pass's last frame carried,
-    /// now written) counted: the stream follows the environment again from there, starting with
+    /// Back from the pass at `seq` (and, for a per-context stream, group version `have`), with
+    /// `delivered` (the changes the pass's last frame carried, now written) counted: the stream follows the environment again from there, starting with
     /// whatever changed meanwhile.
-    pub fn unpark(&mut self, seq: u64, delivered: &[Arc<crate::store::ChangeRecord>]) {
+    pub fn unpark(&mut self, seq: u64, delivered: &[Arc<crate::store::ChangeRecord>], have: u64) {
         let me = &mut *self.inner;
+        if me.renderer.context_group().is_some() {
+            me.renderer.set_group_version(have);
+        }
         for c in delivered {
             Fanout::delivered(&me.handles, c);
         }

@@ -95,8 +95,8 @@ impl Handler for Api {
         true
     }
 
-    /// A stream without hyper — the Featureflow server-SDK stream, the legacy thin-client stream
-    /// and the OFREP change stream — when the request is exactly that and would succeed;
+    /// A stream without hyper — the Featureflow server-SDK stream, the legacy thin-client stream,
+    /// the per-context evaluation stream and the OFREP change stream — when the request is exactly that and would succeed;
     /// anything else (including every error) is answered by the normal path.
     fn fast_sse(self: &Arc<Self>, head: &Head, conn: &Arc<ConnState>) -> Option<(SseStream, Bytes)> {
         let start = Instant::now();
@@ -109,6 +109,7 @@ impl Handler for Api {
         let stream = match route {
             Route::Features if util::wants_event_stream(&head.headers) => featureflow::stream(self, &head.headers, conn.clone()),
             Route::JsStream { key } => thin::legacy_sse(self, &head.headers, &key, conn.clone()),
+            Route::EvalStream { key, user } => thin::eval_sse(self, &key, &user, conn.clone()),
             Route::OfrepStream { token } => ofrep::stream_sse(self, &head.headers, &token, conn.clone()),
             _ => return None,
         }

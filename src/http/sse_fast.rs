@@ -152,6 +152,7 @@ async fn pump(
             conn: conn.clone(),
             socket: socket.clone(),
             seq: stream.seq(),
+            eval: stream.eval_member(),
         };
         if pass.join(shard, member).is_err() {
             continue; // the environment moved on meanwhile: pull that first
@@ -177,7 +178,7 @@ async fn pump(
         };
         // Back from the pass: finish the frame it started, then catch up as a pulled stream.
         write_all(socket, &handoff.rest).await?;
-        stream.unpark(handoff.seq, &handoff.changes);
+        stream.unpark(handoff.seq, &handoff.changes, handoff.have);
     }
 }
 

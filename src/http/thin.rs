@@ -194,6 +194,11 @@ pub fn legacy_sse(api: &Arc<Api>, headers: &HeaderMap, key: &str, conn: Arc<Conn
 
 /// `GET /api/v1/eval/stream/{key}/user/{base64 user}`: the per-context evaluation stream.
 pub fn eval_stream(api: &Arc<Api>, key: &str, user: &str, conn: Arc<ConnState>) -> Result<Response<ResBody>, ApiError> {
+    Ok(sse::response(eval_sse(api, key, user, conn)?))
+}
+
+/// The stream of [`eval_stream`], for either path (hyper or native).
+pub fn eval_sse(api: &Arc<Api>, key: &str, user: &str, conn: Arc<ConnState>) -> Result<SseStream, ApiError> {
     let env = api.keys.url_env(key)?.clone();
     let ctx = decode_user_within(user, api.http.max_context_bytes)?;
     if !env.snapshot().loaded {
@@ -201,7 +206,7 @@ pub fn eval_stream(api: &Arc<Api>, key: &str, user: &str, conn: Arc<ConnState>) 
     }
     let group = api.context_groups.get(&env, ctx);
     let opts = OpenOptions { last_event_id: None, protocol: "eval", conn };
-    Ok(sse::response(sse::open(&api.fanout, env, Box::new(EvalRenderer::new(group)), opts)?))
+    sse::open(&api.fanout, env, Box::new(EvalRenderer::new(group)), opts)
 }
 
 #[cfg(test)]
