@@ -15,7 +15,7 @@
 # nchan may refuse up to 5 % of the clients (nginx's worker_connections, about 19,000 here, is
 # reached near 18,500): its runs pass --allow-failed N/20 to the load tool, which reports them.
 # Both servers send the same change frame size (~245 bytes with SSE framing; flagrelay's is a
-# one-feature `features.updated`, nchan's a 220-byte JSON message). nchan's changes are HTTP POSTs
+# one-feature `features.updated`, nchan's a JSON message of FRAME_BYTES - 28 = 220 bytes). nchan's changes are HTTP POSTs
 # to its publisher; flagrelay's are upserts through its Redis writer script (UPSTREAM=redis, the
 # default when redis-server is installed; a private redis-server is started on REDIS_PORT) or
 # rewrites of its flags file (UPSTREAM=file; polled every 10 ms, so "trigger -> first" includes
@@ -27,6 +27,16 @@
 # FRAME_BYTES (248: the floor's write size, flagrelay's change frame), CORES (default "1 2"), CHANGES (20), IDLE_SECS (31: two 15 s heartbeats),
 # SOURCES (127.0.0.1,...,127.0.0.4), OUT (target/fanout-bench), NCHAN_PORT (18080),
 # RELAY_PORT (17700; admin on +1), REDIS_PORT (16390), NCHAN_RUN (benches/nchan/run.sh).
+# EVAL_CONTEXTS=G (opt-in): the flagrelay runs load the per-context evaluation stream instead,
+# `GET /api/v1/eval/stream/sdk-js-bench-fanout-0001/user/{ctx}` with the load tool's --contexts G
+# (client i's user is bench-user-<i % G>: G distinct contexts, N/G connections each) and
+# --marker-in variant-key (each change makes bench-flag serve a new variant key, so every
+# context's `features.updated` carries the marker). Its change frame is smaller (EVAL_FRAME_BYTES,
+# default 69 bytes with SSE framing, 84 with UPSTREAM=file): the floor writes that size unless
+# FRAME_BYTES is given; nchan's message is padded to FRAME_BYTES - 28 only where it can be (its
+# unpadded message is about 105 bytes, so it stays larger than the relay's frame).
+# Its reports are OUT/flagrelay-eval-N-Cc.json (and .metrics, .pass.txt, .perf.txt). E.g. the
+# issue 12 target, 1,000 groups x 10 connections: EVAL_CONTEXTS=1000 benches/fanout.sh 10000
 # Results: OUT/floor-N.txt (the floor program's line), OUT/{nchan,flagrelay}-N-Cc.json
 # (flagrelay-load --json reports), OUT/flagrelay-N-Cc.metrics (the relay's /metrics after the run)
 # with the writer pass's figures in OUT/flagrelay-N-Cc.pass.txt, a ratio table per pair with flagrelay/floor and nchan/flagrelay,
@@ -54,7 +64,19 @@ need=(jq taskset curl); runs floor && need+=(gcc); runs flagrelay && [ "$UPSTREA
 for t in "${need[@]}"; do
   command -v "$t" >/dev/null || { echo "fanout.sh needs $t (Debian: apt-get install -y jq util-linux curl gcc redis-server)" >&2; exit 1; }
 done
-frame_bytes=${FRAME_BYTES:-248}
+eval_contexts=${EVAL_CONTEXTS:-}
+if [ -n "$eval_contexts" ]; then
+  # Measured with the load tool (100 clients, 10 contexts): 69 bytes with the Redis upstream, 84
+  # with the file upstream (its event ids are longer).
+  frame_bytes=${FRAME_BYTES:-${EVAL_FRAME_BYTES:-$([ "$UPSTREAM" = redis ] && echo 69 || echo 84)}}
+  fr_name=flagrelay-eval   # report file prefix
+  fr_what="flagrelay eval stream, $eval_contexts contexts"
+else
+  frame_bytes=${FRAME_BYTES:-248}
+  fr_name=flagrelay
+  fr_what=flagrelay
+fi
+client_key=sdk-js-bench-fanout-0001
 # The relay and the load tool (its own workspace package, benches/load).
 tdir=${CARGO_TARGET_DIR:-$repo/target}
 if [ -n "${RELAY_BIN:-}" ]; then
@@ -97,6 +119,7 @@ $upstream_toml
 [[environments]]
 id = "bench"
 server_keys = ["$key"]
+client_keys = ["$client_key"]
 [sse]
 heartbeat_secs = 15
 max_connections = 0
@@ -152,7 +175,7 @@ for n in "${sizes[@]}"; do
     chan=bench$RANDOM$RANDOM
     "$load" "${common[@]}" --label "nchan, $c core(s), N=$n" \
       --url "http://127.0.0.1:$nport/sub?id=$chan" --trigger "nchan:http://127.0.0.1:$nport/pub?id=$chan" \
-      --payload-bytes 220 --allow-failed $((n / 20)) --pid "$("$nchan_run" pids | paste -sd,)" --json-out "$out/nchan-$n-${c}c.json"
+      --payload-bytes $((frame_bytes - 28)) --allow-failed $((n / 20)) --pid "$("$nchan_run" pids | paste -sd,)" --json-out "$out/nchan-$n-${c}c.json"
     master=$(cat "$NCHAN_DIR/nginx.pid"); "$nchan_run" stop; wait_gone "$master"
     disturbed "$out/nchan-$n-${c}c.json" || break
     echo "(other load during the run: measuring again)" >&2
@@ -161,7 +184,7 @@ for n in "${sizes[@]}"; do
     for attempt in $(seq 0 "${RETRIES:-2}"); do
     runs flagrelay || break
     wait_quiet
-    echo "== N=$n, $c server core(s): flagrelay ($UPSTREAM upstream)" >&2
+    echo "== N=$n, $c server core(s): $fr_what ($UPSTREAM upstream)" >&2
     write_flags
     if [ "$UPSTREAM" = redis ]; then
       # A fresh, empty Redis per run, on the load tool's cpu when the server has one core.
@@ -176,31 +199,36 @@ for n in "${sizes[@]}"; do
     perf_pid=
     if [ -n "${PERF:-}" ]; then
       # A flat profile of the relay over the whole run (this VM has no hardware counters).
-      perf record -q -F 1999 -e cpu-clock -p "$relay_pid" -o "$out/flagrelay-$n-${c}c.perf.data" 2>/dev/null &
+      perf record -q -F 1999 -e cpu-clock -p "$relay_pid" -o "$out/$fr_name-$n-${c}c.perf.data" 2>/dev/null &
       perf_pid=$!
     fi
-    "$load" "${common[@]}" --label "flagrelay, $c core(s), N=$n" \
-      --url "http://127.0.0.1:$rport/api/sdk/v1/features" --key "$key" --trigger "$trigger" --feature bench/bench-flag \
-      --pid "$relay_pid" --json-out "$out/flagrelay-$n-${c}c.json"
+    if [ -n "$eval_contexts" ]; then
+      stream=(--url "http://127.0.0.1:$rport/api/v1/eval/stream/$client_key/user/{ctx}" --contexts "$eval_contexts" --marker-in variant-key)
+    else
+      stream=(--url "http://127.0.0.1:$rport/api/sdk/v1/features" --key "$key")
+    fi
+    "$load" "${common[@]}" --label "$fr_what, $c core(s), N=$n" \
+      "${stream[@]}" --trigger "$trigger" --feature bench/bench-flag \
+      --pid "$relay_pid" --json-out "$out/$fr_name-$n-${c}c.json"
     if [ -n "$perf_pid" ]; then
       kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
-      perf report -i "$out/flagrelay-$n-${c}c.perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 > "$out/flagrelay-$n-${c}c.perf.txt" || true
+      perf report -i "$out/$fr_name-$n-${c}c.perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 > "$out/$fr_name-$n-${c}c.perf.txt" || true
     fi
     # The relay's own view of its passes: each shard's pass, and first start -> last end per change.
-    curl -s "http://127.0.0.1:$((rport + 1))/metrics" > "$out/flagrelay-$n-${c}c.metrics" || true
+    curl -s "http://127.0.0.1:$((rport + 1))/metrics" > "$out/$fr_name-$n-${c}c.metrics" || true
     awk '/^flagrelay_fanout_pass(_span)?_seconds_(sum|count)\{/ { split($1, k, "{"); v[k[1]] = $2 }
       END { if (v["flagrelay_fanout_pass_seconds_count"] > 0 && v["flagrelay_fanout_pass_span_seconds_count"] > 0)
         printf "writer pass: %d shard passes, mean %.2f ms each; %d changes, mean span %.2f ms from the first shard start to the last shard end\n",
           v["flagrelay_fanout_pass_seconds_count"], 1000 * v["flagrelay_fanout_pass_seconds_sum"] / v["flagrelay_fanout_pass_seconds_count"],
           v["flagrelay_fanout_pass_span_seconds_count"], 1000 * v["flagrelay_fanout_pass_span_seconds_sum"] / v["flagrelay_fanout_pass_span_seconds_count"] }' \
-      "$out/flagrelay-$n-${c}c.metrics" | tee "$out/flagrelay-$n-${c}c.pass.txt" >&2
+      "$out/$fr_name-$n-${c}c.metrics" | tee "$out/$fr_name-$n-${c}c.pass.txt" >&2
     kill -TERM "$relay_pid"; wait "$relay_pid" 2>/dev/null || true; relay_pid=
     if [ -f "$work/redis.pid" ]; then kill -TERM "$(cat "$work/redis.pid")"; wait_gone "$(cat "$work/redis.pid")"; rm -f "$work/redis.pid"; fi
-    disturbed "$out/flagrelay-$n-${c}c.json" || break
+    disturbed "$out/$fr_name-$n-${c}c.json" || break
     echo "(other load during the run: measuring again)" >&2
     done
 
-    fr=$out/flagrelay-$n-${c}c.json nc=$out/nchan-$n-${c}c.json
+    fr=$out/$fr_name-$n-${c}c.json nc=$out/nchan-$n-${c}c.json
     if runs nchan && runs flagrelay; then
       echo "== N=$n, $c server core(s): flagrelay / nchan" >&2
       "$load" compare "$nc" "$fr"
@@ -225,7 +253,7 @@ done
 files=()
 for n in "${sizes[@]}"; do for c in $cores_list; do
   runs nchan && files+=("$out/nchan-$n-${c}c.json")
-  runs flagrelay && files+=("$out/flagrelay-$n-${c}c.json")
+  runs flagrelay && files+=("$out/$fr_name-$n-${c}c.json")
 done; done
 {
   [ ${#files[@]} -eq 0 ] || "$load" summary "${files[@]}"

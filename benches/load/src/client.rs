@@ -34,7 +34,9 @@ pub struct ClientCfg {
     /// The URL as given, for error messages.
     pub url: String,
     pub addr: SocketAddr,
-    pub request: Vec<u8>,
+    /// The HTTP requests, one per context group: client `offset + idx` sends
+    /// `requests[(offset + idx) % requests.len()]` (one request without `--contexts`).
+    pub requests: Vec<Vec<u8>>,
     pub sources: Vec<IpAddr>,
     /// Global index of this process's first client (for source round-robin).
     pub offset: usize,
@@ -231,7 +233,8 @@ async fn connect_io(cfg: &ClientCfg, idx: usize) -> std::io::Result<TcpStream> {
     let mut s = tokio::time::timeout(Duration::from_secs(10), sock.connect(cfg.addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    s.write_all(&cfg.request).await?;
+    let req = &cfg.requests[(cfg.offset + idx) % cfg.requests.len().max(1)];
+    s.write_all(req).await?;
     Ok(s)
 }
 

@@ -24,6 +24,7 @@
 //! on, `report` prints it.
 
 mod client;
+mod ctx;
 mod procfs;
 mod report;
 mod sse;
@@ -64,9 +65,15 @@ enum Cmd {
 
 #[derive(Args, Debug, Clone)]
 struct RunArgs {
-    /// SSE URL to open N times.
+    /// SSE URL to open N times. With --contexts G, `{ctx}` in it becomes, for client i, the
+    /// standard base64 of `{"id":"bench-user-<i % G>","attributes":{"tier":"<i % G>"}}` (e.g.
+    /// `http://127.0.0.1:7700/api/v1/eval/stream/KEY/user/{ctx}`).
     #[arg(long, default_value = "http://127.0.0.1:7700/api/sdk/v1/features")]
     url: String,
+    /// Context groups for `{ctx}` in --url: G distinct users, N/G connections each (0: no
+    /// templating).
+    #[arg(long, default_value_t = 0)]
+    contexts: usize,
     /// Server key sent as `Authorization: Bearer KEY` (omit for none, e.g. nchan).
     #[arg(long, env = "FLAGRELAY_LOAD_KEY")]
     key: Option<String>,
@@ -94,6 +101,11 @@ struct RunArgs {
     /// redis://HOST:PORT (upsert through the relay's Redis writer script), none.
     #[arg(long, default_value = "none")]
     trigger: String,
+    /// Where the file and Redis triggers put the marker: `variant-name` (the first variant's name,
+    /// for streams of feature controls) or `variant-key` (the key of the variant the feature
+    /// serves to everyone, for streams of evaluated results such as /api/v1/eval/stream/...).
+    #[arg(long, value_enum, default_value_t = trigger::MarkerIn::VariantName)]
+    marker_in: trigger::MarkerIn,
     /// Key prefix of the Redis trigger (default: the relay's default, `flagrelay`).
     #[arg(long)]
     redis_prefix: Option<String>,
@@ -168,18 +180,26 @@ fn child_main(a: RunArgs) -> anyhow::Result<()> {
     sys::ignore_interrupts();
     sys::raise_nofile()?;
     let url = trigger::parse_url(&a.url)?;
-    let mut req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: flagrelay-load\r\n",
-        url.path, url.host, url.port
-    );
-    if let Some(k) = &a.key {
-        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
-    }
-    req.push_str("\r\n");
+    // One request per context group (one without --contexts): client j sends requests[j % G].
+    let requests = (0..a.contexts.max(1))
+        .map(|g| {
+            let mut req = format!(
+                "GET {} HTTP/1.1\r\nHost: {}:{}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: flagrelay-load\r\n",
+                ctx::expand(&url.path, g, a.contexts),
+                url.host,
+                url.port
+            );
+            if let Some(k) = &a.key {
+                req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+            }
+            req.push_str("\r\n");
+            req.into_bytes()
+        })
+        .collect();
     client::run(client::ClientCfg {
         url: a.url.clone(),
         addr: resolve(&url)?,
-        request: req.into_bytes(),
+        requests,
         sources: a.sources.clone(),
         offset: a.child_offset,
         clients: a.clients,
@@ -262,6 +282,7 @@ fn spawn_children(a: &RunArgs, run_id: &str) -> anyhow::Result<Children> {
         };
         cmd.arg("--child")
             .arg("--url").arg(&a.url)
+            .arg("--contexts").arg(a.contexts.to_string())
             .arg("--clients").arg(n.to_string())
             .arg("--changes").arg(a.changes.to_string())
             .arg("--trigger").arg(&a.trigger)
@@ -433,9 +454,10 @@ async fn coordinate(a: RunArgs) -> anyhow::Result<()> {
         bail!("--clients must be > 0");
     }
     // The URL's errors once, here, not once per client process.
+    ctx::check(&a.url, a.contexts, a.clients).map_err(|e| anyhow!(e))?;
     let url = trigger::parse_url(&a.url)?;
     resolve(&url).with_context(|| format!("resolving {}", a.url))?;
-    let mut trig = trigger::Trigger::parse(&a.trigger, a.feature.as_deref(), a.payload_bytes, a.redis_prefix.as_deref()).await?;
+    let mut trig = trigger::Trigger::parse(&a.trigger, a.feature.as_deref(), a.payload_bytes, a.redis_prefix.as_deref(), a.marker_in).await?;
     // From here on a signal ends the run, not the process: the file trigger's file goes back.
     let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
