@@ -7,7 +7,7 @@
 //! interesting bytes, cut, duplicated and deleted ranges): not coverage-guided, only a cheap
 //! widening of the seeds for the smoke. A panic or an input that takes longer than
 //! `FUZZ_HANG_MS` (default 5000) is reported with its path (and mutation number) and makes the
-//! exit status 1; the last line counts inputs, runs and failures.
+//! exit status 1; the last line counts the runs that passed and failed.
 #![cfg(not(fuzzing))]
 
 use std::io::Read;
@@ -150,7 +150,8 @@ pub fn main(run: fn(&[u8])) {
     }
     let target = std::env::args().next().unwrap_or_default();
     let target = Path::new(&target).file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
-    println!("{target}: {} inputs, {runs} runs, {failed} failed", inputs.len());
+    println!("{target}: {} inputs, {mutations} mutations of each", inputs.len());
+    println!("{target}: {} passed, {failed} failed", runs - failed);
     if failed > 0 {
         std::process::exit(1);
     }
