@@ -76,8 +76,9 @@ fn has_duplicate_keys(body: &[u8]) -> Option<bool> {
 }
 
 /// The body read as a tree (what the token reader must agree with); `None` when the tree
-/// refuses it for a reason the token reader may accept: a number out of f64's range or a lone
-/// surrogate escape in a skipped member (valid JSON syntax, only not representable).
+/// refuses it for a reason the token reader may accept in a member it skips (documented in
+/// `http::ofrep::request`): a number beyond f64's range, or an unpaired surrogate escape. Both
+/// are valid JSON grammar (RFC 8259 §6, §8.2), only not representable.
 fn tree(body: &[u8]) -> Option<Result<Context, RequestError>> {
     let body = body.trim_ascii();
     if body.is_empty() {
@@ -87,7 +88,7 @@ fn tree(body: &[u8]) -> Option<Result<Context, RequestError>> {
         Ok(v) => v,
         Err(e) => {
             let why = e.to_string();
-            if why.contains("number out of range") || why.contains("surrogate") {
+            if why.contains("number out of range") || why.contains("surrogate") || why.contains("unexpected end of hex escape") {
                 return None;
             }
             return Some(Err(RequestError::Json(why)));

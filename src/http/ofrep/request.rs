@@ -2,7 +2,10 @@
 //! JSON tokens and never as a tree: the context's limits apply while it is read
 //! ([`OfrepContextSeed`]) and every other member is skipped without being kept, so the memory a
 //! body costs is bounded by the limits, not by its size. The body must be UTF-8 throughout, in
-//! the skipped members too. Pure functions, no HTTP types.
+//! the skipped members too; a skipped member is otherwise checked for JSON syntax only, so an
+//! unpaired surrogate escape or a number beyond f64's range there (valid JSON grammar, RFC 8259
+//! §6 and §8.2, that a JSON tree cannot represent) is let through, where the context refuses it.
+//! Pure functions, no HTTP types.
 
 use std::borrow::Cow;
 
@@ -166,6 +169,16 @@ mod tests {
         // Non-ASCII that is UTF-8 is fine anywhere.
         let c = parse_request("{\"x\":\"zoë\",\"context\":{\"targetingKey\":\"ü\"}}".as_bytes()).unwrap();
         assert_eq!(c.id, "ü");
+    }
+
+    #[test]
+    fn unrepresentable_json_is_let_through_only_where_it_is_skipped() {
+        for skipped in [&br#"{"x":"\ud800","context":{"targetingKey":"u"}}"#[..], br#"{"x":1e400,"context":{"targetingKey":"u"}}"#] {
+            assert_eq!(parse_request(skipped).map(|c| c.id), Ok("u".to_string()), "{}", String::from_utf8_lossy(skipped));
+        }
+        for read in [&br#"{"context":{"targetingKey":"\ud800"}}"#[..], br#"{"context":{"a":["\udc00"]}}"#, br#"{"context":{"a":1e400}}"#] {
+            assert!(matches!(parse_request(read), Err(RequestError::Json(_))), "{}", String::from_utf8_lossy(read));
+        }
     }
 
     #[test]
