@@ -18,6 +18,8 @@
 #   FUZZ_NICE    nice level of the campaigns, default 19
 #   FUZZ_OUT     AFL output, default fuzz/out: FUZZ_OUT/TARGET/<instance>/{queue,crashes,hangs,
 #                fuzzer_stats}; each campaign's figures are appended to FUZZ_OUT/summary.tsv
+#   FUZZ_SHARE_TEST_BUILD=1  replay/smoke: build alongside the test build's targets, reusing what
+#                `cargo test` built (CI sets it; see build_plain)
 #   CARGO_TARGET_DIR  as for cargo (default target/); the AFL build goes to CARGO_TARGET_DIR/afl
 #
 # The full campaign of issue 10 (10^7 executions per target, hours on two cores):
@@ -47,9 +49,17 @@ dict_of() {
   esac
 }
 
-# Plain binaries: each replays the paths it is given (fuzz/src/replay.rs).
+# Plain binaries: each replays the paths it is given (fuzz/src/replay.rs). With
+# FUZZ_SHARE_TEST_BUILD=1 (CI, after `cargo test`) the build selects the test build's packages
+# and test targets too (already built), so cargo unifies features as that build did and reuses
+# its artifacts: only this crate is compiled. Alone, the relay's dev-dependencies (reqwest, ...)
+# add features to shared crates, and half the dependency tree would be built a second time.
 build_plain() {
-  cargo build --locked -p flagrelay-fuzz --bins
+  if [ "${FUZZ_SHARE_TEST_BUILD:-}" = 1 ]; then
+    cargo build --locked -p flagrelay -p flagrelay-load -p flagrelay-fuzz --bins --tests
+  else
+    cargo build --locked -p flagrelay-fuzz --bins
+  fi
 }
 
 # Every saved input of a target that exists: seeds, committed corpus, AFL's output.
