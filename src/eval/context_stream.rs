@@ -199,11 +199,14 @@ enum Attribute {
     TooBig,
 }
 
-/// The stored form of one scalar and a lower bound of its encoded size (a value and a comma).
+/// The stored form of one scalar and a lower bound of its encoded size: a string's bytes and
+/// its quotes, one byte for a number. The comma before every value but the first is added where
+/// the values are collected ([`AttributeSeed::visit_seq`]); counting it with every value made
+/// the bound one byte too high per attribute, so a context of exactly the limit was refused.
 fn stored(v: Value) -> (Value, usize) {
     let n = match &v {
-        Value::String(s) => s.len() + 3,
-        _ => 2,
+        Value::String(s) => s.len() + 2,
+        _ => 1,
     };
     (v, n)
 }
@@ -289,7 +292,7 @@ impl<'de> Visitor<'de> for AttributeSeed {
                 return Ok(Attribute::TooMany);
             }
             if let Some((v, n)) = item.map(stored) {
-                bytes += n;
+                bytes += n + usize::from(!values.is_empty());
                 if bytes > self.budget {
                     drain_seq(seq)?;
                     return Ok(Attribute::TooBig);
