@@ -16,6 +16,9 @@
 #   FUZZ_EXECS   stop each campaign after about this many executions (afl-fuzz -E)
 #   FUZZ_JOBS    afl-fuzz instances per target (one main, the rest secondaries), default 1
 #   FUZZ_NICE    nice level of the campaigns, default 19
+#   FUZZ_TIMEOUT_MS  an execution longer than this is a hang (afl-fuzz -t), default 5000: the
+#                campaigns run at nice 19 beside other work, where a 10 ms input can be starved
+#                past 1 s (the first campaigns saved three such "hangs"; each replays in 10 ms)
 #   FUZZ_OUT     AFL output, default fuzz/out: FUZZ_OUT/TARGET/<instance>/{queue,crashes,hangs,
 #                fuzzer_stats}; each campaign's figures are appended to FUZZ_OUT/summary.tsv
 #   FUZZ_SHARE_TEST_BUILD=1  replay/smoke: build alongside the test build's targets, reusing what
@@ -95,7 +98,7 @@ stat_of() { sed -n "s/^$2 *: *//p" "$1" 2>/dev/null | head -n 1; }
 campaign() {
   local t=$1 secs=$2 jobs=${FUZZ_JOBS:-1} nice_level=${FUZZ_NICE:-19}
   local bin="$target_dir/afl/release/$t" dir="$out/$t" seeds="$out/$t.in" i name
-  local args=(-o "$dir" -x "$(dict_of "$t")" -t 1000 -m none)
+  local args=(-o "$dir" -x "$(dict_of "$t")" -t "${FUZZ_TIMEOUT_MS:-5000}" -m none)
   [ -n "${FUZZ_EXECS:-}" ] && args+=(-E "$FUZZ_EXECS")
   [ "$secs" -gt 0 ] && args+=(-V "$secs")
   [ -n "${FUZZ_EXECS:-}" ] || [ "$secs" -gt 0 ] || die "no limit: give SECONDS > 0 or FUZZ_EXECS"
@@ -147,5 +150,5 @@ case "$cmd" in
     for t in "${chosen[@]}"; do campaign "$t" "$secs" || bad=1; done
     [ "$bad" = 0 ] || { echo "fuzz/run.sh: crashes or hangs saved under $out (replay them: bash fuzz/run.sh replay)" >&2; exit 1; }
     ;;
-  *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+  *) sed -n '2,/^set /p' "$0" | sed -n 's/^# \{0,1\}//p'; [ -z "$cmd" ] || exit 2 ;;
 esac

@@ -10,8 +10,9 @@
 //!   context or the same error (`tests/thin_props.rs` checks it on generated bodies): a
 //!   non-object is `NotAnObject`; a non-string `targetingKey` (the last one, wherever it is)
 //!   is `InvalidId` before any other problem; then the first attribute over a limit. The one
-//!   difference is with a key given twice: a limit crossed by the earlier value is reported,
-//!   where the JSON tree would have kept only the later one.
+//!   difference is with a key given twice: a limit crossed by the earlier value, or by both
+//!   values together (each counts toward the byte limit while reading), is reported, where the
+//!   JSON tree would have kept only the later one.
 //! - Whatever is over a limit is still read to its end (as ignored tokens, which allocate
 //!   nothing), so a syntax error anywhere in the body is still reported as one.
 //! - The byte limit is checked exactly on the finished context ([`Context::check_bytes`]);

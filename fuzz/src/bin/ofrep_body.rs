@@ -112,8 +112,8 @@ fn run(data: &[u8]) {
     let Some((&sel, body)) = data.split_first() else { return };
     let limit = LIMITS[usize::from(sel) % LIMITS.len()];
     let unlimited = parse_request(body);
+    let dup = has_duplicate_keys(body.trim_ascii()).unwrap_or(false);
     if let Some(want) = tree(body) {
-        let dup = has_duplicate_keys(body.trim_ascii()).unwrap_or(false);
         match (&unlimited, &want) {
             (Ok(a), Ok(b)) => assert!(ctx_eq(a, b), "tokens {a:?}, tree {b:?}"),
             (Err(RequestError::Json(_)), Err(RequestError::Json(_))) => {}
@@ -132,6 +132,9 @@ fn run(data: &[u8]) {
             assert!(a.encoded_len() <= limit, "a {}-byte context accepted under {limit}", a.encoded_len());
             assert!(ctx_eq(a, b));
         }
+        // A key given twice counts both values toward the limit while reading (the documented
+        // exception of `eval::context_stream`), so such a context may be refused under it.
+        (Ok(_), Err(RequestError::Context(_))) if dup => {}
         (Ok(a), Err(RequestError::Context(_))) => assert!(a.encoded_len() > limit, "a {}-byte context refused under {limit}", a.encoded_len()),
         // Both report the syntax error; a skipped value may report it a column apart.
         (Err(RequestError::Json(_)), Err(RequestError::Json(_))) => {}
