@@ -18,3 +18,5 @@ pub mod http;
 pub mod admin;
 pub mod app;
 pub mod cli;
+#[doc(hidden)]
+pub mod fuzzing;

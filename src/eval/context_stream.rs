@@ -10,8 +10,9 @@
 //!   context or the same error (`tests/thin_props.rs` checks it on generated bodies): a
 //!   non-object is `NotAnObject`; a non-string `targetingKey` (the last one, wherever it is)
 //!   is `InvalidId` before any other problem; then the first attribute over a limit. The one
-//!   difference is with a key given twice: a limit crossed by the earlier value is reported,
-//!   where the JSON tree would have kept only the later one.
+//!   difference is with a key given twice: a limit crossed by the earlier value, or by both
+//!   values together (each counts toward the byte limit while reading), is reported, where the
+//!   JSON tree would have kept only the later one.
 //! - Whatever is over a limit is still read to its end (as ignored tokens, which allocate
 //!   nothing), so a syntax error anywhere in the body is still reported as one.
 //! - The byte limit is checked exactly on the finished context ([`Context::check_bytes`]);
@@ -199,11 +200,14 @@ enum Attribute {
     TooBig,
 }
 
-/// The stored form of one scalar and a lower bound of its encoded size (a value and a comma).
+/// The stored form of one scalar and a lower bound of its encoded size: a string's bytes and
+/// its quotes, one byte for a number. The comma before every value but the first is added where
+/// the values are collected ([`AttributeSeed::visit_seq`]); counting it with every value made
+/// the bound one byte too high per attribute, so a context of exactly the limit was refused.
 fn stored(v: Value) -> (Value, usize) {
     let n = match &v {
-        Value::String(s) => s.len() + 3,
-        _ => 2,
+        Value::String(s) => s.len() + 2,
+        _ => 1,
     };
     (v, n)
 }
@@ -289,7 +293,7 @@ impl<'de> Visitor<'de> for AttributeSeed {
                 return Ok(Attribute::TooMany);
             }
             if let Some((v, n)) = item.map(stored) {
-                bytes += n;
+                bytes += n + usize::from(!values.is_empty());
                 if bytes > self.budget {
                     drain_seq(seq)?;
                     return Ok(Attribute::TooBig);

@@ -58,3 +58,23 @@ fn an_invalid_targeting_key_anywhere_wins_over_a_limit() {
     let text = format!("{{\"a\":[{}0],\"targetingKey\":{{}}}}", "0,".repeat(1_000));
     assert_eq!(read(&text, usize::MAX), Err(ContextError::InvalidId { field: "targetingKey", got: "an object" }));
 }
+
+#[test]
+fn a_context_exactly_at_the_byte_limit_is_accepted() {
+    // Found by the `ofrep_body` fuzz target: the running estimate counted a comma after every
+    // value, the last one too, so it was not a lower bound and a context of exactly
+    // `max_context_bytes` (here a 31-character string under a 64-byte limit) was refused.
+    let docs = [
+        json!({"tragetinmLfj&<%j!c": "x".repeat(31)}),
+        json!({"a": "x"}),
+        json!({"a": 1}),
+        json!({"a": true}),
+        json!({"a": [1, 2, 3], "b": ["x", "y"], "c": [null, 4]}),
+        json!({"targetingKey": "", "d": [0, 0, 0, 0, 0, 0, 0, 0, 0]}),
+    ];
+    for doc in docs {
+        let size = Context::from_ofrep(&doc).unwrap().encoded_len();
+        assert_eq!(read(&doc.to_string(), size), Context::from_ofrep(&doc), "{doc} at its size {size}");
+        assert_eq!(read(&doc.to_string(), size - 1), Err(ContextError::TooManyBytes { limit: size - 1 }), "{doc}");
+    }
+}

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 pub use bucket::{bucket, bucket_hash, split_index, split_walk, ANONYMOUS, DEFAULT_SALT};
-pub use context::{Context, ContextError, DATE, HOUR_OF_DAY, USER_ID};
+pub use context::{Context, ContextError, DATE, HOUR_OF_DAY, MAX_ATTRIBUTES, MAX_VALUES, USER_ID};
 pub use context_stream::OfrepContextSeed;
 pub use date::{parse_instant, Instant};
 pub use operators::CompiledCondition;

@@ -1,7 +1,11 @@
 //! Reading an OFREP request body into a context, leniently (see the [`super`] module docs), as
 //! JSON tokens and never as a tree: the context's limits apply while it is read
 //! ([`OfrepContextSeed`]) and every other member is skipped without being kept, so the memory a
-//! body costs is bounded by the limits, not by its size. Pure functions, no HTTP types.
+//! body costs is bounded by the limits, not by its size. The body must be UTF-8 throughout, in
+//! the skipped members too; a skipped member is otherwise checked for JSON syntax only, so an
+//! unpaired surrogate escape or a number beyond f64's range there (valid JSON grammar, RFC 8259
+//! §6 and §8.2, that a JSON tree cannot represent) is let through, where the context refuses it.
+//! Pure functions, no HTTP types.
 
 use std::borrow::Cow;
 
@@ -34,8 +38,12 @@ pub fn parse_request_within(body: &[u8], max_context_bytes: usize) -> Result<Con
     if body.is_empty() {
         return Ok(Context::default());
     }
+    // JSON text is UTF-8 (RFC 8259 §8.1). Checked whole and up front: the members that are
+    // skipped are never decoded, so the token reader alone would let invalid bytes in them pass.
+    let body = std::str::from_utf8(body)
+        .map_err(|e| RequestError::Json(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
     let json = |e: serde_json::Error| RequestError::Json(e.to_string());
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut de = serde_json::Deserializer::from_str(body);
     let got = BodySeed { max_context_bytes }.deserialize(&mut de).map_err(json)?;
     de.end().map_err(json)?;
     got
@@ -138,6 +146,39 @@ mod tests {
         let e = parse_request_within(body.as_bytes(), 100).unwrap_err();
         assert_eq!(e, RequestError::Context(ContextError::TooManyBytes { limit: 100 }));
         assert!(e.to_string().contains("http.max_context_bytes"), "{e}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_wherever_it_is_even_in_a_skipped_member() {
+        // Found by the `ofrep_body` fuzz target: a skipped member's string was never checked,
+        // so a body that is not JSON (RFC 8259 §8.1: UTF-8) was answered as if it were.
+        for body in [
+            &b"{\"flagConfigEtag\":\"x\xc3\"}"[..],
+            b"{\"noise\":[\"\xff\"],\"context\":{\"targetingKey\":\"u\"}}",
+            b"{\"context\":{\"targetingKey\":\"u\",\"nested\":{\"a\":\"\xed\xa0\x80\"}}}",
+            b"{\"context\":{\"tags\":[[\"\xc0\xaf\"]]}}",
+            b"{\"\xfe\":1}",
+        ] {
+            for limit in [usize::MAX, 64] {
+                match parse_request_within(body, limit) {
+                    Err(RequestError::Json(e)) => assert!(e.contains("UTF-8"), "{e}"),
+                    other => panic!("{:?}: {other:?}", String::from_utf8_lossy(body)),
+                }
+            }
+        }
+        // Non-ASCII that is UTF-8 is fine anywhere.
+        let c = parse_request("{\"x\":\"zoë\",\"context\":{\"targetingKey\":\"ü\"}}".as_bytes()).unwrap();
+        assert_eq!(c.id, "ü");
+    }
+
+    #[test]
+    fn unrepresentable_json_is_let_through_only_where_it_is_skipped() {
+        for skipped in [&br#"{"x":"\ud800","context":{"targetingKey":"u"}}"#[..], br#"{"x":1e400,"context":{"targetingKey":"u"}}"#] {
+            assert_eq!(parse_request(skipped).map(|c| c.id), Ok("u".to_string()), "{}", String::from_utf8_lossy(skipped));
+        }
+        for read in [&br#"{"context":{"targetingKey":"\ud800"}}"#[..], br#"{"context":{"a":["\udc00"]}}"#, br#"{"context":{"a":1e400}}"#] {
+            assert!(matches!(parse_request(read), Err(RequestError::Json(_))), "{}", String::from_utf8_lossy(read));
+        }
     }
 
     #[test]

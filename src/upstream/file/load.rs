@@ -26,11 +26,11 @@ use super::FileError;
 /// An environment of the file whose value is not an object of features.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("environment {0:?} in the flags file: expected an object of feature key -> control; its last good data is kept")]
-pub(super) struct MalformedEnv(pub String);
+pub(crate) struct MalformedEnv(pub String);
 
 /// One environment's part of the file.
 #[derive(Debug)]
-pub(super) enum EnvPart {
+pub(crate) enum EnvPart {
     /// Every feature control of it, each validated.
     Features(Vec<(String, Result<Arc<Feature>, InvalidFeature>)>),
     Malformed(MalformedEnv),
@@ -56,7 +56,7 @@ pub fn parse(bytes: &[u8]) -> Result<Map<String, Value>, FileError> {
 
 /// Parses the whole file and validates every feature of the environments in `wanted` (the
 /// others are listed by id only: the config does not use them).
-pub(super) fn parse_wanted(bytes: &[u8], wanted: &[Arc<str>]) -> Result<Parsed, FileError> {
+pub(crate) fn parse_wanted(bytes: &[u8], wanted: &[Arc<str>]) -> Result<Parsed, FileError> {
     let envs = root(bytes)?;
     let mut parsed = Parsed::default();
     for (id, v) in envs {
@@ -122,7 +122,7 @@ pub fn check(cfg: &crate::config::FileUpstream, env_ids: &[&str]) -> Result<File
 
 /// A parsed file: the configured environments it has, and the ids of the others.
 #[derive(Debug, Default)]
-pub(super) struct Parsed {
+pub(crate) struct Parsed {
     pub envs: BTreeMap<String, EnvPart>,
     pub unknown: Vec<String>,
 }

@@ -36,7 +36,8 @@ use crate::shutdown::Shutdown;
 use crate::store::{EnvStore, FeatureMap, Store};
 
 pub use load::{check, parse, FileCheck};
-use load::{EnvPart, Parsed};
+/// `parse_wanted` and its types are also the fuzz facade's ([`crate::fuzzing`]).
+pub(crate) use load::{parse_wanted, EnvPart, Parsed};
 use read::{Probe, Stamp};
 
 /// Why the flags file changed nothing (shown in `/status` and logged). The messages include

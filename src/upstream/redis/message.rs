@@ -59,7 +59,7 @@ impl PartialEq for ChangeMessage {
 
 impl ChangeMessage {
     pub fn parse(payload: &[u8]) -> Result<ChangeMessage, MalformedMessage> {
-        let w: Wire<'_> = serde_json::from_slice(payload).map_err(|e| MalformedMessage(format!("not a JSON object of the contract's shape: {e}")))?;
+        let w: Wire<'_> = serde_json::from_slice(payload).map_err(|e| MalformedMessage(format!("not a JSON object of the contract's shape: {}", short(&e))))?;
         match w.v {
             Some(1) => {}
             Some(v) => return Err(MalformedMessage(format!("unsupported version v={v}"))),
@@ -88,6 +88,16 @@ impl ChangeMessage {
         };
         Ok(ChangeMessage { env, epoch: w.epoch.unwrap_or_default(), rev, op, ts: w.ts })
     }
+}
+
+/// A JSON error without the payload: serde quotes an unexpected value whole ("invalid type:
+/// string \"…\""), so a long one is cut, keeping the position.
+fn short(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    if full.len() <= 160 {
+        return full;
+    }
+    format!("{}… at line {} column {}", truncate(&full, 120), e.line(), e.column())
 }
 
 /// At most `n` bytes of `s`, on a char boundary, for logs.
@@ -146,6 +156,22 @@ mod tests {
             br#"{"v":1,"rev":1,"op":"reset"}"#,
         ] {
             assert!(ChangeMessage::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_refusal_does_not_echo_a_long_value() {
+        // Found by the `redis_message` fuzz target's bounded-reason check: serde's "invalid type"
+        // error quoted the value whole, and the reason is logged and kept in /status.
+        let long = "é".repeat(5_000);
+        for payload in [
+            format!(r#"{{"v":"{long}"}}"#),
+            format!(r#"{{"v":1,"env":"p","rev":1,"op":"delete","key":["{long}"]}}"#),
+            format!(r#"{{"v":1,"env":{{"{long}":1}},"rev":1,"op":"reset"}}"#),
+        ] {
+            let e = ChangeMessage::parse(payload.as_bytes()).unwrap_err().to_string();
+            assert!(e.len() <= 256, "{} bytes: {}", e.len(), truncate(&e, 300));
+            assert!(e.contains("invalid type") && e.contains("column"), "{e}");
         }
     }
 
