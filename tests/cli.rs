@@ -1,17 +1,16 @@
 //! The `flagrelay` binary as a process: options that mean the same wherever they stand, config
 //! errors that name the key and their cause once, `check-config` checking what a start reads,
 //! the README's Redis quickstart (every environment imported, an honest warning for one that
-//! is not), and graceful shutdown on SIGTERM. (Over the house's ~400 lines: one process
-//! helper, [`RelayProcess`], serves every test here.)
+//! is not), and graceful shutdown on SIGTERM. Every relay here runs through the harness's
+//! [`RelayProcess`].
 
 use flagrelay_testkit as support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::process::{RelayProcess, Stderr};
 use support::redis::server::TestRedis;
 use support::*;
 
@@ -110,99 +109,24 @@ fn check_config_prints_the_effective_config_with_keys_redacted() {
     assert!(!text.contains(SERVER_KEY) && !text.contains(CLIENT_KEY), "keys leaked: {text}");
 }
 
-/// The relay binary as a process with JSON logs on stderr, which are collected as they come.
-struct RelayProcess {
-    /// `None` once waited for; a test that fails before that kills the process on drop.
-    child: Option<std::process::Child>,
-    /// The API and admin addresses it bound.
-    listen: String,
-    admin: String,
-    /// Every log line so far, and a counter bumped with each one (to wait on).
-    lines: Arc<Mutex<Vec<String>>>,
-    seen: tokio::sync::watch::Receiver<usize>,
-    reader: Option<std::thread::JoinHandle<()>>,
+/// `command()` with `--config cfg` and `extra`, started (JSON logs collected) and serving.
+async fn start(cfg: &Path, extra: &[&str]) -> RelayProcess {
+    let mut cmd = command();
+    cmd.args(["--config", cfg.to_str().unwrap()]).args(extra);
+    spawn(cmd).await
 }
 
-impl RelayProcess {
-    /// `--config cfg --log-format json` and `extra`.
-    async fn start(cfg: &Path, extra: &[&str]) -> RelayProcess {
-        let mut cmd = command();
-        cmd.args(["--config", cfg.to_str().unwrap()]).args(extra);
-        RelayProcess::spawn(cmd).await
-    }
-
-    /// Runs `cmd` (with `--log-format json` added) and waits for its "flagrelay serving" line.
-    async fn spawn(mut cmd: Command) -> RelayProcess {
-        let mut child = cmd.args(["--log-format", "json"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, seen) = tokio::sync::watch::channel(0usize);
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let n = {
-                    let mut all = sink.lock().unwrap();
-                    all.push(line);
-                    all.len()
-                };
-                tx.send_replace(n);
-            }
-        });
-        let mut relay = RelayProcess { child: Some(child), listen: String::new(), admin: String::new(), lines, seen, reader: Some(reader) };
-        let serving = relay.wait_logs("the relay to log its addresses", |logs| logs.iter().find(|v| v["message"] == "flagrelay serving").cloned()).await;
-        relay.listen = serving["listen"].as_str().unwrap_or("").to_string();
-        relay.admin = serving["admin"].as_str().unwrap_or("").to_string();
-        relay
-    }
-
-    /// Waits until `found` returns something for the JSON log lines so far.
-    async fn wait_logs<T>(&mut self, what: &str, found: impl Fn(&[serde_json::Value]) -> Option<T>) -> T {
-        let lines = self.lines.clone();
-        let seen = &mut self.seen;
-        within(what, async move {
-            loop {
-                let parsed: Vec<serde_json::Value> = lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
-                if let Some(t) = found(&parsed) {
-                    return t;
-                }
-                if seen.changed().await.is_err() {
-                    panic!("the relay exited before {what}:\n{}", lines.lock().unwrap().join("\n"));
-                }
-            }
-        })
-        .await
-    }
-
-    fn sigterm(&self) {
-        let pid = self.child.as_ref().map(|c| c.id()).expect("running");
-        let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-        assert!(ok.success());
-    }
-
-    /// Waits for the exit; returns the status and every log line.
-    async fn wait(mut self) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().expect("running");
-        let status = within("the process to exit", tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
-        self.reader.take().expect("reader").join().unwrap();
-        let logs = self.lines.lock().unwrap().join("\n");
-        (status, logs)
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// `cmd` with `--log-format json`, started (logs collected) and serving.
+async fn spawn(mut cmd: Command) -> RelayProcess {
+    cmd.args(["--log-format", "json"]);
+    RelayProcess::spawn(cmd, Stderr::Collect).await
 }
 
 #[tokio::test]
 async fn sigterm_ends_sse_streams_and_exits_zero_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
-    let relay = RelayProcess::start(&cfg, &[]).await;
+    let relay = start(&cfg, &[]).await;
     let url = format!("http://{}/api/sdk/v1/features", relay.listen);
     let mut sse = SseClient::connect(&url, &[("authorization", &format!("Bearer {SERVER_KEY}"))]).await;
     assert_eq!(sse.status, 200);
@@ -220,7 +144,7 @@ async fn sigterm_ends_sse_streams_and_exits_zero_within_the_deadline() {
 async fn sdk_keys_never_reach_the_logs_even_at_debug() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
-    let relay = RelayProcess::start(&cfg, &["--log-level", "debug"]).await;
+    let relay = start(&cfg, &["--log-level", "debug"]).await;
     let base = format!("http://{}", relay.listen);
     let c = http();
     // Good keys, a wrong key, a client key on a server endpoint, a key in a path, SSE.
@@ -319,7 +243,7 @@ async fn the_log_level_flag_beats_rust_log() {
     // With RUST_LOG=error winning, the relay's info line "flagrelay serving" would never come.
     let mut cmd = command();
     cmd.args(["--config", cfg.to_str().unwrap(), "--log-level", "info"]).env("RUST_LOG", "error");
-    let relay = RelayProcess::spawn(cmd).await;
+    let relay = spawn(cmd).await;
     relay.sigterm();
     let (status, _) = relay.wait().await;
     assert!(status.success());
@@ -418,7 +342,7 @@ async fn flags_import_all_loads_every_environment_so_the_example_relay_gets_read
     // The example config, as the README runs it, on ports of the test's choosing.
     let mut cmd = command();
     cmd.current_dir(REPO).args(["--redis-url", &url, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
-    let relay = RelayProcess::spawn(cmd).await;
+    let relay = spawn(cmd).await;
     wait_ready(&relay).await;
     relay.sigterm();
     assert!(relay.wait().await.0.success());
@@ -440,7 +364,7 @@ async fn an_environment_never_imported_is_warned_about_once_as_having_no_data() 
          [[environments]]\nid = \"production\"\nserver_keys = [\"{SERVER_KEY}\"]\n[[environments]]\nid = \"staging\"\nserver_keys = [\"{STAGING_SERVER_KEY}\"]\n"
     );
     std::fs::write(&cfg, text).unwrap();
-    let mut relay = RelayProcess::start(&cfg, &["--log-level", "info,flagrelay::upstream=debug"]).await;
+    let relay = start(&cfg, &["--log-level", "info,flagrelay::upstream=debug"]).await;
     let staging = |v: &serde_json::Value| v.to_string().contains("\"env\":\"staging\"");
     relay
         .wait_logs("three snapshot retries of staging", |logs| {

@@ -8,7 +8,7 @@ use flagrelay_testkit as support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::limited_process::{write_config, RelayProcess};
+use support::process::{write_config, RelayProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flagrelay");
 use support::tcp::idle_socket;
@@ -53,7 +53,7 @@ async fn wait_rejected(relay: &RelayProcess, n: usize) {
 async fn at_its_open_files_limit_the_relay_still_answers_on_the_admin_listener() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), "[http]\nheader_read_timeout_ms = 60000");
-    let relay = RelayProcess::start(BIN, &cfg, "-n 512").await;
+    let relay = RelayProcess::start_limited(BIN, &cfg, "-n 512").await;
     let _held = flood(&relay).await;
     // Every connection beyond the cap is closed at once and counted.
     wait_rejected(&relay, FLOOD - DERIVED_CAP as usize).await;
@@ -70,7 +70,7 @@ async fn accept_errors_back_off_and_are_logged_once_per_state_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A configured cap above what the descriptors allow: accept itself fails (EMFILE).
     let cfg = write_config(dir.path(), "[http]\nmax_connections = 5000\nheader_read_timeout_ms = 60000");
-    let relay = RelayProcess::start(BIN, &cfg, "-n 512").await;
+    let relay = RelayProcess::start_limited(BIN, &cfg, "-n 512").await;
     let held = flood(&relay).await;
     relay.wait_log("accept to fail", |v| v["message"] == "accepting connections failed; backing off").await;
     // Hold the flood a little so that accept fails several times.
@@ -91,7 +91,7 @@ async fn the_soft_open_files_limit_is_raised_to_the_hard_limit_at_start_and_logg
     let hard: u64 = String::from_utf8_lossy(&hard.stdout).trim().parse().expect("a numeric hard limit");
     assert!(hard > 400, "this test needs a hard open-files limit above 400 (it is {hard})");
     let dir = tempfile::tempdir().expect("tempdir");
-    let relay = RelayProcess::start(BIN, &write_config(dir.path(), ""), "-Sn 400").await;
+    let relay = RelayProcess::start_limited(BIN, &write_config(dir.path(), ""), "-Sn 400").await;
     let line = relay.wait_log("the raise to be logged", |v| v["message"] == "raised the open-files limit to the hard limit").await;
     assert_eq!((line["from"].as_u64(), line["to"].as_u64()), (Some(400), Some(hard)));
     let cap = metric(&scrape(&relay).await, "flagrelay_http_connection_limit", &[]).expect("the cap gauge");
@@ -102,7 +102,7 @@ async fn the_soft_open_files_limit_is_raised_to_the_hard_limit_at_start_and_logg
 async fn reaching_the_cap_and_leaving_it_are_logged_once_each() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), "[http]\nheader_read_timeout_ms = 60000");
-    let relay = RelayProcess::start(BIN, &cfg, "-n 512").await;
+    let relay = RelayProcess::start_limited(BIN, &cfg, "-n 512").await;
     let held = flood(&relay).await;
     wait_rejected(&relay, FLOOD - DERIVED_CAP as usize).await;
     drop(held);

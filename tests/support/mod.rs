@@ -1,7 +1,6 @@
 //! Test harness: a real relay on loopback ports the test owns, real HTTP and SSE clients.
 //! Every network await has a timeout so nothing hangs.
 
-pub mod limited_process;
 pub mod node;
 pub mod process;
 pub mod redis;
