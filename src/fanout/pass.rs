@@ -21,6 +21,7 @@
 //!   twice per pass: passes of different shards run on different worker threads at once. Counts
 //!   and histogram observations are kept per pass and folded into Prometheus once per pass.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -350,9 +351,14 @@ impl EnvPass {
                 _ => Vec::new(),
             };
             let shared = self.kind.render(&self.env, catchup, snap, &hub.metrics);
+            // The shared frame is lent, not cloned: a clone per member would touch its reference
+            // count, one cache line for every shard's thread, once per delivery.
             let frame_of = |m: &Member| match (&m.eval, self.kind) {
-                (Some(e), PassKind::Eval) => e.group.frame_for(&self.env, snap, &hub.metrics, e.have),
-                _ => (shared.clone(), 0),
+                (Some(e), PassKind::Eval) => {
+                    let (frame, have) = e.group.frame_for(&self.env, snap, &hub.metrics, e.have);
+                    (frame.map(Cow::Owned), have)
+                }
+                _ => (shared.as_ref().map(Cow::Borrowed), 0),
             };
             self.write_all(members, from, snap.seq, frame_of, &changed);
         }
@@ -362,12 +368,12 @@ impl EnvPass {
 
     /// One pass writing to every member the frame `frame_of` gives it (which brings it from
     /// `from` to `to`, and a per-context member to a group version).
-    fn write_all(
+    fn write_all<'f>(
         &self,
         members: &mut Vec<Member>,
         from: u64,
         to: u64,
-        frame_of: impl Fn(&Member) -> (Option<Bytes>, u64),
+        frame_of: impl Fn(&Member) -> (Option<Cow<'f, Bytes>>, u64),
         changed: &[Arc<ChangeRecord>],
     ) {
         let h = &self.handles;
@@ -402,7 +408,7 @@ impl EnvPass {
                 }
                 None => 0,
             };
-            let len = frame.as_ref().map_or(0, Bytes::len);
+            let len = frame.as_ref().map_or(0, |f| f.len());
             if n < len {
                 let rest = frame.as_ref().map_or_else(Bytes::new, |f| f.slice(n..));
                 hand_off(m, Handoff { rest, seq: to, changes: changed.to_vec(), have });

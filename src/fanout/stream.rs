@@ -206,14 +206,18 @@ impl SseStream {
 }
 
 impl Inner {
+    /// Whether the stream is over: finished, or killed by the reaper (then marked finished).
+    fn over(&mut self) -> bool {
+        if !self.finished && self.conn.killed.load(Ordering::Relaxed) {
+            self.finished = true;
+            self.end = "slow_client";
+        }
+        self.finished
+    }
+
     fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let me = self;
-        if me.finished {
-            return Poll::Ready(None);
-        }
-        if me.conn.killed.load(Ordering::Relaxed) {
-            me.finished = true;
-            me.end = "slow_client";
+        if me.over() {
             return Poll::Ready(None);
         }
         // The shutdown future is polled once to register this task, then only after the flag is
@@ -252,12 +256,7 @@ impl Stream for SseStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let me = &mut *self.get_mut().inner;
-        if me.finished {
-            return Poll::Ready(None);
-        }
-        if me.conn.killed.load(Ordering::Relaxed) {
-            me.finished = true;
-            me.end = "slow_client";
+        if me.over() {
             return Poll::Ready(None);
         }
         if let Some(b) = me.queue.pop_front() {
