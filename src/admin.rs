@@ -67,6 +67,24 @@ impl Admin {
                 if let Some(a) = age {
                     self.metrics.data_age_seconds.with_label_values(&[&e.id]).set(a);
                 }
+                let mut source = json!({
+                    "kind": self.upstream_kind,
+                    "state": st.state,
+                    "since": rfc3339(st.since),
+                    "detail": st.detail,
+                    "last_error": st.last_error,
+                    "last_error_at": st.last_error_at.map(rfc3339),
+                    "epoch": st.epoch,
+                    "stale": st.stale,
+                    "confirmed_at": st.confirmed_at.map(rfc3339),
+                    "data_age_seconds": age,
+                });
+                // Redis: the node serving the environment; Redis Cluster: the cluster's state too.
+                for (k, v) in [("server", &st.server), ("cluster_state", &st.cluster_state)] {
+                    if let (Some(v), Some(o)) = (v, source.as_object_mut()) {
+                        o.insert(k.into(), json!(v));
+                    }
+                }
                 json!({
                     "id": e.id.as_ref(),
                     "loaded": snap.loaded,
@@ -74,18 +92,7 @@ impl Admin {
                     "features": snap.features.len(),
                     "etag": snap.encoded().etag.as_ref(),
                     "last_change": snap.last_change.as_ref().map(|_| rfc3339(snap.published_at)),
-                    "source": {
-                        "kind": self.upstream_kind,
-                        "state": st.state,
-                        "since": rfc3339(st.since),
-                        "detail": st.detail,
-                        "last_error": st.last_error,
-                        "last_error_at": st.last_error_at.map(rfc3339),
-                        "epoch": st.epoch,
-                        "stale": st.stale,
-                        "confirmed_at": st.confirmed_at.map(rfc3339),
-                        "data_age_seconds": age,
-                    },
+                    "source": source,
                 })
             })
             .collect();

@@ -1,6 +1,6 @@
 //! The command line (clap derive) and how it becomes what the binary runs ([`Invocation`]): the
 //! subcommand and the config's [`Overrides`]. An option means the same wherever it stands:
-//! - `--config`, `--redis-url`, `--prefix` ([`SharedArgs`]) are global: every command reads
+//! - `--config`, `--redis-url`, `--prefix`, `--cluster`, `--cluster-seed` ([`SharedArgs`]) are global: every command reads
 //!   them (the relay, `check-config`, the `flags` writer), before or after the command's name.
 //! - `--listen`, `--admin-listen`, `--log-level`, `--log-format` ([`RelayArgs`]) are the relay's:
 //!   `serve` (the default when no subcommand is given) and `check-config`, which checks them.
@@ -48,6 +48,13 @@ pub struct SharedArgs {
     /// Redis key prefix (default "flagrelay").
     #[arg(long, global = true, env = "FLAGRELAY_REDIS_PREFIX")]
     pub prefix: Option<String>,
+    /// The Redis URL is a Redis Cluster node (sharded pub/sub; each environment followed on the
+    /// primary that owns its slot).
+    #[arg(long, global = true, env = "FLAGRELAY_REDIS_CLUSTER")]
+    pub cluster: bool,
+    /// Another cluster seed node (host:port), repeatable; with --cluster.
+    #[arg(long = "cluster-seed", global = true, value_name = "HOST:PORT")]
+    pub cluster_seeds: Vec<String>,
 }
 
 /// The relay's own options (`serve`, `check-config`).
@@ -168,6 +175,8 @@ impl Invocation {
             config: cli.shared.config,
             redis_url: cli.shared.redis_url,
             prefix: cli.shared.prefix,
+            cluster: cli.shared.cluster,
+            cluster_seeds: cli.shared.cluster_seeds,
             ..Overrides::default()
         };
         let sub = matches.subcommand().map(|(_, m)| m);
@@ -292,6 +301,15 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_takes_cluster_mode_and_repeated_seeds() {
+        let Invocation::Flags(o, _) = parse(&["flagrelay", "flags", "export", "--env", "e", "--redis-url", "redis://a:7000", "--cluster", "--cluster-seed", "b:7001", "--cluster-seed", "c:7002"]) else {
+            panic!("flags")
+        };
+        assert!(o.cluster);
+        assert_eq!(o.cluster_seeds, ["b:7001", "c:7002"]);
+    }
+
+    #[test]
     fn writer_commands_do_not_take_relay_options() {
         let e = Invocation::try_parse_from(["flagrelay", "flags", "put", "--env", "e", "f.json", "--listen", "x"], None).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnknownArgument);
@@ -302,7 +320,7 @@ mod tests {
         for absent in ["--listen", "--admin-listen", "--log-level", "--log-format"] {
             assert!(!help.contains(absent), "{absent} in: {help}");
         }
-        for present in ["--env", "--config", "--redis-url", "--prefix"] {
+        for present in ["--env", "--config", "--redis-url", "--prefix", "--cluster", "--cluster-seed"] {
             assert!(help.contains(present), "{present} missing from: {help}");
         }
     }

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub upstream_reconnects: IntCounterVec,
     pub upstream_connect_failures: IntCounterVec,
     pub upstream_resyncs: IntCounterVec,
+    pub upstream_topology_changes: IntCounterVec,
     pub upstream_messages: IntCounterVec,
     pub propagation_seconds: HistogramVec,
     pub events_forwarded: IntCounterVec,
@@ -206,6 +207,7 @@ impl Metrics {
             upstream_reconnects: counter(r, "flagrelay_upstream_reconnects_total", "Upstream reconnects.", &["env"])?,
             upstream_connect_failures: counter(r, "flagrelay_upstream_connect_failures_total", "Failed attempts to reach the upstream and subscribe (resolve, connect, TLS, subscribe).", &["env"])?,
             upstream_resyncs: counter(r, "flagrelay_upstream_resyncs_total", "Upstream resyncs by reason.", &["env", "reason"])?,
+            upstream_topology_changes: counter(r, "flagrelay_upstream_topology_changes_total", "Redis Cluster: changes of the node serving an environment's slot, by reason (moved, migrating, cluster_down, sunsubscribe, owner_changed).", &["env", "reason"])?,
             upstream_messages: counter(r, "flagrelay_upstream_messages_total", "Upstream change messages by result (applied, stale, malformed, ignored).", &["env", "result"])?,
             propagation_seconds: histogram(r, "flagrelay_propagation_seconds", "Time from the upstream publish (message ts) until the change was written to every SDK connection of the environment.", &["env"], latency_buckets())?,
             events_forwarded: counter(r, "flagrelay_events_forwarded_total", "SDK event batches forwarded upstream, by result (sent, dropped).", &["env", "result"])?,
@@ -270,11 +272,14 @@ impl Metrics {
         for k in ["events", "register", "client_events"] {
             self.sdk_events.with_label_values(&[env, k]);
         }
-        for r in ["initial", "gap", "probe_ahead", "probe_behind", "epoch", "reset", "reconnect", "overflow"] {
+        for r in ["initial", "gap", "probe_ahead", "probe_behind", "epoch", "reset", "reconnect", "overflow", "topology"] {
             self.upstream_resyncs.with_label_values(&[env, r]);
         }
         for r in ["applied", "stale", "malformed", "ignored"] {
             self.upstream_messages.with_label_values(&[env, r]);
+        }
+        for r in crate::upstream::redis::TOPOLOGY_CHANGES {
+            self.upstream_topology_changes.with_label_values(&[env, r]);
         }
         for r in ["sent", "dropped"] {
             self.events_forwarded.with_label_values(&[env, r]);

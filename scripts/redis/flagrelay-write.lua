@@ -9,7 +9,9 @@
 -- KEYS[3] {<p>:<env>}:meta       KEYS[4] {<p>:<env>}:changes (the channel, declared so that
 --                                 Cluster routes it with the other keys)
 -- ARGV[1] env id
--- ARGV[2] mode: "ops" (upserts and deletes) or "import" (replace the whole environment)
+-- ARGV[2] mode: "ops" (upserts and deletes) or "import" (replace the whole environment),
+--         optionally followed by "+spublish": Redis Cluster, publish with SPUBLISH (sharded
+--         pub/sub, on the slot's shard only) instead of PUBLISH (broadcast to every node)
 -- ARGV[3] inline limit in bytes: a feature document longer than this is published without
 --         "feature" (the relay then reads it with HGET)
 -- ARGV[4] "import": the new epoch (an opaque id; it must differ from the current one)
@@ -24,6 +26,11 @@
 
 local rev_key, features_key, meta_key, channel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local env, mode, inline_max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local publish = 'PUBLISH'
+if string.sub(mode, -9) == '+spublish' then
+  mode = string.sub(mode, 1, -10)
+  publish = 'SPUBLISH'
+end
 
 if inline_max == nil then
   return redis.error_reply('ERR flagrelay-write: ARGV[3] (inline limit) must be a number')
@@ -81,7 +88,7 @@ if mode == 'import' then
   redis.call('HSET', meta_key, 'inited', '1', 'epoch', epoch, 'schema', '1')
   local msg = '{"v":1,"env":' .. cjson.encode(env) .. ',"epoch":' .. cjson.encode(epoch) ..
     ',"rev":' .. int(rev) .. ',"op":"reset","ts":' .. int(now_ms()) .. '}'
-  redis.call('PUBLISH', channel, msg)
+  redis.call(publish, channel, msg)
   return { rev, 1, 1 }
 end
 
@@ -117,12 +124,12 @@ for i = 5, #ARGV, 3 do
     redis.call('HSET', features_key, key, stamped)
     local body = ''
     if #stamped <= inline_max then body = ',"feature":' .. stamped end
-    redis.call('PUBLISH', channel, head .. int(rev) .. ',"op":"upsert","key":' .. cjson.encode(key) ..
+    redis.call(publish, channel, head .. int(rev) .. ',"op":"upsert","key":' .. cjson.encode(key) ..
       body .. ',"ts":' .. int(now_ms()) .. '}')
     written = written + 1
   elseif redis.call('HDEL', features_key, key) == 1 then
     local rev = redis.call('INCR', rev_key)
-    redis.call('PUBLISH', channel, head .. int(rev) .. ',"op":"delete","key":' .. cjson.encode(key) ..
+    redis.call(publish, channel, head .. int(rev) .. ',"op":"delete","key":' .. cjson.encode(key) ..
       ',"ts":' .. int(now_ms()) .. '}')
     written = written + 1
   end

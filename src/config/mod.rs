@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use types::{
-    redact, Config, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, RedisUpstream, Secret, SentinelConfig,
+    redact, ClusterConfig, Config, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, RedisUpstream, Secret, SentinelConfig,
     SseConfig, Upstream,
 };
 
@@ -61,6 +61,10 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     /// The Redis key prefix.
     pub prefix: Option<String>,
+    /// `--cluster`: the Redis URL is a cluster seed (beats `[upstream] cluster`).
+    pub cluster: bool,
+    /// `--cluster-seed` (repeatable): more seed nodes, added to `[upstream] cluster_seeds`.
+    pub cluster_seeds: Vec<String>,
 }
 
 /// Why there is no `Config`: the file cannot be read, is not valid TOML for the file structs,

@@ -103,6 +103,8 @@ fn upstream(u: &Upstream, max_feature_bytes: usize) -> RawUpstream {
             url: Some(redact_url(&r.url.0)),
             prefix: Some(r.prefix.clone()),
             sentinel: r.sentinel.as_ref().map(|s| RawSentinel { addresses: s.addresses.clone(), master_name: s.master_name.clone() }),
+            cluster: r.cluster.as_ref().map(|_| true),
+            cluster_seeds: r.cluster.as_ref().map(|c| c.seeds.iter().skip(1).map(|(h, p)| format!("{h}:{p}")).collect()),
             connect_timeout_ms: Some(ms(r.connect_timeout)),
             response_timeout_ms: Some(ms(r.response_timeout)),
             snapshot_timeout_ms: Some(ms(r.snapshot_timeout)),

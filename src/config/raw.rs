@@ -42,6 +42,8 @@ pub(super) struct RawUpstream {
     pub url: Option<String>,
     pub prefix: Option<String>,
     pub sentinel: Option<RawSentinel>,
+    pub cluster: Option<bool>,
+    pub cluster_seeds: Option<Vec<String>>,
     pub connect_timeout_ms: Option<u64>,
     pub response_timeout_ms: Option<u64>,
     pub snapshot_timeout_ms: Option<u64>,

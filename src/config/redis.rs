@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::RawUpstream;
-use super::{invalid, ms, Config, ConfigError, RedisUpstream, Secret, SentinelConfig, Overrides, Upstream};
+use super::{invalid, ms, ClusterConfig, Config, ConfigError, RedisUpstream, Secret, SentinelConfig, Overrides, Upstream};
 
 impl RedisUpstream {
     /// The Redis settings of the `flags` commands, and the environments the config lists: from
@@ -42,10 +42,15 @@ pub(super) fn redis_upstream(url: String, up: &RawUpstream, overrides: &Override
         Some(s) => Some(SentinelConfig { addresses: s.addresses.clone(), master_name: s.master_name.clone() }),
         None => None,
     };
+    let cluster = cluster(&url, up, overrides)?;
+    if cluster.is_some() && sentinel.is_some() {
+        return Err(invalid("upstream.cluster", "cannot be used with [upstream.sentinel]: a cluster finds its primaries itself"));
+    }
     let r = RedisUpstream {
         url: Secret(url),
         prefix,
         sentinel,
+        cluster,
         connect_timeout: ms(up.connect_timeout_ms, 1000),
         response_timeout: ms(up.response_timeout_ms, 2000),
         snapshot_timeout: ms(up.snapshot_timeout_ms, 10_000),
@@ -76,6 +81,58 @@ pub(super) fn redis_upstream(url: String, up: &RawUpstream, overrides: &Override
     }
     check_tls_files(&r)?;
     Ok(r)
+}
+
+/// Cluster mode (`cluster = true` or `--cluster`): the URL's address is the first seed, then
+/// `cluster_seeds` (the file's, then `--cluster-seed`'s), each `host:port` or a URL of the same
+/// scheme; duplicates dropped. Seeds without cluster mode are refused (they would be ignored).
+fn cluster(url: &str, up: &RawUpstream, overrides: &Overrides) -> Result<Option<ClusterConfig>, ConfigError> {
+    let extra: Vec<&String> = up.cluster_seeds.iter().flatten().chain(overrides.cluster_seeds.iter()).collect();
+    let on = overrides.cluster || up.cluster.unwrap_or(false);
+    if !on {
+        if !extra.is_empty() {
+            return Err(invalid("upstream.cluster_seeds", "needs cluster = true (or --cluster)"));
+        }
+        return Ok(None);
+    }
+    let scheme = if url.starts_with("rediss://") { "rediss://" } else { "redis://" };
+    if !url.starts_with(scheme) {
+        return Err(invalid("upstream.url", "cluster mode needs a redis:// or rediss:// URL (a cluster is not reached over a unix socket)"));
+    }
+    let mut seeds = vec![host_port(url, scheme).ok_or_else(|| invalid("upstream.url", "cluster mode: the URL needs host:port"))?];
+    for s in extra {
+        // Never echo a password a seed URL may carry.
+        let shown = s.rsplit_once('@').map_or(s.as_str(), |(_, h)| h);
+        let hp = if s.contains("://") {
+            if !s.starts_with(scheme) {
+                return Err(invalid("upstream.cluster_seeds", format!("{shown}: every seed uses the URL's scheme ({scheme})")));
+            }
+            host_port(s, scheme)
+        } else {
+            host_port(&format!("{scheme}{s}"), scheme)
+        };
+        let hp = hp.ok_or_else(|| invalid("upstream.cluster_seeds", format!("{shown}: expected host:port")))?;
+        if !seeds.contains(&hp) {
+            seeds.push(hp);
+        }
+    }
+    Ok(Some(ClusterConfig { seeds }))
+}
+
+/// `host:port` of a `redis://` / `rediss://` URL (credentials, database and query dropped).
+fn host_port(url: &str, scheme: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix(scheme)?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (h, p) = v6.split_once("]:")?;
+            (h, p)
+        }
+        None => hostport.rsplit_once(':')?,
+    };
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    (!host.is_empty()).then(|| (host.to_string(), port))
 }
 
 /// The `tls_*` files: only with a `rediss://` URL, client certificate and key together, and each
@@ -142,6 +199,35 @@ mod tests {
         // The default http.max_body_bytes is 1 MiB.
         let e = load(&section("events_queue_bytes = 1048576"), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("upstream.events_queue_bytes") && e.to_string().contains("max_body_bytes"), "{e}");
+    }
+
+    #[test]
+    fn cluster_mode_takes_the_url_as_first_seed_and_refuses_what_cannot_work() {
+        let section = |url: &str, extra: &str| format!("[upstream]\nkind = \"redis\"\nurl = {url:?}\n{extra}\n{MIN}");
+        let seeds = |cfg: &str, o: &Overrides| match load(cfg, o).unwrap().upstream {
+            Upstream::Redis(r) => r.cluster.map(|c| c.seeds),
+            _ => panic!("redis"),
+        };
+        let none = Overrides::default();
+        assert_eq!(seeds(&section("redis://h:7000", ""), &none), None);
+        assert_eq!(
+            seeds(&section("redis://:pw@h:7000/0", "cluster = true\ncluster_seeds = [\"b:7001\", \"redis://c:7002\", \"h:7000\"]"), &none),
+            Some(vec![("h".into(), 7000), ("b".into(), 7001), ("c".into(), 7002)])
+        );
+        let cli = Overrides { cluster: true, cluster_seeds: vec!["[::1]:7003".into()], ..Default::default() };
+        assert_eq!(seeds(&section("redis://h:7000", ""), &cli), Some(vec![("h".into(), 7000), ("::1".into(), 7003)]));
+        for (extra, url, key) in [
+            ("cluster_seeds = [\"b:7001\"]", "redis://h:7000", "upstream.cluster_seeds"),
+            ("cluster = true\ncluster_seeds = [\"b\"]", "redis://h:7000", "upstream.cluster_seeds"),
+            ("cluster = true\ncluster_seeds = [\"rediss://b:7001\"]", "redis://h:7000", "upstream.cluster_seeds"),
+            ("cluster = true", "redis+unix:///tmp/r.sock", "upstream.url"),
+            ("cluster = true\n[upstream.sentinel]\naddresses = [\"s:26379\"]\nmaster_name = \"m\"", "redis://h:7000", "upstream.cluster"),
+        ] {
+            let e = load(&section(url, extra), &none).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = load(&section("redis://h:7000", "cluster = true\ncluster_seeds = [\"redis://u:secret@b\"]"), &none).unwrap_err().to_string();
+        assert!(e.contains("upstream.cluster_seeds") && !e.contains("secret"), "{e}");
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub struct RedisUpstream {
     pub url: Secret,
     pub prefix: String,
     pub sentinel: Option<SentinelConfig>,
+    /// Redis Cluster (`cluster = true`): `url` is one seed node, `cluster_seeds` adds more
+    /// (`host:port`, or URLs of the same scheme); every environment is followed on the primary
+    /// that owns its slot, over sharded pub/sub.
+    pub cluster: Option<ClusterConfig>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub snapshot_timeout: Duration,
@@ -113,6 +117,12 @@ pub struct RedisUpstream {
     /// mutual TLS.
     pub tls_client_cert_file: Option<PathBuf>,
     pub tls_client_key_file: Option<PathBuf>,
+}
+
+/// Cluster mode: the seed nodes, the URL's address first (`host:port` each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub seeds: Vec<(String, u16)>,
 }
 
 /// `[upstream.sentinel]`: the master is looked up through these Sentinels.

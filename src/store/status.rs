@@ -21,6 +21,12 @@ pub struct SourceStatus {
     pub stale: bool,
     /// When the source last confirmed the data current (a sync, a message, a file read).
     pub confirmed_at: Option<SystemTime>,
+    /// Redis: the node serving this environment (`host:port`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Redis Cluster: `cluster_state` as that node reports it (`ok`, `fail`, `unknown`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_state: Option<String>,
 }
 
 impl Default for SourceStatus {
@@ -34,6 +40,8 @@ impl Default for SourceStatus {
             epoch: None,
             stale: false,
             confirmed_at: None,
+            server: None,
+            cluster_state: None,
         }
     }
 }

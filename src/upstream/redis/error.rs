@@ -26,8 +26,16 @@ pub enum SyncError {
     UnknownMaster(String),
     #[error("sentinel gave a bad port {0:?}")]
     BadPort(String),
-    #[error("{0}, named by Sentinel, is not a master (yet)")]
-    NotMaster(String),
+    #[error("{0}, named by {1}, is not a master (yet)")]
+    NotMaster(String, &'static str),
+    /// Every cluster node known was asked; `errors` says what each answered.
+    #[error("no cluster node named the primary of slot {slot} ({errors})")]
+    NoClusterOwner { slot: u16, errors: String },
+    #[error("cluster mode needs RESP3 (Redis 7 or later) for sharded pub/sub: {0}")]
+    ClusterNeedsResp3(String),
+    /// The server ended the sharded subscription (the slot left the node).
+    #[error("the server ended the sharded subscription (the slot moved)")]
+    Unsubscribed,
     /// The `rev` key holds something else than a revision (`shown`: its start, for the log).
     #[error("{key} holds {shown:?}, not a revision")]
     NotARevision { key: String, shown: String },

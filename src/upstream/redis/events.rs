@@ -5,7 +5,8 @@
 //!
 //! Invariants:
 //! - The [`Forwarder`] (one task, which `app` spawns and joins) owns its own connection
-//!   (re-resolved through Sentinel on every reconnect). While Redis is unreachable, batches are
+//!   (re-resolved through Sentinel on every reconnect; in cluster mode redis-rs's cluster client,
+//!   which routes each `XADD` to the primary of its environment's slot). While Redis is unreachable, batches are
 //!   dropped and counted at once (`reason="unreachable"`) rather than queued behind a reconnect;
 //!   how many is logged when it reconnects.
 //! - At shutdown the queue is closed (the API answers 503 from then on) and what it holds is
@@ -32,7 +33,7 @@ use crate::upstream::EventBatch;
 
 use super::backoff::Backoff;
 use super::keys::EnvKeys;
-use super::sentinel::{self, Target};
+use super::sentinel::{Commands, Target};
 
 /// Makes the queue the API hands batches to, and the forwarder that drains it; at shutdown the
 /// forwarder flushes for at most `flush_within`.
@@ -174,7 +175,7 @@ impl Forwarder {
 struct Link {
     cfg: RedisUpstream,
     target: Option<Target>,
-    con: Option<redis::aio::MultiplexedConnection>,
+    con: Option<Commands>,
     backoff: Backoff,
     /// No reconnect before this.
     retry_at: Instant,
@@ -215,11 +216,7 @@ impl Link {
             if Instant::now() < self.retry_at {
                 return Err(NotConnected);
             }
-            let c = async {
-                let info = target.resolve().await?;
-                sentinel::connect(&info, cfg.connect_timeout, cfg.response_timeout, None).await
-            };
-            match c.await {
+            match target.commands(cfg, cfg.response_timeout).await {
                 Ok(c) => {
                     self.backoff.reset();
                     self.con = Some(c);

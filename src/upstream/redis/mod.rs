@@ -48,6 +48,7 @@ pub mod message;
 pub mod writer;
 
 mod backoff;
+mod cluster;
 mod error;
 mod events;
 mod order;
@@ -73,7 +74,11 @@ use crate::upstream::EventSender;
 use sentinel::Target;
 use supervisor::EnvSync;
 
+pub use cluster::{key_slot, TopologyChange};
 pub use error::SyncError;
+
+/// The `reason` labels of `flagrelay_upstream_topology_changes_total`.
+pub const TOPOLOGY_CHANGES: [&str; 5] = TopologyChange::LABELS;
 pub use events::Forwarder;
 pub use tls::install_crypto_provider;
 

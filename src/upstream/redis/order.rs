@@ -34,6 +34,9 @@ pub enum Reason {
     Epoch,
     /// A `reset` message.
     Reset,
+    /// The first snapshot after a topology change (cluster mode: the slot moved, its primary
+    /// failed over).
+    Topology,
     /// The periodic retry while not initialised upstream (not counted).
     Retry,
 }
@@ -50,6 +53,7 @@ impl Reason {
             Reason::ProbeBehind => "probe_behind",
             Reason::Epoch => "epoch",
             Reason::Reset => "reset",
+            Reason::Topology => "topology",
             Reason::Retry => return None,
         })
     }

@@ -1,5 +1,6 @@
-//! Where the master is: the configured URL, or, with `[upstream.sentinel]`, whatever the
-//! sentinels name as the master **now**.
+//! Where the master is: the configured URL; with `[upstream.sentinel]`, whatever the
+//! sentinels name as the master **now**; in cluster mode, the primary that owns the
+//! environment's slot now ([`cluster::Topology`](super::cluster::Topology)).
 //!
 //! Invariant: [`Target::resolve`] asks the sentinels again on every call, and callers call it on
 //! every (re)connect: redis-rs never follows a failover on its own (`+switch-master` is not
@@ -14,7 +15,8 @@
 //!
 //! Also here, what every Redis connection goes through: [`connect`] (the relay's connect and
 //! response timeouts, keepalive), [`with_protocol`] and [`resp3_refused`] (the RESP2 fallback),
-//! [`describe`] (an address for logs and `/status`).
+//! [`describe`] (an address for logs and `/status`), and [`Target::commands`], the connection of
+//! the writer and the events forwarder (to the master, or redis-rs's cluster client).
 
 use std::time::Duration;
 
@@ -22,14 +24,55 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion}
 
 use crate::config::{RedisUpstream, SentinelConfig};
 
+use super::cluster::{self, key_slot, Owner, Topology};
 use super::{tls, SyncError};
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Target {
     base: ConnectionInfo,
     sentinel: Option<SentinelConfig>,
+    cluster: Option<Topology>,
     connect_timeout: Duration,
     response_timeout: Duration,
+}
+
+/// Where one environment is served, as resolved for one connection attempt.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub info: ConnectionInfo,
+    /// Cluster mode: the primary that owns the environment's slot.
+    pub owner: Option<Owner>,
+}
+
+/// The connection of the writer and the events forwarder: to the master, or redis-rs's cluster
+/// client (which routes each command by its key's slot).
+#[derive(Clone)]
+pub enum Commands {
+    Node(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Commands::Node(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, cmd: &'a redis::Pipeline, offset: usize, count: usize) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Commands::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Node(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// `host:port` of a connection, without credentials, for logs and `/status`.
@@ -49,13 +92,51 @@ impl Target {
         Ok(Target {
             base,
             sentinel: cfg.sentinel.clone(),
+            cluster: cfg.cluster.as_ref().map(Topology::new),
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
         })
     }
 
-    pub fn uses_sentinel(&self) -> bool {
-        self.sentinel.is_some()
+    /// Who names the master, for messages: "Sentinel", "the cluster", or `None` for a fixed URL.
+    pub fn named_by(&self) -> Option<&'static str> {
+        if self.sentinel.is_some() {
+            Some("Sentinel")
+        } else if self.cluster.is_some() {
+            Some("the cluster")
+        } else {
+            None
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Where the environment whose keys carry the hash tag of `tag_key` is served now: in
+    /// cluster mode the owner of its slot (asked again on every call), else [`resolve`](Self::resolve).
+    pub async fn resolve_for(&self, tag_key: &str) -> Result<Resolved, SyncError> {
+        match &self.cluster {
+            None => Ok(Resolved { info: self.resolve().await?, owner: None }),
+            Some(t) => {
+                let owner = t.owner(&self.base, key_slot(tag_key.as_bytes()), self.connect_timeout, self.response_timeout).await?;
+                let info = with_keepalive(cluster::at(&self.base, &owner.host, owner.port));
+                Ok(Resolved { info, owner: Some(owner) })
+            }
+        }
+    }
+
+    /// The writer's and the events forwarder's connection, each command bounded by
+    /// `response_timeout`: to the master (resolved now), or in cluster mode redis-rs's cluster
+    /// client on the seeds.
+    pub async fn commands(&self, cfg: &RedisUpstream, response_timeout: Duration) -> Result<Commands, SyncError> {
+        match &cfg.cluster {
+            Some(c) => Ok(Commands::Cluster(cluster::client(cfg, c, &self.base, response_timeout).await?)),
+            None => {
+                let info = self.resolve().await?;
+                Ok(Commands::Node(connect(&info, self.connect_timeout, response_timeout, None).await?))
+            }
+        }
     }
 
     /// The master's connection info (protocol RESP2; callers raise it to RESP3 where needed),

@@ -11,6 +11,12 @@
 //! push raises the disconnected flag (the supervisor reconnects). The library never reconnects
 //! on its own, and never on a timeout: the supervisor does.
 //!
+//! Cluster mode subscribes with `SSUBSCRIBE` (sharded pub/sub, on the primary that owns the
+//! channel's slot) and needs RESP3. A `sunsubscribe` push (the server ends the subscription
+//! because the slot left the node) raises the unsubscribed flag: the supervisor re-resolves the
+//! owner and resyncs. (redis-rs takes a `sunsubscribe` push as the reply of the oldest command in
+//! flight; that connection is abandoned right after, so the mix-up cannot be seen.)
+//!
 //! RESP2 (a server that refuses `HELLO 3`): `aio::PubSub` for the messages, forwarded by a task
 //! into the same bounded queue (the [`Subscription`] owns the task and aborts it when dropped),
 //! plus a separate command connection for the probe. The probe is
@@ -45,6 +51,8 @@ pub enum Push {
 pub struct Signals {
     pub overflow: AtomicBool,
     pub disconnected: AtomicBool,
+    /// The server ended the sharded subscription (`sunsubscribe`).
+    pub unsubscribed: AtomicBool,
     pub notify: Notify,
 }
 
@@ -85,10 +93,12 @@ fn payload(v: Value) -> Option<Vec<u8>> {
 }
 
 impl Subscription {
-    /// Connects and subscribes to `channel`; returns once the server confirmed the subscription.
-    /// Tries RESP3 and falls back to RESP2 if the server refuses it.
-    pub async fn open(info: &ConnectionInfo, channel: &str, cfg: &RedisUpstream, queue: usize) -> Result<Subscription, SyncError> {
-        match Self::open_resp3(info, channel, cfg, queue).await {
+    /// Connects and subscribes to `channel` (`sharded`: with `SSUBSCRIBE`); returns once the
+    /// server confirmed the subscription. Tries RESP3 and falls back to RESP2 if the server
+    /// refuses it (not when sharded: sharded pub/sub came with Redis 7, which speaks RESP3).
+    pub async fn open(info: &ConnectionInfo, channel: &str, cfg: &RedisUpstream, queue: usize, sharded: bool) -> Result<Subscription, SyncError> {
+        match Self::open_resp3(info, channel, cfg, queue, sharded).await {
+            Err(e) if resp3_refused(&e) && sharded => Err(SyncError::ClusterNeedsResp3(e.to_string())),
             Err(e) if resp3_refused(&e) => {
                 tracing::info!(error = %e, "the server refuses RESP3; subscribing over RESP2");
                 Self::open_resp2(info, channel, cfg, queue).await
@@ -109,13 +119,13 @@ impl Subscription {
         matches!(self.kind, Kind::Resp3(_))
     }
 
-    async fn open_resp3(info: &ConnectionInfo, channel: &str, cfg: &RedisUpstream, queue: usize) -> Result<Subscription, SyncError> {
+    async fn open_resp3(info: &ConnectionInfo, channel: &str, cfg: &RedisUpstream, queue: usize, sharded: bool) -> Result<Subscription, SyncError> {
         let (tx, rx) = mpsc::channel(queue);
         let signals = Arc::new(Signals::default());
         let sig = signals.clone();
         let sender = move |p: PushInfo| -> Result<(), redis::aio::SendError> {
             match p.kind {
-                PushKind::Message => {
+                PushKind::Message | PushKind::SMessage => {
                     let Some(body) = p.data.into_iter().nth(1).and_then(payload) else { return Ok(()) };
                     match tx.try_send(Push::Message(body)) {
                         Ok(()) => Ok(()),
@@ -131,14 +141,29 @@ impl Subscription {
                     let _ = tx.try_send(Push::Disconnected);
                     Ok(())
                 }
+                // Our own SSUBSCRIBE's confirmation is `ssubscribe`; we never unsubscribe.
+                PushKind::SUnsubscribe => {
+                    sig.raise(&sig.unsubscribed);
+                    Ok(())
+                }
                 _ => Ok(()),
             }
         };
         let info3 = with_protocol(info, ProtocolVersion::RESP3);
         let mut con = sentinel::connect(&info3, cfg.connect_timeout, cfg.response_timeout, Some(Box::new(move |c: redis::AsyncConnectionConfig| c.set_push_sender(sender)))).await?;
-        tokio::time::timeout(cfg.response_timeout + Duration::from_millis(50), con.subscribe(channel))
-            .await
-            .map_err(|_| SyncError::Timeout(cfg.response_timeout, "subscribing"))??;
+        let limit = cfg.response_timeout + Duration::from_millis(50);
+        if sharded {
+            // redis-rs has no `ssubscribe` on a plain connection; the confirmation push is taken
+            // as the command's reply, and an error (`-MOVED`: not this node's slot) as an error.
+            let confirmed: Value = tokio::time::timeout(limit, redis::cmd("SSUBSCRIBE").arg(channel).query_async(&mut con))
+                .await
+                .map_err(|_| SyncError::Timeout(cfg.response_timeout, "subscribing (sharded)"))??;
+            if !matches!(&confirmed, Value::Push { kind: PushKind::SSubscribe, .. }) {
+                return Err(SyncError::Redis(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "SSUBSCRIBE was not confirmed", format!("{confirmed:?}")))));
+            }
+        } else {
+            tokio::time::timeout(limit, con.subscribe(channel)).await.map_err(|_| SyncError::Timeout(cfg.response_timeout, "subscribing"))??;
+        }
         Ok(Subscription { kind: Kind::Resp3(con), rx, signals, response_timeout: cfg.response_timeout })
     }
 

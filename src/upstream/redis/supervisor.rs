@@ -15,6 +15,7 @@ use crate::shutdown::Shutdown;
 use crate::store::EnvStore;
 
 use super::backoff::Backoff;
+use super::cluster::{self, TopologyChange};
 use super::keys::EnvKeys;
 use super::order::{self, Epochs, ProbeDecision, ProbeFailure, ProbeView, Reason};
 use super::sentinel::{self, describe, Target};
@@ -57,7 +58,12 @@ pub(super) struct Session {
     /// The snapshot connection (not subscribed).
     pub(super) snap: redis::aio::MultiplexedConnection,
     server: String,
+    /// Cluster mode: when `cluster_state` was last read for `/status`.
+    state_read_at: Option<Instant>,
 }
+
+/// How often `/status`'s `cluster_state` is read again while live (cluster mode).
+const CLUSTER_STATE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One environment's supervisor and the state it holds.
 pub(super) struct EnvSync {
@@ -88,6 +94,11 @@ pub(super) struct EnvSync {
     /// The (epoch, revision) of the last message received on this subscription (the rewind rule
     /// of [`order::classify`]).
     pub(super) last_msg: Option<(String, Revision)>,
+    /// Cluster mode: the primary (`id`, or `host:port`) the last session was served by.
+    last_owner: Option<String>,
+    /// A topology change seen since the last session began: the next snapshot is counted as
+    /// `reason="topology"`.
+    topology_changed: bool,
 }
 
 impl EnvSync {
@@ -113,7 +124,29 @@ impl EnvSync {
             uninit_retry_at: Instant::now(),
             last_probe: None,
             last_msg: None,
+            last_owner: None,
+            topology_changed: false,
         }
+    }
+
+    /// Counts and logs a topology change of this environment's slot.
+    fn topology(&mut self, change: TopologyChange, detail: &str) {
+        self.topology_changed = true;
+        self.metrics.upstream_topology_changes.with_label_values(&[&self.env.id, change.label()]).inc();
+        tracing::info!(change = change.label(), detail, "cluster topology changed for this environment; re-resolving its primary and resyncing");
+    }
+
+    /// The session ends on `e`: a reconnect (counted as a topology change when `e` is one).
+    fn reconnect(&mut self, context: &str, e: SyncError) -> Exit {
+        let change = match &e {
+            SyncError::Unsubscribed => Some(TopologyChange::Unsubscribed),
+            other => cluster::change_of(other),
+        };
+        let why = if context.is_empty() { e.to_string() } else { format!("{context}: {e}") };
+        if let Some(c) = change {
+            self.topology(c, &why);
+        }
+        Exit::Reconnect(why)
     }
 
     pub(super) fn set_phase(&mut self, phase: Phase, detail: Option<String>) {
@@ -174,6 +207,9 @@ impl EnvSync {
                 Ok(mut sess) => {
                     let started = Instant::now();
                     tracing::info!(server = %sess.server, protocol = sess.sub.protocol(), "subscribed");
+                    if std::mem::take(&mut self.topology_changed) && reason == Reason::Reconnect {
+                        reason = Reason::Topology;
+                    }
                     // Shutdown ends a session at any await (a snapshot can take snapshot_timeout).
                     let exit = tokio::select! {
                         _ = shutdown.wait() => Exit::Shutdown,
@@ -211,20 +247,53 @@ impl EnvSync {
         self.persist();
     }
 
-    /// Resolves the master, opens the snapshot connection, subscribes (confirmed).
+    /// Resolves the master (cluster mode: the primary of the environment's slot), opens the
+    /// snapshot connection, subscribes (confirmed).
     async fn connect(&mut self) -> Result<Session, SyncError> {
-        let info = self.target.resolve().await?;
+        let resolved = self.target.resolve_for(&self.keys.rev).await?;
+        let info = resolved.info;
         let server = describe(&info);
         let mut snap = sentinel::connect(&info, self.cfg.connect_timeout, self.cfg.snapshot_timeout, None).await?;
-        if self.target.uses_sentinel() {
+        if let Some(named_by) = self.target.named_by() {
             let role: redis::Value = redis::cmd("ROLE").query_async(&mut snap).await?;
             let is_master = matches!(&role, redis::Value::Array(a) if matches!(a.first(), Some(redis::Value::BulkString(b)) if b == b"master"));
             if !is_master {
-                return Err(SyncError::NotMaster(server));
+                return Err(SyncError::NotMaster(server, named_by));
             }
         }
-        let sub = Subscription::open(&info, &self.keys.changes, &self.cfg, session::QUEUE).await?;
-        Ok(Session { sub, snap, server })
+        if let Some(owner) = &resolved.owner {
+            let node = if owner.id.is_empty() { owner.addr() } else { owner.id.clone() };
+            if let Some(before) = self.last_owner.replace(node.clone()) {
+                if before != node {
+                    self.topology(TopologyChange::OwnerChanged, &format!("now served by {} ({node})", owner.addr()));
+                }
+            }
+        }
+        let sub = Subscription::open(&info, &self.keys.changes, &self.cfg, session::QUEUE, self.target.is_cluster()).await?;
+        let mut sess = Session { sub, snap, server, state_read_at: None };
+        self.show_server(&mut sess).await;
+        Ok(sess)
+    }
+
+    /// `/status`: the node serving this environment and, in cluster mode, the cluster's state
+    /// (read again at most every [`CLUSTER_STATE_EVERY`]; a failed read shows `unknown`).
+    async fn show_server(&mut self, sess: &mut Session) {
+        let state = if self.target.is_cluster() {
+            if sess.state_read_at.is_some_and(|t| t.elapsed() < CLUSTER_STATE_EVERY) {
+                return;
+            }
+            sess.state_read_at = Some(Instant::now());
+            let limit = self.cfg.response_timeout;
+            let info: Option<String> = tokio::time::timeout(limit, redis::cmd("CLUSTER").arg("INFO").query_async(&mut sess.snap)).await.ok().and_then(Result::ok);
+            Some(info.as_deref().and_then(cluster::cluster_state).unwrap_or("unknown").to_string())
+        } else {
+            None
+        };
+        let server = sess.server.clone();
+        self.env.update_status(|s| {
+            s.server = Some(server);
+            s.cluster_state = state;
+        });
     }
 
     /// One connected session: snapshot, then messages and probes until something breaks.
@@ -232,7 +301,7 @@ impl EnvSync {
         self.last_probe = None;
         self.last_msg = None;
         if let Err(e) = self.resync(sess, reason).await {
-            return Exit::Reconnect(format!("resync: {e}"));
+            return self.reconnect("resync", e);
         }
         let mut tick = tokio::time::interval(self.cfg.probe_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -265,13 +334,13 @@ impl EnvSync {
                             tracing::info!(failed_probes = failed_probes + 1, error = %e, "revision probe failed");
                             return Exit::Reconnect(format!("two revision probes failed in a row ({e})"));
                         }
-                        ProbeFailure::Broken => return Exit::Reconnect(format!("probe: {e}")),
+                        ProbeFailure::Broken => return self.reconnect("probe", e),
                     },
                 },
                 m = sess.sub.rx.recv() => match m {
                     Some(Push::Message(p)) => {
                         if let Err(e) = self.on_message(sess, &p).await {
-                            return Exit::Reconnect(e.to_string());
+                            return self.reconnect("", e);
                         }
                     }
                     Some(Push::Disconnected) | None => return Exit::Reconnect(SyncError::Closed.to_string()),
@@ -282,6 +351,9 @@ impl EnvSync {
 
     /// Acts on the flags raised by the connection side.
     async fn check_signals(&mut self, sess: &mut Session) -> Option<Exit> {
+        if sess.sub.signals.unsubscribed.load(Ordering::SeqCst) {
+            return Some(self.reconnect("", SyncError::Unsubscribed));
+        }
         if sess.sub.signals.disconnected.load(Ordering::SeqCst) {
             return Some(Exit::Reconnect(SyncError::Closed.to_string()));
         }
@@ -296,7 +368,7 @@ impl EnvSync {
             }
             tracing::warn!(discarded, "change queue overflowed; resyncing");
             if let Err(e) = self.resync(sess, Reason::Overflow).await {
-                return Some(Exit::Reconnect(format!("resync: {e}")));
+                return Some(self.reconnect("resync", e));
             }
         }
         None
@@ -347,6 +419,7 @@ impl EnvSync {
             ProbeDecision::Current => {
                 self.env.confirm();
                 self.persist();
+                self.show_server(sess).await;
                 Ok(())
             }
         }

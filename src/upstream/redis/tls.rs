@@ -39,10 +39,21 @@ fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SyncError> {
 /// `info` with the configured CA and client certificate attached (a `rediss://` address), or
 /// unchanged when none is configured or the address is not TLS.
 pub fn with_certificates(info: ConnectionInfo, cfg: &RedisUpstream) -> Result<ConnectionInfo, SyncError> {
-    install_crypto_provider();
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-    if !tls || (cfg.tls_ca_file.is_none() && cfg.tls_client_cert_file.is_none()) {
+    let Some(certs) = certificates(cfg)? else { return Ok(info) };
+    if !tls {
         return Ok(info);
+    }
+    let client = redis::Client::build_with_tls(info, certs).map_err(SyncError::TlsCertificates)?;
+    Ok(client.get_connection_info().clone())
+}
+
+/// The configured CA and client certificate, for the cluster client (which takes them apart
+/// from the addresses), or `None` when none is configured.
+pub fn certificates(cfg: &RedisUpstream) -> Result<Option<TlsCertificates>, SyncError> {
+    install_crypto_provider();
+    if !cfg.url.0.starts_with("rediss://") || (cfg.tls_ca_file.is_none() && cfg.tls_client_cert_file.is_none()) {
+        return Ok(None);
     }
     let root_cert = cfg.tls_ca_file.as_deref().map(|p| read("tls_ca_file", p)).transpose()?;
     let client_tls = match (&cfg.tls_client_cert_file, &cfg.tls_client_key_file) {
@@ -51,9 +62,7 @@ pub fn with_certificates(info: ConnectionInfo, cfg: &RedisUpstream) -> Result<Co
         }
         _ => None,
     };
-    let client = redis::Client::build_with_tls(info, TlsCertificates { client_tls, root_cert })
-        .map_err(SyncError::TlsCertificates)?;
-    Ok(client.get_connection_info().clone())
+    Ok(Some(TlsCertificates { client_tls, root_cert }))
 }
 
 /// `info` (e.g. a sentinel's address) with the TLS parameters of `base` when both are TLS.

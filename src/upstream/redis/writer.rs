@@ -13,14 +13,13 @@
 
 use std::collections::BTreeMap;
 
-use redis::aio::MultiplexedConnection;
 use serde_json::{Map, Value};
 
 use crate::config::RedisUpstream;
 use crate::model::{Feature, InvalidFeature, Revision};
 
 use super::keys::EnvKeys;
-use super::sentinel::{self, Target};
+use super::sentinel::{Commands, Target};
 use super::SyncError;
 
 /// The writer script, as shipped in `scripts/redis/flagrelay-write.lua`.
@@ -66,9 +65,11 @@ pub struct WriteReport {
 }
 
 pub struct Writer {
-    con: MultiplexedConnection,
+    con: Commands,
     keys: EnvKeys,
     script: redis::Script,
+    /// Cluster mode: the script publishes with `SPUBLISH` (sharded pub/sub).
+    sharded: bool,
 }
 
 /// A feature ready to write: its key and compact JSON without `version`.
@@ -127,18 +128,20 @@ pub fn new_epoch() -> String {
 }
 
 impl Writer {
-    /// Connects to the master (asking Sentinel if configured).
+    /// Connects to the master (asking Sentinel if configured), or in cluster mode to the
+    /// cluster (redis-rs's cluster client routes each call to the primary of the environment's
+    /// slot and follows `MOVED`, `ASK` and `TRYAGAIN`).
     pub async fn connect(cfg: &RedisUpstream, env: &str) -> Result<Writer, WriteError> {
         let target = Target::new(cfg)?;
-        let info = target.resolve().await?;
         // Writes may be large (imports): give them the snapshot budget.
-        let con = sentinel::connect(&info, cfg.connect_timeout, cfg.snapshot_timeout.max(cfg.response_timeout), None).await?;
-        Ok(Writer { con, keys: EnvKeys::new(&cfg.prefix, env), script: redis::Script::new(WRITE_SCRIPT) })
+        let con = target.commands(cfg, cfg.snapshot_timeout.max(cfg.response_timeout)).await?;
+        Ok(Writer { con, keys: EnvKeys::new(&cfg.prefix, env), script: redis::Script::new(WRITE_SCRIPT), sharded: target.is_cluster() })
     }
 
     fn invocation(&self, mode: &str, epoch: &str) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
         inv.key(&self.keys.rev).key(&self.keys.features).key(&self.keys.meta).key(&self.keys.changes);
+        let mode = if self.sharded { format!("{mode}+spublish") } else { mode.to_string() };
         inv.arg(&self.keys.env).arg(mode).arg(INLINE_MAX).arg(epoch);
         inv
     }
