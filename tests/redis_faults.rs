@@ -7,7 +7,6 @@
 
 use flagrelay_testkit as support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::redis::AsyncCommands;
@@ -16,7 +15,7 @@ use serde_json::{json, Value};
 use support::redis::*;
 use support::redis::sentinel::TestSentinel;
 use support::redis::server::TestRedis;
-use support::redis::watcher::{converge, exact, poll_flags, wait_poll, WatchingClient};
+use support::redis::watcher::{converge, exact, poll_flags, wait_poll, Background, WatchingClient};
 use support::*;
 
 const ENV: &str = "production";
@@ -165,51 +164,6 @@ async fn a_sentinel_failover_is_followed_even_to_a_lower_revision() {
     assert!(r.is_ok(), "the relay did not converge to the new master; status {}\nsentinel log:\n{}", relay.env_status(ENV).await, sentinel.log());
     sse.wait_for(&want).await;
     assert!(!want.contains_key("doomed-0"), "the writes lost in the failover are reverted for SDKs too");
-}
-
-/// What one SSE client holds, read continuously in the background.
-struct Background {
-    flags: Arc<Mutex<Flags>>,
-    reconnect: tokio::sync::mpsc::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Background {
-    fn spawn(mut c: WatchingClient) -> Background {
-        let flags = Arc::new(Mutex::new(Flags::new()));
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let shared = flags.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    Some(()) = rx.recv() => c.reconnect().await,
-                    _ = c.step() => {
-                        *shared.lock().unwrap() = c.flags.clone();
-                    }
-                }
-            }
-        });
-        Background { flags, reconnect: tx, task }
-    }
-
-    fn get(&self) -> Flags {
-        self.flags.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, want: &Flags, who: &str) {
-        let want = exact(want);
-        let r = tokio::time::timeout(WAIT, async {
-            while exact(&self.get()) != want {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        if r.is_err() {
-            let held = exact(&self.get());
-            let diff: Vec<_> = want.keys().chain(held.keys()).filter(|k| want.get(*k) != held.get(*k)).collect();
-            panic!("the {who} client differs from Redis on {} feature(s): {diff:?}", diff.len());
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

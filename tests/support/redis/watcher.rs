@@ -1,13 +1,17 @@
 //! What the clients of a relay hold: polling ([`poll_flags`], [`wait_poll`]) and an SSE client
 //! that applies events the way an SDK does ([`WatchingClient`]), compared exactly with what Redis
-//! holds ([`converge`]).
+//! holds ([`converge`]), and one read continuously in the background ([`Background`]).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{writer_for, Flags};
+use flagrelay::config::RedisUpstream;
+use flagrelay::upstream::redis::writer::Writer;
+
+use super::{tool_config, Flags};
 use crate::{within, SseClient, SseEvent, TestRelay, WAIT};
 
 /// Exact JSON text of every feature (object member order included).
@@ -140,7 +144,13 @@ impl WatchingClient {
 
 /// Waits until every watcher and polling hold exactly what Redis holds (`flags export`).
 pub async fn converge(relay: &TestRelay, url: &str, env: &str, key: &str, clients: &mut [&mut WatchingClient]) -> Flags {
-    let want = within("export", writer_for(url, env).await.export()).await.expect("export");
+    converge_to(relay, &tool_config(url), env, key, clients).await
+}
+
+/// [`converge`], exporting with the writer settings `cfg` (a cluster, TLS).
+pub async fn converge_to(relay: &TestRelay, cfg: &RedisUpstream, env: &str, key: &str, clients: &mut [&mut WatchingClient]) -> Flags {
+    let mut w = within("the writer to connect", Writer::connect(cfg, env)).await.expect("writer connects");
+    let want = within("export", w.export()).await.expect("export");
     wait_poll(relay, key, &want).await;
     for c in clients.iter_mut() {
         c.wait_for(&want).await;
@@ -148,3 +158,47 @@ pub async fn converge(relay: &TestRelay, url: &str, env: &str, key: &str, client
     want
 }
 
+/// What one SSE client holds, read continuously in the background.
+pub struct Background {
+    flags: Arc<Mutex<Flags>>,
+    pub reconnect: tokio::sync::mpsc::Sender<()>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    pub fn spawn(mut c: WatchingClient) -> Background {
+        let flags = Arc::new(Mutex::new(Flags::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let shared = flags.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = rx.recv() => c.reconnect().await,
+                    _ = c.step() => {
+                        *shared.lock().unwrap() = c.flags.clone();
+                    }
+                }
+            }
+        });
+        Background { flags, reconnect: tx, task }
+    }
+
+    pub fn get(&self) -> Flags {
+        self.flags.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for(&self, want: &Flags, who: &str) {
+        let want = exact(want);
+        let r = tokio::time::timeout(WAIT, async {
+            while exact(&self.get()) != want {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if r.is_err() {
+            let held = exact(&self.get());
+            let diff: Vec<_> = want.keys().chain(held.keys()).filter(|k| want.get(*k) != held.get(*k)).collect();
+            panic!("the {who} client differs from Redis on {} feature(s): {diff:?}", diff.len());
+        }
+    }
+}
