@@ -5,7 +5,8 @@ What it checks, each counted as one pass or fail:
   * `helm lint` (Helm's Go SDK through helm-python-sdk) with the default values
     and with every example values file: no error-severity findings.
   * Rendering with the default values, examples/redis-values.yaml,
-    examples/sidecar-values.yaml, examples/full-values.yaml, and the example
+    examples/redis-cluster-values.yaml, examples/sidecar-values.yaml,
+    examples/full-values.yaml, and the example
     application chart examples/app-chart (which includes the
     `flagrelay.sidecar` template from the chart as a subchart).
   * Every rendered object, validated with kubernetes-validate's strict schemas
@@ -210,6 +211,12 @@ def check_toml_matches(cfg: dict[str, Any], vals: dict[str, Any], listen: str, a
         if r["sentinel"]["addresses"]:
             assert up["sentinel"]["addresses"] == r["sentinel"]["addresses"]
             assert up["sentinel"]["master_name"] == r["sentinel"]["masterName"]
+        if r["cluster"]["enabled"]:
+            assert up.get("cluster") is True, f"cluster {up.get('cluster')!r}, expected true"
+            assert up.get("cluster_seeds", []) == [str(x) for x in r["cluster"]["seeds"] or []], "cluster_seeds differ"
+            assert "sentinel" not in up, "cluster mode with [upstream.sentinel]"
+        else:
+            assert "cluster" not in up and "cluster_seeds" not in up, "cluster keys without cluster.enabled"
     for k, v in (c["upstream"].get("extra") or {}).items():
         assert up.get(k) == v, f"upstream.{k}: {up.get(k)!r} != {v!r}"
     age = c["sse"].get("maxConnectionAgeSecs") or 0
@@ -225,30 +232,45 @@ def check_toml_matches(cfg: dict[str, Any], vals: dict[str, Any], listen: str, a
     return f"{len(envs)} environment(s), upstream {up['kind']}"
 
 
-# TOML table -> the serde struct in src/config.rs that reads it (all deny_unknown_fields).
-CONFIG_STRUCTS = {
-    "": "FileConfig",
-    "upstream": "FileUpstreamSection",
-    "upstream.sentinel": "FileSentinel",
-    "environments": "FileEnvironment",
-    "sse": "FileSse",
-    "http": "FileHttp",
-}
+# TOML table -> the serde struct that reads it (all deny_unknown_fields), per
+# source layout: src/config/raw.rs (the config module), or the older single
+# src/config.rs.
+CONFIG_LAYOUTS = [
+    (Path("src/config/raw.rs"), {
+        "": "RawConfig",
+        "upstream": "RawUpstream",
+        "upstream.sentinel": "RawSentinel",
+        "environments": "RawEnvironment",
+        "sse": "RawSse",
+        "http": "RawHttp",
+    }),
+    (Path("src/config.rs"), {
+        "": "FileConfig",
+        "upstream": "FileUpstreamSection",
+        "upstream.sentinel": "FileSentinel",
+        "environments": "FileEnvironment",
+        "sse": "FileSse",
+        "http": "FileHttp",
+    }),
+]
 FREE_TABLES = {"http.sdk_config"}  # toml::Table: any keys
 
 
-def relay_config_fields(config_rs: Path) -> dict[str, set[str]] | None:
-    """Field names of the config-file structs in src/config.rs, or None when it is not there."""
-    if not config_rs.exists():
-        return None
-    text = config_rs.read_text()
-    out: dict[str, set[str]] = {}
-    for table, struct in CONFIG_STRUCTS.items():
-        m = re.search(r"struct\s+%s\s*\{(.*?)\n\}" % struct, text, re.S)
-        if not m:
-            return None
-        out[table] = set(re.findall(r"^\s*(?:pub\s+)?(\w+)\s*:", m.group(1), re.M))
-    return out
+def relay_config_fields(repo: Path) -> dict[str, set[str]] | None:
+    """Field names of the relay's config-file structs, or None when no known layout is there."""
+    for rel, structs in CONFIG_LAYOUTS:
+        if not (repo / rel).exists():
+            continue
+        text = (repo / rel).read_text()
+        out: dict[str, set[str]] = {}
+        for table, struct in structs.items():
+            m = re.search(r"struct\s+%s\s*\{(.*?)\n\}" % struct, text, re.S)
+            if not m:
+                break
+            out[table] = set(re.findall(r"^\s*(?:pub(?:\([\w:]+\))?\s+)?(\w+)\s*:", m.group(1), re.M))
+        else:
+            return out
+    return None
 
 
 def check_keys_known(cfg: dict[str, Any], fields: dict[str, set[str]]) -> str:
@@ -271,7 +293,7 @@ def check_keys_known(cfg: dict[str, Any], fields: dict[str, set[str]]) -> str:
                 for x in v:
                     walk(sub, x)
     walk("", cfg)
-    return f"{seen} key(s) known to src/config.rs"
+    return f"{seen} key(s) known to the relay's config structs"
 
 
 def check_flags(objs: list[tuple[str, dict]], cm_name: str, env_ids: list[str]) -> str:
@@ -374,9 +396,9 @@ def run_scenario(res: Results, s: Scenario, kube_versions: list[str]) -> None:
             listen, admin = f"{host}:{http_port}", f"{host}:{admin_port}"
         res.check(f"[{s.name}] flagrelay.toml parses and matches values",
                   lambda: check_toml_matches(relay_toml(objs, fullname), vals, listen, admin))
-        fields = relay_config_fields(s.relay_chart.parent.parent / "src" / "config.rs")
+        fields = relay_config_fields(s.relay_chart.parent.parent)
         if fields is None:
-            res.skip(f"[{s.name}] flagrelay.toml keys are known to the relay", "src/config.rs structs not found")
+            res.skip(f"[{s.name}] flagrelay.toml keys are known to the relay", "config structs not found in src/")
         else:
             res.check(f"[{s.name}] flagrelay.toml keys are known to the relay",
                       lambda: check_keys_known(relay_toml(objs, fullname), fields))
@@ -384,6 +406,17 @@ def run_scenario(res: Results, s: Scenario, kube_versions: list[str]) -> None:
         ids = [e["id"] for e in c["environments"]]
         res.check(f"[{s.name}] flags.json parses and covers every environment",
                   lambda: check_flags(objs, f"{fullname}-flags", ids))
+    cluster = c["upstream"]["redis"]["cluster"]
+    if c["upstream"]["kind"] == "redis" and cluster["enabled"] and not c["existingSecret"]:
+        def cluster_toml() -> str:
+            text = find(objs, "Secret", fullname)[0]["stringData"]["flagrelay.toml"]
+            upstream = text.split("[upstream]", 1)[1].split("\n[", 1)[0]
+            assert re.search(r"^cluster = true$", upstream, re.M), "no `cluster = true` line in [upstream]"
+            seeds = [str(x) for x in cluster["seeds"] or []]
+            got = tomllib.loads(text)["upstream"].get("cluster_seeds", [])
+            assert got == seeds, f"cluster_seeds {got!r} != {seeds!r}"
+            return f"cluster = true, {len(seeds)} seed(s)"
+        res.check(f"[{s.name}] flagrelay.toml has cluster = true and the seeds", cluster_toml)
     if c["upstream"]["kind"] == "redis":
         def redis_env() -> str:
             pods = [d["spec"]["template"]["spec"] for d in find(objs, "Deployment")]
@@ -532,6 +565,7 @@ def main() -> int:
 
     # -- lint, with each values set
     for label, vf in [("default", None), ("redis", ex / "redis-values.yaml"),
+                      ("redis-cluster", ex / "redis-cluster-values.yaml"),
                       ("sidecar", ex / "sidecar-values.yaml"), ("full", ex / "full-values.yaml")]:
         res.check(f"[lint] {label} values", lambda vf=vf: lint_chart(chart, load_values(vf)))
 
@@ -544,6 +578,8 @@ def main() -> int:
             Scenario("default", chart, None, {**base, "Secret": 1, "ConfigMap": 1}, chart),
             # Config and Redis URL both from existing Secrets: the chart renders neither.
             Scenario("redis", chart, ex / "redis-values.yaml", dict(base), chart),
+            # Redis Cluster: config rendered (cluster = true, seeds), URL from an existing Secret.
+            Scenario("redis-cluster", chart, ex / "redis-cluster-values.yaml", {**base, "Secret": 1}, chart),
             Scenario("sidecar", chart, ex / "sidecar-values.yaml", {"Secret": 1, "ConfigMap": 1, "Deployment": 1}, chart),
             Scenario("full", chart, ex / "full-values.yaml",
                      {**base, "Secret": 1, "HorizontalPodAutoscaler": 1, "PodDisruptionBudget": 1, "ServiceMonitor": 1},
@@ -581,6 +617,27 @@ def main() -> int:
                              "upstream": {"file": {"flags": {"prod/eu": {}}}}}}, "use letters, digits")
     run_negative(res, chart, "Redis URL without a redis scheme",
                  {"config": {"upstream": {"kind": "redis", "redis": {"url": "http://redis:6379"}}}}, "must be a redis://")
+    redis = {"kind": "redis", "redis": {"url": "redis://redis:6379"}}
+    run_negative(res, chart, "Redis Cluster together with Sentinel",
+                 {"config": {"upstream": {**redis, "redis": {**redis["redis"], "cluster": {"enabled": True},
+                                                             "sentinel": {"addresses": ["s:26379"], "masterName": "m"}}}}},
+                 "cannot be combined with config.upstream.redis.sentinel")
+    run_negative(res, chart, "cluster seeds without cluster mode",
+                 {"config": {"upstream": {**redis, "redis": {**redis["redis"], "cluster": {"seeds": ["b:6379"]}}}}},
+                 "set config.upstream.redis.cluster.enabled")
+    run_negative(res, chart, "Redis Cluster over a unix socket",
+                 {"config": {"upstream": {"kind": "redis", "redis": {"url": "unix:///run/redis.sock",
+                                                                      "cluster": {"enabled": True}}}}},
+                 "needs a redis:// or rediss:// URL")
+    run_negative(res, chart, "cluster seed without a port",
+                 {"config": {"upstream": {**redis, "redis": {**redis["redis"], "cluster": {"enabled": True, "seeds": ["b"]}}}}},
+                 "is not host:port")
+    run_negative(res, chart, "cluster seed URL of another scheme",
+                 {"config": {"upstream": {**redis, "redis": {**redis["redis"],
+                                                             "cluster": {"enabled": True, "seeds": ["rediss://b:6379"]}}}}},
+                 "every seed URL uses the scheme")
+    run_negative(res, chart, "upstream extra setting cluster that the chart renders",
+                 {"config": {"upstream": {**redis, "extra": {"cluster": True}}}}, "set by the chart")
     run_negative(res, chart, "extra setting that the chart already renders",
                  {"config": {"sse": {"extra": {"heartbeat_secs": 5}}}}, "set by the chart")
     run_negative(res, chart, "extra setting with a map value",

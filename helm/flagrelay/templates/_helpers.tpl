@@ -253,11 +253,18 @@ kind = {{ $u.kind | toJson }}
 {{- if eq $u.kind "file" }}
 path = {{ include "flagrelay.flagsPath" . | toJson }}
 poll_interval_ms = {{ int $u.file.pollIntervalMs }}
-{{- include "flagrelay.tomlEntries" (dict "table" $u.extra "prefix" "upstream" "reserved" (list "kind" "path" "poll_interval_ms" "url" "sentinel")) }}
+{{- include "flagrelay.tomlEntries" (dict "table" $u.extra "prefix" "upstream" "reserved" (list "kind" "path" "poll_interval_ms" "url" "sentinel" "cluster" "cluster_seeds")) }}
 {{- else }}
 # url: from the FLAGRELAY_REDIS_URL environment variable (Secret {{ include "flagrelay.redisSecretName" . }}, key {{ include "flagrelay.redisSecretKey" . }}).
 prefix = {{ $u.redis.prefix | toString | toJson }}
-{{- include "flagrelay.tomlEntries" (dict "table" $u.extra "prefix" "upstream" "reserved" (list "kind" "path" "url" "prefix" "sentinel")) }}
+{{- if $u.redis.cluster.enabled }}
+# Redis Cluster: the URL is one seed node; each environment is followed on the primary owning its slot.
+cluster = true
+{{- with $u.redis.cluster.seeds }}
+cluster_seeds = {{ include "flagrelay.tomlStrings" . }}
+{{- end }}
+{{- end }}
+{{- include "flagrelay.tomlEntries" (dict "table" $u.extra "prefix" "upstream" "reserved" (list "kind" "path" "url" "prefix" "sentinel" "cluster" "cluster_seeds")) }}
 {{- if $u.redis.sentinel.addresses }}
 
 [upstream.sentinel]
@@ -391,6 +398,25 @@ Included by templates/validate.yaml, so it runs in both modes.
 {{- end }}
 {{- if and $u.redis.sentinel.addresses (not $u.redis.sentinel.masterName) }}
 {{- fail "config.upstream.redis.sentinel.addresses is set: set config.upstream.redis.sentinel.masterName too" }}
+{{- end }}
+{{- if and $u.redis.cluster.enabled $u.redis.sentinel.addresses }}
+{{- fail "config.upstream.redis.cluster.enabled cannot be combined with config.upstream.redis.sentinel.addresses: a cluster finds its primaries itself (set one of them)" }}
+{{- end }}
+{{- if and $u.redis.cluster.seeds (not $u.redis.cluster.enabled) }}
+{{- fail "config.upstream.redis.cluster.seeds is set: set config.upstream.redis.cluster.enabled too (seeds are for Redis Cluster only)" }}
+{{- end }}
+{{- if and (eq $u.kind "redis") $u.redis.cluster.enabled $u.redis.url (not $u.redis.existingSecret) (not (regexMatch "^rediss?://" (toString $u.redis.url))) }}
+{{- fail "config.upstream.redis.cluster.enabled needs a redis:// or rediss:// URL (a cluster is not reached over a unix socket)" }}
+{{- end }}
+{{- $scheme := ternary "rediss://" "redis://" (hasPrefix "rediss://" (toString $u.redis.url)) }}
+{{- range $u.redis.cluster.seeds }}
+{{- $seed := toString . }}
+{{- if not (regexMatch "^(rediss?://([^\\s/@]*@)?)?(\\[[0-9A-Fa-f:.]+\\]|[^\\s/:@\\[\\]]+):[0-9]+(/\\S*)?$" $seed) }}
+{{- fail (printf "config.upstream.redis.cluster.seeds: %q is not host:port (or a redis:// / rediss:// URL of one)" (regexReplaceAll "^(.*://)[^@/]*@" $seed "${1}")) }}
+{{- end }}
+{{- if and $u.redis.url (not $u.redis.existingSecret) (contains "://" $seed) (not (hasPrefix $scheme $seed)) }}
+{{- fail (printf "config.upstream.redis.cluster.seeds: every seed URL uses the scheme of config.upstream.redis.url (%s)" $scheme) }}
+{{- end }}
 {{- end }}
 {{- if eq $v.mode "sidecar" }}
 {{- range $key := list "autoscaling" "podDisruptionBudget" "serviceMonitor" }}
