@@ -355,6 +355,32 @@ impl TestCluster {
         self.poll("the cluster to settle", || async { self.settled().await.map(drop) }).await
     }
 
+    /// Waits until every replica of `primary` has acknowledged everything it was sent (`ROLE`:
+    /// each replica's offset equals the primary's), so a failover now loses no write.
+    pub async fn wait_replicated(&self, primary: usize) {
+        self.poll(&format!("the replicas of node {primary} to catch up"), || async move {
+            let v = self.try_cmd(primary, &command(&["ROLE"])).await?;
+            let Value::Array(f) = &v else { return Err(format!("node {primary}: ROLE answered {v:?}")) };
+            if f.first().and_then(text).as_deref() != Some("master") {
+                return Err(format!("node {primary} is not a primary"));
+            }
+            let offset = f.get(1).and_then(int).ok_or_else(|| format!("ROLE {v:?}"))?;
+            let Some(Value::Array(replicas)) = f.get(2) else { return Err(format!("ROLE {v:?}")) };
+            if replicas.is_empty() {
+                return Err(format!("node {primary} has no replica"));
+            }
+            for r in replicas {
+                let Value::Array(r) = r else { return Err(format!("ROLE {v:?}")) };
+                let acked = r.get(2).and_then(int).ok_or_else(|| format!("ROLE {v:?}"))?;
+                if acked != offset {
+                    return Err(format!("a replica of node {primary} acknowledged {acked} of {offset}"));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// After `old_primary` (the env's primary) was killed or stopped: waits until the settled
     /// live nodes agree another node owns the env's slot, and returns that node.
     pub async fn wait_promoted(&self, env: &str, old_primary: usize) -> usize {
@@ -378,8 +404,9 @@ impl TestCluster {
             Role::Primary => panic!("node {replica} is a primary already: nothing to fail over"),
         };
         let args: &[&str] = if takeover { &["CLUSTER", "FAILOVER", "TAKEOVER"] } else { &["CLUSTER", "FAILOVER"] };
-        self.must(replica, &command(args)).await;
-        self.poll(&format!("node {replica} to take over from node {old}"), || async move {
+        // A manual failover can be abandoned by the cluster (Redis gives it 5 s; seen here when
+        // the replica had just re-synced): ask again until it happened.
+        let done = || async move {
             let owners = self.settled().await?;
             if owners.iter().any(|r| r.2 == old) {
                 return Err(format!("node {old} still owns slots: {owners:?}"));
@@ -391,6 +418,29 @@ impl TestCluster {
                 return Err(format!("node {old} does not replicate node {replica} yet"));
             }
             Ok(())
+        };
+        within(&format!("node {replica} to take over from node {old}"), async {
+            let mut last = String::new();
+            loop {
+                if self.try_role(replica).await == Ok(Role::Primary) && done().await.is_ok() {
+                    return;
+                }
+                if self.try_role(replica).await != Ok(Role::Primary) {
+                    self.must(replica, &command(args)).await;
+                }
+                let attempt = tokio::time::Instant::now();
+                while attempt.elapsed() < Duration::from_secs(3) {
+                    match done().await {
+                        Ok(()) => return,
+                        Err(e) if e != last => {
+                            eprintln!("cluster: waiting for node {replica} to take over from node {old}: {e}");
+                            last = e;
+                        }
+                        Err(_) => {}
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+            }
         })
         .await
     }
