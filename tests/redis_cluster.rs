@@ -151,9 +151,14 @@ async fn a_killed_primary_is_replaced_by_its_replica_and_writes_continue() {
     let old = c.primary_of_env(ENV).await;
     c.wait_replicated(old).await;
 
+    let killed = std::time::Instant::now();
     c.kill(old);
     let new = c.wait_promoted(ENV, old).await;
+    let promoted = killed.elapsed();
     assert_ne!(new, old);
+    served_by(&relay, ENV, c.node(new).port).await;
+    // For docs/operations.md (what a failover costs), not asserted.
+    eprintln!("failover: replica promoted {promoted:?} after the kill, relay live on it {:?} after the kill", killed.elapsed());
     put_retrying(&c, ENV, "alpha", "off").await;
     let want = clients.converge(&relay, &c).await;
     assert_eq!(want["alpha"]["rules"], simple_feature("alpha", "off")["rules"]);
