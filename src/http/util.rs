@@ -31,7 +31,8 @@ pub fn json_value(status: StatusCode, v: &serde_json::Value) -> Response<ResBody
     json(status, serde_json::to_vec(v).unwrap_or_default())
 }
 
-/// True if `If-None-Match` names `etag` (a blank header counts as absent; `*` matches).
+/// True if `If-None-Match` names `etag` or a coded representation of it (a blank header counts
+/// as absent; `*` matches).
 pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     let Some(v) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -40,7 +41,14 @@ pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     if v.is_empty() || v == "''" || v == "\"\"" {
         return false;
     }
-    v == etag || v == "*" || v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag)
+    // A tag of another content coding of the same body matches too (the client's cache holds
+    // the decoded body, which is what changed or not).
+    v == etag
+        || v == "*"
+        || v.split(',').any(|t| {
+            let t = t.trim().trim_start_matches("W/");
+            t == etag || crate::compress::base_etag(t) == etag
+        })
 }
 
 /// True if the client asked for an event stream.
