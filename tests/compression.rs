@@ -107,3 +107,43 @@ async fn a_refused_or_unknown_coding_gets_the_plain_map() {
         assert_eq!(body.as_object().map(|o| o.len()), Some(20));
     }
 }
+
+#[tokio::test]
+async fn computed_answers_are_compressed_only_above_the_threshold() {
+    use base64::Engine;
+    let user = base64::engine::general_purpose::STANDARD.encode(br#"{"id":"u1","attributes":{}}"#);
+    let bulk = |relay: &TestRelay| {
+        let url = relay.url("/ofrep/v1/evaluate/flags");
+        async move {
+            let req = http()
+                .post(url)
+                .bearer_auth(CLIENT_KEY)
+                .header("content-type", "application/json")
+                .header("accept-encoding", "gzip")
+                .body(r#"{"context":{"targetingKey":"u1"}}"#);
+            within("a bulk evaluation", req.send()).await.expect("bulk")
+        }
+    };
+    let thin = |relay: &TestRelay| {
+        let url = relay.url(&format!("/api/js/v1/evaluate/{CLIENT_KEY}/user/{user}"));
+        async move { within("a thin evaluation", http().get(url).header("accept-encoding", "br").send()).await.expect("thin") }
+    };
+    // Two features: a few hundred bytes, under the default 1 KiB threshold.
+    let small = TestRelay::builder().flags(many(2)).start().await;
+    for r in [bulk(&small).await, thin(&small).await] {
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "content-encoding"), None);
+        assert_eq!(header(&r, "vary").as_deref(), Some("Accept-Encoding"));
+    }
+    // 200 features: compressed per request, and still the same answer.
+    let big = TestRelay::builder().flags(many(200)).start().await;
+    let r = bulk(&big).await;
+    assert_eq!(header(&r, "content-encoding").as_deref(), Some("gzip"));
+    assert!(header(&r, "etag").is_some_and(|t| t.ends_with("-gzip\"")));
+    let v: Value = serde_json::from_slice(&gunzip(&r.bytes().await.expect("body"))).expect("json");
+    assert_eq!(v["flags"].as_array().map(Vec::len), Some(200));
+    let r = thin(&big).await;
+    assert_eq!(header(&r, "content-encoding").as_deref(), Some("br"));
+    let v: Value = serde_json::from_slice(&unbrotli(&r.bytes().await.expect("body"))).expect("json");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(200));
+}

@@ -78,6 +78,7 @@ fn to_raw(c: &Config) -> RawConfig {
             ofrep_rate_limit: Some(c.http.ofrep_rate_limit),
             max_connections: Some(c.http.max_connections),
             header_read_timeout_ms: Some(ms(c.http.header_read_timeout)),
+            compress_min_bytes: Some(c.http.compress_min_bytes),
             ofrep_rate_limit_max_clients: Some(c.http.ofrep_rate_limit_max_clients),
             trusted_proxies: Some(c.http.trusted_proxies.iter().map(ToString::to_string).collect()),
             max_context_bytes: Some(c.http.max_context_bytes),

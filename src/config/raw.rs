@@ -110,6 +110,7 @@ pub(super) struct RawHttp {
     pub stream_token_secret: Option<String>,
     pub max_connections: Option<usize>,
     pub header_read_timeout_ms: Option<u64>,
+    pub compress_min_bytes: Option<usize>,
 }
 
 /// Parses the TOML `text`; an error names `path` (`<config>` when the text came from nowhere),

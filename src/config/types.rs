@@ -188,6 +188,10 @@ pub struct HttpConfig {
     /// A connection that has not sent a complete request head this long after it was accepted
     /// is closed; also how long an idle keep-alive connection waits for its next request.
     pub header_read_timeout: Duration,
+    /// OFREP bulk and thin-client evaluation answers at least this long are compressed (gzip or
+    /// br, as the request accepts; 0 = never). The server-SDK poll is always compressed when
+    /// asked (once per snapshot).
+    pub compress_min_bytes: usize,
 }
 
 #[cfg(test)]

@@ -294,6 +294,7 @@ fn http(http_f: RawHttp) -> Result<HttpConfig, ConfigError> {
         stream_token_secret,
         max_connections: http_f.max_connections.unwrap_or(0),
         header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+        compress_min_bytes: http_f.compress_min_bytes.unwrap_or(1024),
     })
 }
 

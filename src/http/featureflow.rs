@@ -52,7 +52,7 @@ pub fn features(api: &Arc<Api>, req: &Request<Incoming>, conn: Arc<ConnState>) -
     if let (Some(ce), false) = (coding.header(), not_modified) {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(ce));
     }
-    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     h.insert(header::ETAG, util::header_value(&etag));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-featureflow-sdk-config", util::header_value(&api.http.sdk_config_header));

@@ -27,6 +27,26 @@ pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<ResBody> {
     r
 }
 
+/// A computed JSON answer (OFREP bulk, thin-client evaluation), compressed for this request when
+/// it accepts gzip or br and the body is at least `min_bytes` long (`0`: never), with
+/// `Vary: Accept-Encoding`; and the coding chosen, for the caller's ETag
+/// ([`crate::compress::coded_etag`]).
+pub fn json_coded(status: StatusCode, headers: &HeaderMap, body: Bytes, min_bytes: usize) -> (Response<ResBody>, crate::compress::Coding) {
+    use crate::compress::{self, Coding};
+    let coding = match min_bytes {
+        0 => Coding::Identity,
+        n if body.len() < n => Coding::Identity,
+        _ => compress::negotiate(headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok())),
+    };
+    let mut r = json(status, compress::compress_fast(coding, &body));
+    let h = r.headers_mut();
+    if let Some(ce) = coding.header() {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(ce));
+    }
+    h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    (r, coding)
+}
+
 pub fn json_value(status: StatusCode, v: &serde_json::Value) -> Response<ResBody> {
     json(status, serde_json::to_vec(v).unwrap_or_default())
 }
