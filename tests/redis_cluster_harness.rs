@@ -1,14 +1,15 @@
 //! The Redis Cluster harness alone (`support::redis::cluster::TestCluster`), against real
 //! `redis-server` processes and no relay: placement of the environments, a killed primary
 //! replaced by its replica, graceful and forced failovers, slot migration (whole, in halves,
-//! under a writer) and what sharded subscribers of a moved slot receive.
+//! under a writer), what sharded subscribers of a moved slot receive, and a cluster secured
+//! with a password and TLS.
 
 use flagrelay_testkit as support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::redis::cluster::{env_tag, key_slot, Role, TestCluster};
+use support::redis::cluster::{env_tag, key_slot, Role, Secured, TestCluster};
 use support::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -350,4 +351,47 @@ impl ShardSub {
             }
         }
     }
+}
+
+/// A cluster with a password and TLS only: the nodes refuse a connection without either, the
+/// harness's own connections carry both, a slot migrates with its keys (`MIGRATE ... AUTH`,
+/// over TLS) and a graceful failover works (replication over TLS, `masterauth`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secured_cluster_migrates_and_fails_over() {
+    let password = "harness-s3cret";
+    let env = "production";
+    let c = TestCluster::start_secured(&[env], Secured { password: Some(password), tls: true }).await;
+    assert_eq!(c.password(), Some(password));
+    let ca = c.tls().expect("a TLS cluster").clone();
+    for (i, url) in c.urls().iter().enumerate() {
+        assert_eq!(url, &format!("rediss://:{password}@127.0.0.1:{}", c.node(i).port));
+    }
+    let port = c.node(0).port;
+    // TLS without the password: NOAUTH; plain TCP: no answer.
+    let no_auth: redis::RedisResult<String> = within("a PING without the password", async {
+        let mut con = ca.client(&format!("rediss://127.0.0.1:{port}")).get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async(&mut con).await
+    })
+    .await;
+    assert_eq!(no_auth.as_ref().err().and_then(|e| e.code()), Some("NOAUTH"), "{no_auth:?}");
+    let plain = redis::Client::open(format!("redis://:{password}@127.0.0.1:{port}")).unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut con = plain.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut con).await
+    })
+    .await;
+    assert!(!matches!(pong, Ok(Ok(_))), "a plain connection was answered: {pong:?}");
+
+    let key = format!("{}:rev", env_tag(env));
+    let from = c.primary_of_env(env).await;
+    let _: i64 = c.node(from).cmd(&["INCR", &key]).await;
+    let to = c.primaries().await.into_iter().find(|&i| i != from).expect("another primary");
+    c.migrate_env(env, to).await;
+    assert_eq!(get(&c, to, &key).await.unwrap().as_deref(), Some("1"), "the key moved with its slot");
+    c.wait_replicated(to).await;
+    let replica = c.replica_of(to).await;
+    c.failover(replica, false).await;
+    assert_eq!(c.role(replica).await, Role::Primary);
+    assert_eq!(c.role(to).await, Role::Replica { of: replica, connected: true });
+    assert_eq!(get(&c, replica, &key).await.unwrap().as_deref(), Some("1"));
 }

@@ -23,6 +23,14 @@
 //! the test fails). The harness speaks to each node over its own plain connection, never
 //! through a cluster client; node indexes are `0..NODES`, fixed for the cluster's life.
 //!
+//! Secured ([`TestCluster::start_secured`]): with a password every node has `requirepass` and
+//! `masterauth`, `redis-cli --cluster create` is given `-a`, `MIGRATE` sends `AUTH`, and every
+//! node's `url()` carries the password (so the harness's own connections authenticate); with
+//! TLS every node listens on TLS only (`port 0`, `tls-port`) with `tls-cluster yes` and
+//! `tls-replication yes` (the bus and replication over TLS too), all of them with certificates
+//! of one shared CA ([`TlsFiles`]; the nodes present its client certificate to each other, as
+//! the bus requires one, but clients need none), and `url()` is `rediss://`.
+//!
 //! Settled does not mean a write has reached the replica: a test that kills a primary and
 //! expects a write on its successor sends `WAIT 1 <ms>` on the connection that wrote it.
 
@@ -32,6 +40,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::server::{free_port, TestRedis};
+use super::tls::TlsFiles;
 use crate::within;
 
 /// The number of nodes: three primaries with one replica each.
@@ -76,11 +85,24 @@ pub struct Migration {
     pub to: usize,
 }
 
+/// How a cluster is secured (see the module doc); `Default` = neither (what [`TestCluster::start`] uses).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Secured<'a> {
+    /// `requirepass` + `masterauth` on every node.
+    pub password: Option<&'a str>,
+    /// TLS only, bus and replication included, one shared CA.
+    pub tls: bool,
+}
+
 /// Six nodes forming one cluster (see the module doc).
 pub struct TestCluster {
     nodes: Vec<TestRedis>,
     ids: Vec<String>,
     stopped: Vec<bool>,
+    password: Option<String>,
+    /// The shared certificates (in `_tls_dir`) of a TLS cluster.
+    tls: Option<TlsFiles>,
+    _tls_dir: Option<tempfile::TempDir>,
 }
 
 /// The hash tag key of an environment, `{flagrelay:<env>}`.
@@ -146,17 +168,25 @@ impl TestCluster {
     /// replica each, then gives each of `envs` (at most three, distinct slots) a primary of its
     /// own, migrating slots where two share one.
     pub async fn start(envs: &[&str]) -> TestCluster {
+        Self::start_secured(envs, Secured::default()).await
+    }
+
+    /// [`start`](Self::start) with a password and/or TLS on every node (see the module doc).
+    pub async fn start_secured(envs: &[&str], secured: Secured<'_>) -> TestCluster {
         assert!(envs.len() <= 3, "three primaries cannot hold {} environments one each", envs.len());
         for (k, a) in envs.iter().enumerate() {
             for b in &envs[k + 1..] {
                 assert!(slot_of(a) != slot_of(b), "{a} and {b} hash to the same slot {}: no placement can separate them", slot_of(a));
             }
         }
+        let tls_dir = secured.tls.then(|| tempfile::tempdir().expect("tempdir"));
+        let tls = tls_dir.as_ref().map(|d| TlsFiles::generate(&d.path().join("tls"), false));
         let mut nodes = Vec::with_capacity(NODES);
         for _ in 0..NODES {
-            nodes.push(start_node().await);
+            nodes.push(start_node(secured.password, tls.as_ref()).await);
         }
-        let mut c = TestCluster { nodes, ids: Vec::new(), stopped: vec![false; NODES] };
+        let password = secured.password.map(str::to_string);
+        let mut c = TestCluster { nodes, ids: Vec::new(), stopped: vec![false; NODES], password, tls, _tls_dir: tls_dir };
         for i in 0..NODES {
             let id = c.must(i, &command(&["CLUSTER", "MYID"])).await;
             c.ids.push(text(&id).unwrap_or_else(|| panic!("node {i}: CLUSTER MYID answered {id:?}")));
@@ -173,7 +203,14 @@ impl TestCluster {
         for n in &self.nodes {
             cmd.arg(format!("127.0.0.1:{}", n.port));
         }
-        cmd.args(["--cluster-replicas", "1", "--cluster-yes"]).stdin(std::process::Stdio::null()).kill_on_drop(true);
+        cmd.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        if let Some(p) = &self.password {
+            cmd.args(["-a", p, "--no-auth-warning"]);
+        }
+        if let Some(t) = &self.tls {
+            cmd.arg("--tls").arg("--cacert").arg(&t.ca);
+        }
+        cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
         let out = within("redis-cli --cluster create", cmd.output()).await.expect("run redis-cli (is it installed? apt-get install redis-tools)");
         if !out.status.success() {
             panic!(
@@ -234,7 +271,18 @@ impl TestCluster {
 
     // ---- accessors ----
 
-    /// `redis://127.0.0.1:<port>` of the first live node.
+    /// The cluster's password, if it has one.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The shared certificates of a TLS cluster.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// `redis://127.0.0.1:<port>` of the first live node (`rediss://`, with the password, as
+    /// [`TestRedis::url`]).
     pub fn seed_url(&self) -> String {
         let i = self.live().first().copied().expect("no live node to seed from");
         self.nodes[i].url()
@@ -482,7 +530,11 @@ impl TestCluster {
                 if keys.is_empty() {
                     return;
                 }
-                let mut migrate = command(&["MIGRATE", "127.0.0.1", &dst_port, "", "0", "5000", "KEYS"]);
+                let mut migrate = command(&["MIGRATE", "127.0.0.1", &dst_port, "", "0", "5000"]);
+                if let Some(p) = &self.password {
+                    migrate.arg("AUTH").arg(p);
+                }
+                migrate.arg("KEYS");
                 for k in &keys {
                     match k {
                         Value::BulkString(b) => migrate.arg(&b[..]),
@@ -639,15 +691,26 @@ impl TestCluster {
 }
 
 /// One cluster node, on fresh ports again when a port was taken before the server bound it
-/// (parallel tests pick free ports too, and each node needs two).
-async fn start_node() -> TestRedis {
+/// (parallel tests pick free ports too, and each node needs two); secured as asked.
+async fn start_node(password: Option<&str>, tls: Option<&TlsFiles>) -> TestRedis {
     let mut failures = Vec::new();
     for _ in 0..5 {
         // The bus port would default to port + 10000, past 65535 for most free ports.
-        let bus = format!("cluster-port {}", free_port());
-        let mut lines = CLUSTER.to_vec();
-        lines.push(&bus);
-        match TestRedis::try_start(&lines).await {
+        let mut lines: Vec<String> = CLUSTER.iter().map(|l| l.to_string()).collect();
+        lines.push(format!("cluster-port {}", free_port()));
+        if let Some(p) = password {
+            lines.push(format!("masterauth {p}"));
+        }
+        if let Some(t) = tls {
+            // A node dialling another's bus presents a client certificate, which the bus always
+            // requires (whatever tls-auth-clients says): the server certificate is for serverAuth
+            // only, so the one for clientAuth.
+            lines.extend(["tls-cluster yes".to_string(), "tls-replication yes".to_string()]);
+            lines.push(format!("tls-client-cert-file {}", t.client_cert.display()));
+            lines.push(format!("tls-client-key-file {}", t.client_key.display()));
+        }
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        match TestRedis::try_start_secured(password, tls.cloned(), &lines).await {
             Ok(r) => return r,
             Err(e) => {
                 eprintln!("cluster: a node did not start, trying other ports: {e}");

@@ -3,7 +3,8 @@
 //! on the same port with its persisted data kept, dropped or changed behind the subscribers'
 //! back. With [`TestRedis::start_tls`] it listens on TLS only (`port 0` + `tls-port`, certificates
 //! of [`TlsFiles`]); then `url()` is `rediss://` and the harness's own connections (readiness,
-//! `cmd`, `writer`) trust that CA.
+//! `cmd`, `writer`) trust that CA. With a password ([`TestRedis::try_start_secured`]) it has
+//! `requirepass`, and `url()` carries the password, so the harness's own connections do too.
 //!
 //! A missing `redis-server` is a hard failure with the install hint, never a silent skip. A
 //! (re)start is done when the server answers PING as this process (`process_id`, not another
@@ -46,6 +47,8 @@ pub struct TestRedis {
     child: Option<Child>,
     /// TLS only (no plain port) when set.
     pub tls: Option<TlsFiles>,
+    /// `requirepass` when set; [`url`](Self::url) carries it.
+    pub password: Option<String>,
 }
 
 /// Persistence that survives SIGKILL without losing an acknowledged write.
@@ -61,10 +64,18 @@ impl TestRedis {
     /// [`free_port`] and its bind, a bad config line) is an `Err` with its log instead of a
     /// panic, so a caller can try again on other ports.
     pub async fn try_start(extra: &[&str]) -> Result<TestRedis, String> {
+        Self::try_start_secured(None, None, extra).await
+    }
+
+    /// [`try_start`](Self::try_start) with a password (`requirepass`; [`url`](Self::url) and
+    /// so every connection of the harness carries it) and/or TLS only with the given
+    /// certificates (several servers sharing one CA), in a fresh temp dir.
+    pub async fn try_start_secured(password: Option<&str>, tls: Option<TlsFiles>, extra: &[&str]) -> Result<TestRedis, String> {
         ensure_installed();
         let mut lines: Vec<String> = DURABLE.iter().map(|s| s.to_string()).collect();
+        lines.extend(password.map(|p| format!("requirepass {p}")));
         lines.extend(extra.iter().map(|s| s.to_string()));
-        let mut r = TestRedis { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), lines, child: None, tls: None };
+        let mut r = TestRedis { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), lines, child: None, tls, password: password.map(str::to_string) };
         r.try_spawn().await?;
         Ok(r)
     }
@@ -82,7 +93,7 @@ impl TestRedis {
         ensure_installed();
         let mut lines: Vec<String> = DURABLE.iter().map(|s| s.to_string()).collect();
         lines.extend(extra.iter().map(|s| s.to_string()));
-        let mut r = TestRedis { port: free_port(), dir, lines, child: None, tls: Some(tls) };
+        let mut r = TestRedis { port: free_port(), dir, lines, child: None, tls: Some(tls), password: None };
         r.spawn().await;
         r
     }
@@ -153,10 +164,12 @@ impl TestRedis {
         .await
     }
 
-    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server.
+    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server; `redis://:<password>@...`
+    /// with a password.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        let auth = self.password.as_ref().map(|p| format!(":{p}@")).unwrap_or_default();
+        format!("{scheme}://{auth}127.0.0.1:{}", self.port)
     }
 
     /// A client for this server (trusting its CA when it is TLS).
