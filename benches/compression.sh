@@ -88,6 +88,7 @@ TOML
   TOKIO_WORKER_THREADS=1 taskset -c 0 "$relay" --config "$work/flagrelay.toml" >"$out/relay-$n.log" 2>&1 &
   relay_pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((port + 1))/readyz" >/dev/null && break; sleep 0.1; done
+  kill -0 "$relay_pid" 2>/dev/null || { echo "the relay did not start:" >&2; cat "$out/relay-$n.log" >&2; exit 1; }
   identity_bytes=
   for coding in identity gzip br; do
     first_ms=$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $key" -H "Accept-Encoding: $coding" "$base" | awk '{printf "%.2f", $1 * 1000}')
