@@ -77,7 +77,7 @@ async fn put_retrying(c: &TestCluster, env: &str, key: &str, variant: &str) -> u
 /// On the environment's primary, by hand: a change without its message (trailing loss).
 async fn trailing_loss(node: &TestRedis, key: &str) {
     let rev: u64 = node.cmd(&["INCR", "{flagrelay:production}:rev"]).await;
-    let mut f = simple_feature(key, if rev % 2 == 0 { "on" } else { "off" });
+    let mut f = simple_feature(key, if rev.is_multiple_of(2) { "on" } else { "off" });
     f["version"] = json!(rev);
     let _: i64 = node.cmd(&["HSET", "{flagrelay:production}:features", key, &f.to_string()]).await;
 }
@@ -87,7 +87,7 @@ async fn gap(node: &TestRedis, key: &str) {
     let epoch: String = node.cmd(&["HGET", "{flagrelay:production}:meta", "epoch"]).await;
     let _: u64 = node.cmd(&["INCR", "{flagrelay:production}:rev"]).await;
     let rev: u64 = node.cmd(&["INCR", "{flagrelay:production}:rev"]).await;
-    let mut g = simple_feature(key, if rev % 2 == 0 { "on" } else { "off" });
+    let mut g = simple_feature(key, if rev.is_multiple_of(2) { "on" } else { "off" });
     g["version"] = json!(rev);
     let _: i64 = node.cmd(&["HSET", "{flagrelay:production}:features", key, &g.to_string()]).await;
     let msg = json!({"v":1,"env":ENV,"epoch":epoch,"rev":rev,"op":"upsert","key":key,"feature":g,"ts":1});
