@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use types::{
-    redact, ClusterConfig, Config, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, RedisUpstream, Secret, SentinelConfig,
+    redact, ClusterConfig, Config, TlsConfig, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, RedisUpstream, Secret, SentinelConfig,
     SseConfig, Upstream,
 };
 

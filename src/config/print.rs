@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawEnvironment, RawHttp, RawSentinel, RawSse, RawUpstream};
+use super::raw::{RawConfig, RawEnvironment, RawHttp, RawSentinel, RawSse, RawTls, RawUpstream};
 use super::{redact, Config, LogFormat, Upstream};
 
 impl Config {
@@ -85,6 +85,13 @@ fn to_raw(c: &Config) -> RawConfig {
             body_budget_bytes: Some(c.http.body_budget_bytes),
             // Nothing of the secret but its length (it still reads back as a valid one).
             stream_token_secret: c.http.stream_token_secret.as_ref().map(|s| format!("<redacted: {} characters>", s.0.chars().count())),
+        }),
+        tls: c.tls.as_ref().map(|t| RawTls {
+            cert_file: Some(t.cert_file.clone()),
+            key_file: Some(t.key_file.clone()),
+            api: Some(t.api),
+            admin: Some(t.admin),
+            reload_interval_secs: Some(t.reload_interval.as_secs()),
         }),
     }
 }

@@ -28,6 +28,18 @@ pub(super) struct RawConfig {
     pub environments: Vec<RawEnvironment>,
     pub sse: Option<RawSse>,
     pub http: Option<RawHttp>,
+    pub tls: Option<RawTls>,
+}
+
+/// `[tls]`: TLS on the listeners.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub api: Option<bool>,
+    pub admin: Option<bool>,
+    pub reload_interval_secs: Option<u64>,
 }
 
 /// `[upstream]`: the keys of both kinds (file and Redis) in one table, as the file has them.
