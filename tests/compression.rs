@@ -147,3 +147,27 @@ async fn computed_answers_are_compressed_only_above_the_threshold() {
     let v: Value = serde_json::from_slice(&unbrotli(&r.bytes().await.expect("body"))).expect("json");
     assert_eq!(v.as_object().map(|o| o.len()), Some(200));
 }
+
+/// The real Python SDK (featureflow-sdk 0.3.0 with requests, from PyPI; `scripts/test` installs it
+/// in tests/clients/python/.venv): it asks for gzip (and br, with brotli installed), gets the map
+/// compressed, and evaluates from it. It sends no ETag, so it always gets a 200.
+#[tokio::test]
+async fn the_real_python_sdk_gets_the_compressed_map_and_evaluates_from_it() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python");
+    let python = dir.join(".venv/bin/python");
+    assert!(python.exists(), "the Python client packages are missing: run the tests with `scripts/test` (it installs them)");
+    let relay = TestRelay::builder().flags(many(50)).start().await;
+    let out = within(
+        "the Python SDK",
+        tokio::process::Command::new(&python).arg(dir.join("featureflow_python.py")).args([&relay.base, SERVER_KEY, "f0007"]).output(),
+    )
+    .await
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("a JSON line");
+    assert_eq!(v["value"], "on", "{v}");
+    assert_eq!(v["features"], 50, "{v}");
+    assert!(v["accept_encoding"].as_str().is_some_and(|a| a.contains("gzip")), "{v}");
+    assert_eq!(v["content_encoding"], "br", "requests asks for br once brotli is installed: {v}");
+}
