@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Scrapes /metrics of a relay on the example config and runs `promtool check metrics` on it.
+# Scrapes /metrics of a relay on the example config and runs `promtool check metrics` on it, then
+# `promtool check rules` on every expression of the Grafana dashboard (ci/checks/dashboard_rules.py).
 # Usage: bash ci/checks/promtool.sh [path/to/flagrelay]   (default: target/debug/flagrelay)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,4 +29,9 @@ out=$(curl -fsS "http://$admin/metrics" | promtool check metrics 2>&1) || { echo
 # promtool prints lint warnings without failing; show them.
 [ -n "$out" ] && echo "$out"
 echo "promtool check metrics: OK"
-echo "1 passed, 0 failed"
+rules=$(mktemp --suffix .yml)
+trap 'kill $pid 2>/dev/null || true; rm -f "$log" "$rules"' EXIT
+python3 ci/checks/dashboard_rules.py helm/flagrelay/dashboards/flagrelay.json >"$rules"
+out=$(promtool check rules "$rules" 2>&1) || { echo "$out"; echo "1 passed, 1 failed"; exit 1; }
+echo "promtool check rules (the dashboard's expressions): OK"
+echo "2 passed, 0 failed"
