@@ -58,11 +58,14 @@ fn catalogue() -> BTreeMap<String, Metric> {
     out
 }
 
+/// `label op "value"` of a selector.
+type Matcher = (String, String, String);
+
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Ident(String),
     /// `{label op "value", ...}`
-    Matchers(Vec<(String, String, String)>),
+    Matchers(Vec<Matcher>),
     /// `[5m]` or `[$__rate_interval]`
     Range(String),
     LParen,
@@ -192,7 +195,7 @@ fn lex(expr: &str) -> Result<Vec<Tok>, String> {
 #[derive(Default, Debug)]
 struct Uses {
     /// (series name, innermost enclosing function, labels it is matched on)
-    series: Vec<(String, String, Vec<(String, String, String)>)>,
+    series: Vec<(String, String, Vec<Matcher>)>,
     grouping: BTreeSet<String>,
 }
 
