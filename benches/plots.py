@@ -5,6 +5,7 @@
     python3 benches/plots.py collect OUT DATA.json --source "how OUT was made"
                                                   # a benches/fanout.sh OUT directory -> one data file
     python3 benches/plots.py plot --latency DATA.json --cpu DATA.json --rss DATA.json [--img DIR]
+                                  [--only latency-cdf cpu rss] [--suffix=-NAME]
 
 Figures (PNG, in docs/img/ unless --img says otherwise):
   fanout-latency-cdf.png   latency (trigger -> kernel receipt, every delivery) per N: nchan and flagrelay.
@@ -241,7 +242,7 @@ def plot_rss(data: dict, dest: Path, plt) -> None:
     plt.close(fig)
 
 
-def plot(latency: Path, cpu: Path, rss: Path, img: Path) -> None:
+def plot(latency: Path, cpu: Path, rss: Path, img: Path, only: list[str] | None = None, suffix: str = "") -> None:
     ensure_matplotlib()
     import matplotlib
 
@@ -249,8 +250,10 @@ def plot(latency: Path, cpu: Path, rss: Path, img: Path) -> None:
     import matplotlib.pyplot as plt
 
     img.mkdir(parents=True, exist_ok=True)
-    for fn, src, name in [(plot_latency, latency, "fanout-latency-cdf.png"), (plot_cpu, cpu, "fanout-cpu.png"),
-                          (plot_rss, rss, "fanout-rss.png")]:
+    for fn, src, what in [(plot_latency, latency, "latency-cdf"), (plot_cpu, cpu, "cpu"), (plot_rss, rss, "rss")]:
+        if only and what not in only:
+            continue
+        name = f"fanout-{what}{suffix}.png"
         fn(load(src), img / name, plt)
         print(f"{img / name} (from {src.relative_to(REPO) if src.is_relative_to(REPO) else src})", file=sys.stderr)
 
@@ -267,11 +270,13 @@ def main() -> None:
     p.add_argument("--cpu", type=Path, default=WRITER_PASS_DATA)
     p.add_argument("--rss", type=Path, default=WRITER_PASS_DATA)
     p.add_argument("--img", type=Path, default=REPO / "docs" / "img")
+    p.add_argument("--only", nargs="+", choices=["latency-cdf", "cpu", "rss"], help="draw only these figures")
+    p.add_argument("--suffix", default="", help="appended to the file names: fanout-cpu<SUFFIX>.png")
     a = ap.parse_args()
     if a.cmd == "collect":
         collect(a.out_dir, a.dest, a.source)
     elif a.cmd == "plot":
-        plot(a.latency, a.cpu, a.rss, a.img)
+        plot(a.latency, a.cpu, a.rss, a.img, a.only, a.suffix)
     else:
         plot(LATENCY_DATA, WRITER_PASS_DATA, WRITER_PASS_DATA, REPO / "docs" / "img")
 
