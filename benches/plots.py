@@ -117,7 +117,8 @@ def load(path: Path) -> dict:
 
 
 def footer(fig, data: dict, width: int) -> None:
-    """Where the figures come from, at the bottom of the figure."""
+    """Where the figures come from, at the bottom of the figure (wrapped to its width)."""
+    width = min(width, int(fig.get_figwidth() * 19))
     fig.text(0.5, 0.005, textwrap.fill(f"data: {data['source']}", width), ha="center", va="bottom", fontsize=6.5, color="#666")
 
 
@@ -206,7 +207,10 @@ def plot_cpu(data: dict, dest: Path, plt) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", ncol=3)
     axes.flat[0].set_ylabel("server CPU µs per delivered message")
-    fig.suptitle("CPU per delivery against N: flagrelay, the floor and nchan", fontsize=10)
+    others = [n for n in ("the floor", "nchan") if any(r["server"] == n.removeprefix("the ") for r in runs)]
+    names = ["flagrelay", *others]
+    fig.suptitle("CPU per delivery against N: " + ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1],
+                 fontsize=10)
     footer(fig, data, 190)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     fig.savefig(dest, dpi=110)
