@@ -18,6 +18,9 @@ What it checks, each counted as one pass or fail:
     matches the values, flags.json parses and covers every environment,
     security context, probes, graceful-shutdown arithmetic, native sidecar
     shape, the expected set of objects per scenario.
+  * The Grafana dashboard ConfigMap (dashboard.enabled): rendered, with the
+    sidecar label and the chart's dashboards/flagrelay.json byte for byte,
+    only when enabled; the label is configurable.
   * Values the chart must refuse (e.g. a drain window longer than the
     shutdown timeout) fail the render with a message.
   * hadolint on the Dockerfile.
@@ -406,6 +409,14 @@ def run_scenario(res: Results, s: Scenario, kube_versions: list[str]) -> None:
         ids = [e["id"] for e in c["environments"]]
         res.check(f"[{s.name}] flags.json parses and covers every environment",
                   lambda: check_flags(objs, f"{fullname}-flags", ids))
+    def dashboard_cm() -> str:
+        cms = [o for o in find(objs, "ConfigMap") if o["metadata"]["name"] == f"{fullname}-dashboard"]
+        if not vals["dashboard"]["enabled"]:
+            assert not cms, "dashboard ConfigMap rendered although dashboard.enabled is false"
+            return "not rendered (dashboard.enabled false)"
+        assert len(cms) == 1, f"{len(cms)} dashboard ConfigMaps"
+        return check_dashboard_configmap(cms[0], s.relay_chart, vals["dashboard"])
+    res.check(f"[{s.name}] dashboard ConfigMap only when enabled", dashboard_cm)
     cluster = c["upstream"]["redis"]["cluster"]
     if c["upstream"]["kind"] == "redis" and cluster["enabled"] and not c["existingSecret"]:
         def cluster_toml() -> str:
@@ -491,6 +502,26 @@ def run_scenario(res: Results, s: Scenario, kube_versions: list[str]) -> None:
                     f"deployment listens on {env['FLAGRELAY_LISTEN']}"
                 return f"grace {grace}s > preStop {sleep}s + shutdown {c['shutdownTimeoutSecs']}s > drain {c['sse']['drainWindowSecs']}s"
             res.check(f"[{s.name}] {dname}: graceful shutdown budget", shutdown)
+
+
+def check_dashboard_configmap(cm: dict[str, Any], chart: Path, d: dict[str, Any]) -> str:
+    """The dashboard ConfigMap carries the sidecar's label and the chart's dashboard JSON unchanged."""
+    labels = cm["metadata"].get("labels") or {}
+    assert labels.get(d["label"]) == str(d["labelValue"]), \
+        f"label {d['label']}={labels.get(d['label'])!r}, expected {d['labelValue']!r}"
+    if d["label"] != "grafana_dashboard":
+        assert "grafana_dashboard" not in labels, "the default label is there beside the configured one"
+    for k, v in (d.get("labels") or {}).items():
+        assert labels.get(k) == v, f"extra label {k}"
+    for k, v in (d.get("annotations") or {}).items():
+        assert (cm["metadata"].get("annotations") or {}).get(k) == v, f"annotation {k}"
+    data = cm.get("data") or {}
+    assert list(data) == ["flagrelay.json"], f"data keys {list(data)}"
+    source = (chart / "dashboards" / "flagrelay.json").read_text()
+    assert data["flagrelay.json"] == source.strip(), "the ConfigMap's JSON differs from dashboards/flagrelay.json"
+    dash = json.loads(data["flagrelay.json"])
+    assert dash.get("uid") == "flagrelay" and dash.get("panels"), "not the flagrelay dashboard"
+    return f"{d['label']}={d['labelValue']}, {len(dash['panels'])} panels, {len(data['flagrelay.json'])} bytes"
 
 
 def run_negative(res: Results, chart: Path, name: str, values: dict[str, Any], expect: str) -> None:
@@ -587,6 +618,13 @@ def main() -> int:
             # Optional knobs: IPv6 bind, extra env/args/volumes, flags from an
             # existing ConfigMap, default PDB, image by digest, admin port hidden.
             Scenario("extras", chart, EXTRAS, {**base, "Secret": 1, "PodDisruptionBudget": 1}, chart),
+            # The Grafana dashboard for the sidecar, with the default label and with another one.
+            Scenario("dashboard", chart, {"dashboard": {"enabled": True, "annotations": {"grafana_folder": "Flags"}}},
+                     {**base, "Secret": 1, "ConfigMap": 2}, chart),
+            Scenario("dashboard-label", chart,
+                     {"dashboard": {"enabled": True, "label": "example.com/dashboard", "labelValue": "flagrelay",
+                                    "labels": {"team": "flags"}}},
+                     {**base, "Secret": 1, "ConfigMap": 2}, chart),
             Scenario("app-chart", app_chart, None, {"Secret": 1, "ConfigMap": 1, "Deployment": 1}, chart,
                      subchart_key="flagrelay"),
         ]
@@ -642,6 +680,8 @@ def main() -> int:
                  {"config": {"sse": {"extra": {"heartbeat_secs": 5}}}}, "set by the chart")
     run_negative(res, chart, "extra setting with a map value",
                  {"config": {"sse": {"extra": {"retry": {"ms": 5}}}}}, "is a map")
+    run_negative(res, chart, "dashboard without a sidecar label",
+                 {"dashboard": {"enabled": True, "label": ""}}, "dashboard.label")
     run_negative(res, chart, "HPA in sidecar mode",
                  {"mode": "sidecar", "autoscaling": {"enabled": True}}, "deployment mode only")
     run_negative(res, chart, "unknown mode", {"mode": "daemonset"}, "mode must be")

@@ -106,6 +106,23 @@ fn pcts(v: &mut Vec<f64>) -> Option<Pcts> {
     Some(Pcts { p50: at(0.50), p99: at(0.99), max: v[v.len() - 1] })
 }
 
+/// The quantiles at which [`Report::latency_cdf_ms`] samples the distribution: every percent, and
+/// every per mille above 99 %.
+pub fn cdf_quantiles() -> impl Iterator<Item = f64> {
+    (0..=100).map(|p| p as f64 / 100.0).chain((991..=999).map(|m| m as f64 / 1000.0))
+}
+
+/// `[quantile, value]` pairs of a sorted, finite `v` (the nearest-rank value, as in [`pcts`]),
+/// in ascending quantile order; empty if `v` is.
+fn cdf(v: &[f64]) -> Vec<[f64; 2]> {
+    if v.is_empty() {
+        return Vec::new();
+    }
+    let mut q: Vec<f64> = cdf_quantiles().collect();
+    q.sort_by(|a, b| a.total_cmp(b));
+    q.into_iter().map(|q| [q, v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]]).collect()
+}
+
 fn median(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     let mut v: Vec<f64> = v.flatten().collect();
     pcts(&mut v).map(|p| p.p50)
@@ -166,6 +183,9 @@ pub struct Report {
     pub spread_ms_median: Option<f64>,
     /// Kernel receipt minus trigger, over all deliveries.
     pub latency_ms: Option<Pcts>,
+    /// The distribution of `latency_ms`: `[quantile, ms]` at every percent and every per mille
+    /// above 99 % ([`cdf_quantiles`]); empty without deliveries. `benches/plots.py` draws it.
+    pub latency_cdf_ms: Vec<[f64; 2]>,
     /// Kernel receipt minus the change's first receipt (the fan-out alone).
     pub latency_from_first_ms: Option<Pcts>,
     /// The generator's read time minus the kernel receipt time: its own lag.
@@ -312,6 +332,7 @@ impl Report {
         r.last_ms_median = median(rows.iter().map(|x| x.last_ms));
         r.spread_ms_median = median(rows.iter().map(|x| x.spread_ms));
         r.latency_ms = pcts(&mut lat);
+        r.latency_cdf_ms = cdf(&lat); // pcts sorted it and left only the finite values
         r.latency_from_first_ms = pcts(&mut from_first);
         r.generator_lag_ms = pcts(&mut lag);
         let changes = (!rows.is_empty()).then_some(r.changes_secs);
@@ -645,5 +666,20 @@ mod tests {
         let r = Report::build(inputs(vec![res], rows, vec![], [Sample::default(); 4]));
         assert_eq!(r.clock_anomalies, 1);
         assert_eq!(r.latency_ms.map(|l| l.max), Some(2.0));
+        assert_eq!(r.latency_cdf_ms.first(), Some(&[0.0, 2.0]));
+        assert_eq!(r.latency_cdf_ms.last(), Some(&[1.0, 2.0]));
+    }
+
+    #[test]
+    fn the_latency_cdf_agrees_with_the_percentiles() {
+        let mut v: Vec<f64> = (1..=1000).rev().map(f64::from).collect();
+        let p = pcts(&mut v).unwrap();
+        let c = cdf(&v);
+        assert_eq!(c.len(), 110);
+        assert!(c.windows(2).all(|w| w[0][0] < w[1][0] && w[0][1] <= w[1][1]), "ascending");
+        let at = |q: f64| c.iter().find(|x| (x[0] - q).abs() < 1e-9).unwrap()[1];
+        assert_eq!((at(0.5), at(0.99), at(1.0)), (p.p50, p.p99, p.max));
+        assert_eq!((at(0.0), at(0.999)), (1.0, 999.0));
+        assert!(cdf(&[]).is_empty());
     }
 }
