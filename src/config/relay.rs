@@ -1,7 +1,8 @@
 //! The relay upstream section (`[upstream] kind = "relay"`, or `--relay-url`) validated into a
 //! [`RelayUpstream`]: the parent's URL split once ([`parse_url`]), each environment's key on the
-//! parent (`upstream_key`, else its first server key), the timings, and the keys that belong to
-//! the other kinds refused (they would be silently ignored otherwise).
+//! parent (`upstream_key`, else its first server key), the timings, and, with `kind = "relay"`,
+//! the keys that belong to the other kinds refused (they would be silently ignored otherwise;
+//! `--relay-url` over a file of another kind ignores that kind's keys, as `--redis-url` does).
 
 use super::raw::RawUpstream;
 use super::{invalid, ms, ConfigError, EnvironmentConfig, RelayUpstream, RelayUrl};
@@ -60,7 +61,8 @@ fn foreign_key(up: &RawUpstream) -> Option<&'static str> {
 
 pub(super) fn relay_upstream(url: String, up: &RawUpstream, envs: &[EnvironmentConfig], heartbeat: std::time::Duration) -> Result<RelayUpstream, ConfigError> {
     let url = parse_url(&url).map_err(|e| invalid("upstream.url", e))?;
-    if let Some(k) = foreign_key(up) {
+    // With `--relay-url` over a file of another kind, that kind's keys are the file's, not ours.
+    if let Some(k) = foreign_key(up).filter(|_| up.kind.as_deref() == Some("relay")) {
         return Err(invalid(format!("upstream.{k}"), "is not a key of a relay upstream (kind = \"relay\")"));
     }
     if up.tls_ca_file.is_some() && !url.tls {
@@ -149,6 +151,13 @@ mod tests {
         let o = Overrides { relay_url: Some("http://central:7700".into()), ..Overrides::default() };
         let c = load(ENVS, &o).unwrap();
         assert!(matches!(c.upstream, Upstream::Relay(r) if r.url.host == "central"));
+    }
+
+    #[test]
+    fn the_relay_url_flag_over_a_file_upstream_ignores_the_files_keys() {
+        let o = Overrides { relay_url: Some("http://central:7700".into()), ..Overrides::default() };
+        let text = format!("[upstream]\nkind = \"file\"\npath = \"flags.json\"\n{ENVS}");
+        assert!(matches!(load(&text, &o).unwrap().upstream, Upstream::Relay(_)));
     }
 
     #[test]
