@@ -9,7 +9,7 @@ use prometheus::{
 };
 
 /// Values of the `protocol` label of `flagrelay_sse_clients`.
-pub const PROTOCOLS: [&str; 4] = ["featureflow", "js_legacy", "ofrep", "eval"];
+pub const PROTOCOLS: [&str; 5] = ["featureflow", "js_legacy", "ofrep", "eval", "relay"];
 
 #[derive(Clone)]
 pub struct Metrics {

@@ -283,3 +283,44 @@ async fn a_seeded_soak_with_faults_interleaved_ends_with_no_divergence_at_the_de
     upserting.wait_for(&want, "upsert-only").await;
     replacing.wait_for(&want, "replacing").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_two_relay_example_serves_the_roots_flags_from_the_child() {
+    // As the README runs it (the example config and flags file, `--relay-url` for the child), on
+    // ports of the test's choosing.
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let mut root = std::process::Command::new(BIN);
+    root.current_dir(repo).args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"]);
+    let root = RelayProcess::spawn(root, Stderr::Collect).await;
+    let mut child = std::process::Command::new(BIN);
+    child.current_dir(repo).args(["--relay-url", &base_of(&root), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"]);
+    let child = RelayProcess::spawn(child, Stderr::Collect).await;
+    let key = "sdk-srv-env-example-production-0001";
+    let want = within("the root's flags", async {
+        loop {
+            if let Ok(r) = http().get(root.url("/api/sdk/v1/features")).bearer_auth(key).send().await {
+                if r.status() == 200 {
+                    return r.json::<Value>().await.expect("json");
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let got = within("the child's flags", async {
+        loop {
+            if let Ok(r) = http().get(child.url("/api/sdk/v1/features")).bearer_auth(key).send().await {
+                if r.status() == 200 {
+                    return r.json::<Value>().await.expect("json");
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(serde_json::to_string(&got).expect("json"), serde_json::to_string(&want).expect("json"));
+    let status: Value = http().get(child.admin_url("/status")).send().await.expect("status").json().await.expect("json");
+    let production = status["environments"].as_array().and_then(|a| a.iter().find(|e| e["id"] == ENV)).cloned().unwrap_or(Value::Null);
+    assert_eq!(production["source"]["relay"]["parent"], base_of(&root).as_str(), "{production}");
+    assert_eq!(production["source"]["relay"]["hops"], 1, "{production}");
+}

@@ -59,7 +59,13 @@ pub(super) struct Follower {
     persisted: Option<String>,
     persist_lock: Arc<std::sync::Mutex<()>>,
     last_logged_error: Option<String>,
+    /// Resyncs in a row that did not get as far as a snapshot: past [`QUICK_RESYNCS`] they wait
+    /// out the backoff like a fault (a parent that keeps breaking its own stream).
+    quick_resyncs: u32,
 }
+
+/// Resyncs in a row taken at once, before the backoff applies.
+const QUICK_RESYNCS: u32 = 2;
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -84,6 +90,7 @@ impl Follower {
             persisted: None,
             persist_lock: Arc::new(std::sync::Mutex::new(())),
             last_logged_error: None,
+            quick_resyncs: 0,
         }
     }
 
@@ -155,7 +162,8 @@ impl Follower {
                             tracing::info!(why = ?why, "resyncing from a full snapshot of the parent");
                             self.pos = None;
                             self.reason = why.label();
-                            pause = false;
+                            self.quick_resyncs += 1;
+                            pause = self.quick_resyncs > QUICK_RESYNCS;
                         }
                         Exit::Reconnect { why, stalled } => {
                             self.reason = if stalled { "stalled" } else { "reconnect" };
@@ -201,7 +209,7 @@ impl Follower {
                 Ok(p) => p,
                 Err(e) => return Exit::Reconnect { why: e.to_string(), stalled: false },
             };
-            for e in parsed.events {
+            for e in parsed {
                 let ev = match event::parse(&e) {
                     Ok(Some(ev)) => ev,
                     Ok(None) => continue,
@@ -265,6 +273,7 @@ impl Follower {
                 self.link.lag_ms = ts.map(|t| now.saturating_sub(t));
                 self.pos = Some(pos);
                 self.synced_once = true;
+                self.quick_resyncs = 0;
                 self.reason = "reconnect";
                 self.link.lag_revisions = 0;
                 self.live();

@@ -3,8 +3,8 @@
 //!
 //! Follows the SSE format for what a relay stream uses: `event:`, `data:` (several lines are
 //! joined with `\n`), `id:`, comments (`:`) and `retry:` (ignored); lines end in `\n` or `\r\n`
-//! (a lone `\r` is not a line end here: the parent never sends one).
-//! A comment still counts as activity (a parent's sign of life), so [`Parser::push`] reports it.
+//! (a lone `\r` is not a line end here: the parent never sends one). Comments are skipped (the
+//! follower takes any bytes as a sign of life).
 //!
 //! Invariant: memory is bounded by `max_event_bytes`: a line or an event larger than that is an
 //! error (the follower reconnects), never an unbounded buffer.
@@ -15,14 +15,6 @@ pub struct Event {
     pub event: String,
     pub data: String,
     pub id: Option<String>,
-}
-
-/// What a chunk held.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Parsed {
-    pub events: Vec<Event>,
-    /// Any line was read (an event, a comment, a heartbeat): the parent is alive.
-    pub activity: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,9 +40,9 @@ impl Parser {
         Parser { max: max_event_bytes, line: Vec::new(), event: String::new(), data: String::new(), has_data: false, id: None }
     }
 
-    /// Feeds one chunk.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Parsed, SseError> {
-        let mut out = Parsed::default();
+    /// Feeds one chunk; returns the events it completed.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, SseError> {
+        let mut out = Vec::new();
         let mut rest = chunk;
         while let Some(i) = rest.iter().position(|b| *b == b'\n') {
             self.line.extend_from_slice(&rest[..i]);
@@ -59,7 +51,6 @@ impl Parser {
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
-            out.activity = true;
             self.line_done(&line, &mut out)?;
         }
         self.line.extend_from_slice(rest);
@@ -69,10 +60,10 @@ impl Parser {
         Ok(out)
     }
 
-    fn line_done(&mut self, line: &[u8], out: &mut Parsed) -> Result<(), SseError> {
+    fn line_done(&mut self, line: &[u8], out: &mut Vec<Event>) -> Result<(), SseError> {
         if line.is_empty() {
             if self.has_data || !self.event.is_empty() {
-                out.events.push(Event {
+                out.push(Event {
                     event: std::mem::take(&mut self.event),
                     data: std::mem::take(&mut self.data),
                     id: self.id.take(),
@@ -112,7 +103,7 @@ mod tests {
     use super::*;
 
     fn all(p: &mut Parser, chunks: &[&str]) -> Vec<Event> {
-        chunks.iter().flat_map(|c| p.push(c.as_bytes()).expect("parses").events).collect()
+        chunks.iter().flat_map(|c| p.push(c.as_bytes()).expect("parses")).collect()
     }
 
     #[test]
@@ -133,12 +124,10 @@ mod tests {
     }
 
     #[test]
-    fn comments_and_retry_are_activity_without_events() {
+    fn comments_and_retry_make_no_event() {
         let mut p = Parser::new(1024);
-        let parsed = p.push(b": heartbeat\n\nretry: 3000\n\n").expect("parses");
-        assert!(parsed.events.is_empty());
-        assert!(parsed.activity);
-        assert!(!p.push(b"partial").expect("parses").activity);
+        assert!(p.push(b": heartbeat\n\nretry: 3000\n\n").expect("parses").is_empty());
+        assert!(p.push(b"data: partial").expect("parses").is_empty());
     }
 
     #[test]
