@@ -138,14 +138,56 @@ async fn a_frozen_parent_is_noticed_within_the_heartbeat_timeout_and_followed_ag
     converge(&b.base, &redis, &mut clients).await;
 
     a.signal("STOP");
+    let stopped = std::time::Instant::now();
     writes(&redis, "while-a-is-frozen", 9).await;
     b.wait_status(ENV, "B to notice the frozen parent", |s| s["source"]["state"] != "connected").await;
+    // The last heartbeat came at most a second before the stop: noticed within the timeout
+    // after it (plus scheduling slack).
+    let noticed = stopped.elapsed();
+    assert!(noticed < std::time::Duration::from_millis(support::relay::HEARTBEAT_TIMEOUT_MS + 1500), "noticed after {noticed:?}");
     assert!(b.env_status(ENV).await["source"]["stale"] == true);
     a.signal("CONT");
     let want = converge(&b.base, &redis, &mut clients).await;
     assert!(want.contains_key("while-a-is-frozen-2"));
     b.wait_status(ENV, "B live again", |s| s["source"]["state"] == "connected" && s["source"]["stale"] == false).await;
     assert!(counter(&b, "flagrelay_upstream_reconnects_total", &[("env", ENV)]).await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_parent_is_followed_when_its_ca_is_trusted_and_refused_otherwise() {
+    let redis = TestRedis::start(&[]).await;
+    seed(&redis).await;
+    let a = root_on(&redis.url(), "").start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = support::redis::tls::TlsFiles::generate(dir.path(), false);
+    let proxy = Proxy::start_tls(addr_of(&a.base), &tls.server_cert, &tls.server_key).await;
+    // Not trusted (the system roots do not know the test CA): never followed, never ready.
+    let untrusting = child_of(&proxy.https_url(), "").start_unready().await;
+    let s = untrusting.wait_status(ENV, "a TLS error", |s| s["source"]["last_error"].is_string()).await;
+    assert!(s["source"]["last_error"].as_str().unwrap_or("").contains("TLS"), "{s}");
+    assert_eq!(s["loaded"], false);
+    let trusting = child_of(&proxy.https_url(), &format!("tls_ca_file = {:?}", tls.ca.display().to_string())).start().await;
+    let mut clients = sdk_clients(&trusting.base).await;
+    converge(&trusting.base, &redis, &mut clients).await;
+    assert_eq!(untrusting.env_status(ENV).await["loaded"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_without_a_warm_start_is_not_ready_until_its_parent_sent_data() {
+    let redis = TestRedis::start(&[]).await;
+    seed(&redis).await;
+    let a = root_on(&redis.url(), "").start().await;
+    let proxy = Proxy::start(addr_of(&a.base)).await;
+    proxy.cut();
+    let b = child_of(&proxy.url(), "").start_unready().await;
+    b.wait_status(ENV, "B failing to reach its parent", |s| s["source"]["last_error"].is_string()).await;
+    let r = within("/readyz", http().get(b.admin_url("/readyz")).send()).await.expect("readyz");
+    assert_eq!(r.status(), 503);
+    assert_eq!(b.env_status(ENV).await["loaded"], false);
+    proxy.restore();
+    b.wait_ready().await;
+    let mut clients = sdk_clients(&b.base).await;
+    converge(&b.base, &redis, &mut clients).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

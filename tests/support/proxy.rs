@@ -2,6 +2,7 @@
 //! every connection and refuses new ones (the parent is unreachable), [`Proxy::restore`] lets
 //! them through again, [`Proxy::retarget`] sends new connections to another parent and drops the
 //! open ones (two parents behind one address, or a parent restarted on another port).
+//! [`Proxy::start_tls`] terminates TLS with a test certificate: an https parent.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,21 @@ pub fn addr_of(base: &str) -> SocketAddr {
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
+        Proxy::start_with(target, None).await
+    }
+
+    /// A proxy that terminates TLS with `cert` / `key` (PEM) and forwards plain TCP.
+    pub async fn start_tls(target: SocketAddr, cert: &std::path::Path, key: &std::path::Path) -> Proxy {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert).expect("cert file").map(|c| c.expect("cert")).collect();
+        let key = PrivateKeyDer::from_pem_file(key).expect("key file");
+        let cfg = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).expect("server TLS config");
+        Proxy::start_with(target, Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
+    }
+
+    async fn start_with(target: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let state = Arc::new(Mutex::new(State { target, open: true }));
@@ -46,12 +62,24 @@ impl Proxy {
                     continue;
                 }
                 let mut cut = gen.subscribe();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let Ok(Ok(mut outbound)) = tokio::time::timeout(crate::WAIT, TcpStream::connect(target)).await else { return };
-                    let mut inbound = inbound;
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
+                    match tls {
+                        None => {
+                            let mut inbound = inbound;
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = cut.changed() => {}
+                            }
+                        }
+                        Some(acceptor) => {
+                            let Ok(Ok(mut inbound)) = tokio::time::timeout(crate::WAIT, acceptor.accept(inbound)).await else { return };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = cut.changed() => {}
+                            }
+                        }
                     }
                 });
             }
@@ -62,6 +90,11 @@ impl Proxy {
     /// `http://` + the proxy's address.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `https://127.0.0.1:<port>` (the test certificate names 127.0.0.1), for a TLS proxy.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     fn drop_all(&self) {
