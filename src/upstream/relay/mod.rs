@@ -32,10 +32,10 @@
 //! publish of the last change to its application here).
 
 mod client;
-mod event;
+pub(crate) mod event;
 mod follower;
-mod order;
-mod sse;
+pub(crate) mod order;
+pub(crate) mod sse;
 
 use std::sync::Arc;
 
