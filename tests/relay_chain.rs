@@ -291,15 +291,16 @@ async fn a_seeded_soak_with_faults_interleaved_ends_with_no_divergence_at_the_de
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed_n);
     let redis = TestRedis::start(&[]).await;
     seed(&redis).await;
-    let a1 = root_on(&redis.url(), "replay_revisions = 16").start().await;
-    let a2 = root_on(&redis.url(), "replay_revisions = 16").start().await;
-    let proxy = Proxy::start(addr_of(&a1.base)).await;
+    // Two parents on the same Redis behind one address; rings small enough to overflow.
+    let mut parents = vec![root_on(&redis.url(), "replay_revisions = 16").start().await, root_on(&redis.url(), "replay_revisions = 16").start().await];
+    let mut cur = 0;
+    let proxy = Proxy::start(addr_of(&parents[cur].base)).await;
     let b = child_of(&proxy.url(), "").start().await;
     let c = child_of(&b.base, "").start().await;
     let upserting = Background::spawn(WatchingClient::at(&c.base, SERVER_KEY, false).await);
     let replacing = Background::spawn(WatchingClient::at(&c.base, SERVER_KEY, true).await);
     let mut w = redis.writer(ENV).await;
-    let mut on_a1 = true;
+    let mut faults = [0usize; 5];
     for i in 0..writes_n {
         let key = format!("k{}", rng.gen_range(0..40));
         if rng.gen_bool(0.3) {
@@ -309,21 +310,41 @@ async fn a_seeded_soak_with_faults_interleaved_ends_with_no_divergence_at_the_de
             w.put(vec![(key.clone(), simple_feature(&key, &v))]).await.expect("put");
         }
         if i % 50 == 49 {
-            match rng.gen_range(0..3) {
+            let fault = rng.gen_range(0..5);
+            faults[fault] += 1;
+            match fault {
+                // B moves to the other parent.
                 0 => {
-                    on_a1 = !on_a1;
-                    proxy.retarget(addr_of(if on_a1 { &a1.base } else { &a2.base }));
+                    cur = 1 - cur;
+                    proxy.retarget(addr_of(&parents[cur].base));
                 }
+                // B is cut off (until a later restore, retarget or the end).
                 1 => proxy.cut(),
-                _ => proxy.restore(),
+                2 => proxy.restore(),
+                // B's parent freezes: B notices by the heartbeat timeout while writes go on.
+                3 => {
+                    proxy.freeze();
+                    b.wait_status(ENV, "B to notice the frozen parent", |s| s["source"]["state"] != "connected").await;
+                    proxy.thaw();
+                }
+                // B's parent restarts (a new stream epoch) and B follows it.
+                _ => {
+                    let fresh = root_on(&redis.url(), "replay_revisions = 16").start().await;
+                    std::mem::replace(&mut parents[cur], fresh).stop().await;
+                    proxy.retarget(addr_of(&parents[cur].base));
+                }
             }
         }
     }
+    eprintln!("relay soak: faults (switch, cut, restore, freeze, parent restart) = {faults:?}");
     proxy.restore();
     let want = w.export().await.expect("export");
     support::redis::watcher::wait_poll_at(&c.base, SERVER_KEY, &want).await;
     upserting.wait_for(&want, "upsert-only").await;
     replacing.wait_for(&want, "replacing").await;
+    // Before the relays stop: a stream that ends with its relay is not a client's failure.
+    upserting.task.abort();
+    replacing.task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,8 @@
 //! every connection and refuses new ones (the parent is unreachable), [`Proxy::restore`] lets
 //! them through again, [`Proxy::retarget`] sends new connections to another parent and drops the
 //! open ones (two parents behind one address, or a parent restarted on another port).
+//! [`Proxy::freeze`] stops forwarding but holds every connection open, and accepts new ones
+//! without answering (a frozen parent, as after `SIGSTOP`), until [`Proxy::thaw`].
 //! [`Proxy::start_tls`] terminates TLS with a test certificate: an https parent.
 
 use std::net::SocketAddr;
@@ -13,6 +15,12 @@ use tokio::sync::watch;
 struct State {
     target: SocketAddr,
     open: bool,
+    frozen: bool,
+}
+
+/// Waits for the next change of the generation (or the proxy's end).
+async fn next_generation(rx: &mut watch::Receiver<u64>) {
+    let _ = rx.changed().await;
 }
 
 pub struct Proxy {
@@ -47,39 +55,52 @@ impl Proxy {
     async fn start_with(target: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
-        let state = Arc::new(Mutex::new(State { target, open: true }));
+        let state = Arc::new(Mutex::new(State { target, open: true, frozen: false }));
         let (generation, _) = watch::channel(0u64);
         let (st, gen) = (state.clone(), generation.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else { continue };
-                let (target, open) = {
+                let (target, open, frozen) = {
                     let s = st.lock().expect("proxy state");
-                    (s.target, s.open)
+                    (s.target, s.open, s.frozen)
                 };
                 if !open {
                     drop(inbound);
                     continue;
                 }
                 let mut cut = gen.subscribe();
+                if frozen {
+                    // Accepted by the kernel, never answered: held until the next change.
+                    tokio::spawn(async move {
+                        next_generation(&mut cut).await;
+                        drop(inbound);
+                    });
+                    continue;
+                }
                 let tls = tls.clone();
+                let st = st.clone();
                 tokio::spawn(async move {
                     let Ok(Ok(mut outbound)) = tokio::time::timeout(crate::WAIT, TcpStream::connect(target)).await else { return };
-                    match tls {
+                    let changed = match tls {
                         None => {
                             let mut inbound = inbound;
                             tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                                _ = cut.changed() => {}
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                                _ = cut.changed() => true,
                             }
                         }
                         Some(acceptor) => {
                             let Ok(Ok(mut inbound)) = tokio::time::timeout(crate::WAIT, acceptor.accept(inbound)).await else { return };
                             tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                                _ = cut.changed() => {}
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                                _ = cut.changed() => true,
                             }
                         }
+                    };
+                    // Frozen: the sockets stay open, silent, until the next change.
+                    if changed && st.lock().expect("proxy state").frozen {
+                        next_generation(&mut cut).await;
                     }
                 });
             }
@@ -111,12 +132,25 @@ impl Proxy {
         self.state.lock().expect("proxy state").open = true;
     }
 
+    /// Stops forwarding; open connections and new ones are held silent (a frozen parent).
+    pub fn freeze(&self) {
+        self.state.lock().expect("proxy state").frozen = true;
+        self.drop_all();
+    }
+
+    /// Ends a freeze: the held connections are dropped, new ones are forwarded again.
+    pub fn thaw(&self) {
+        self.state.lock().expect("proxy state").frozen = false;
+        self.drop_all();
+    }
+
     /// New connections go to `target`; the open ones are dropped.
     pub fn retarget(&self, target: SocketAddr) {
         {
             let mut s = self.state.lock().expect("proxy state");
             s.target = target;
             s.open = true;
+            s.frozen = false;
         }
         self.drop_all();
     }
