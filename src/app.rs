@@ -52,6 +52,8 @@ fn event_flush_budget(shutdown_timeout: Duration) -> Duration {
 pub enum AppError {
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::http::tls::TlsError),
 }
 
 /// The key of the OFREP stream tokens: the configured one, else random for this process.
@@ -96,7 +98,20 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
         None => (None, None),
     };
 
+    // [tls]: loaded before anything starts (a bad certificate stops the start), then watched.
+    let certs = match &config.tls {
+        Some(t) => {
+            crate::upstream::redis::install_crypto_provider();
+            Some((crate::http::tls::Certificates::load(&t.cert_file, &t.key_file)?, t.clone()))
+        }
+        None => None,
+    };
+    let tls_for = |admin: bool| certs.as_ref().filter(|(_, t)| if admin { t.admin } else { t.api }).map(|(c, _)| c.server_config());
+
     let mut tasks = Tasks::new();
+    if let Some((c, t)) = &certs {
+        tasks.spawn("tls reload", c.clone().watch(t.reload_interval, shutdown.clone()));
+    }
     tasks.spawn("upstream", upstream::run(config.upstream.clone(), store.clone(), metrics.clone(), shutdown.clone()));
     tasks.spawn("fan-out", fanout.clone().run());
     if let Some(f) = forwarder {
@@ -121,6 +136,7 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
         header_read_timeout: config.http.header_read_timeout,
         max_connections,
         name: "api",
+        tls: tls_for(false),
     };
     let api_server = Server::start(api_listener, api, shutdown.clone(), opts.clone());
     tasks.spawn("api server", api_server.wait());
@@ -135,7 +151,7 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
         upstream_kind,
     });
     // The admin listener is not capped: the cap's reserve keeps descriptors for it.
-    let admin_opts = ServerOptions { max_connections: None, name: "admin", ..opts };
+    let admin_opts = ServerOptions { max_connections: None, name: "admin", tls: tls_for(true), ..opts };
     let admin_server = Server::start(admin_listener, admin, admin_shutdown.clone(), admin_opts);
     let mut admin_task = Tasks::new();
     admin_task.spawn("admin server", admin_server.wait());

@@ -6,6 +6,7 @@
 //! `logging` (the log output, used by the binary) reads only `config` and `metrics`.
 
 pub mod model;
+pub mod compress;
 pub mod eval;
 pub mod config;
 pub mod metrics;

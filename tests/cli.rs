@@ -1,7 +1,7 @@
 //! The `flagrelay` binary as a process: options that mean the same wherever they stand, config
 //! errors that name the key and their cause once, `check-config` checking what a start reads,
 //! the README's Redis quickstart (every environment imported, an honest warning for one that
-//! is not), and graceful shutdown on SIGTERM. Every relay here runs through the harness's
+//! is not) and its Redis Cluster quickstart, and graceful shutdown on SIGTERM. Every relay here runs through the harness's
 //! [`RelayProcess`].
 
 use flagrelay_testkit as support;
@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::process::{RelayProcess, Stderr};
+use support::redis::cluster::TestCluster;
 use support::redis::server::TestRedis;
 use support::*;
 
@@ -344,6 +345,40 @@ async fn flags_import_all_loads_every_environment_so_the_example_relay_gets_read
     cmd.current_dir(REPO).args(["--redis-url", &url, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
     let relay = spawn(cmd).await;
     wait_ready(&relay).await;
+    relay.sigterm();
+    assert!(relay.wait().await.0.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_quickstart_imports_through_one_seed_and_the_relay_serves_each_environment_from_its_primary() {
+    let cluster = TestCluster::start(&["production", "staging"]).await;
+    let seed = cluster.seed_url();
+    let out = flagrelay(&["flags", "import", "--all", "config/flags.json", "--redis-url", &seed, "--cluster"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("staging: imported 7 feature(s)"), "{}", stdout(&out));
+    let mut cmd = command();
+    cmd.current_dir(REPO).args(["--redis-url", &seed, "--cluster", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    let relay = spawn(cmd).await;
+    wait_ready(&relay).await;
+    let status: serde_json::Value = http().get(relay.admin_url("/status")).send().await.expect("status").json().await.expect("json");
+    for env in ["production", "staging"] {
+        let e = status["environments"].as_array().and_then(|a| a.iter().find(|e| e["id"] == env)).cloned().unwrap_or_default();
+        let port = cluster.node(cluster.primary_of_env(env).await).port;
+        assert_eq!(e["source"]["server"], format!("127.0.0.1:{port}"), "{env}: {e}");
+    }
+    // A put through the seed reaches the relay.
+    let out = flagrelay(&["flags", "put", "--env", "production", "config/feature.json", "--redis-url", &seed, "--cluster"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    within("the put to be served", async {
+        loop {
+            let st: serde_json::Value = http().get(relay.admin_url("/status")).send().await.expect("status").json().await.expect("json");
+            if st["environments"].as_array().is_some_and(|a| a.iter().any(|e| e["id"] == "production" && e["features"] == 8)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     relay.sigterm();
     assert!(relay.wait().await.0.success());
 }

@@ -456,7 +456,22 @@ async fn ofrep_server_provider_evaluates_every_type_with_variants_and_reasons() 
 
 #[tokio::test]
 async fn ofrep_web_provider_uses_bulk_etags_context_changes_and_the_event_stream() {
-    let relay = relay().await;
+    web_provider_scenario(relay().await).await;
+}
+
+/// The same with every bulk answer compressed (Node's fetch asks for gzip): the provider decodes
+/// it and still gets its 304 with the coded ETag.
+#[tokio::test]
+async fn ofrep_web_provider_works_the_same_with_compressed_bulk_answers() {
+    let relay = TestRelay::builder().flags(flags()).config("[http]\ncompress_min_bytes = 1\n").start().await;
+    // What the provider's fetch gets for its first bulk, seen directly: gzip.
+    let r = post(&relay.url("/ofrep/v1/evaluate/flags"), &[("authorization", &format!("Bearer {CLIENT_KEY}")), ("accept-encoding", "gzip, deflate")], ADA).await;
+    assert_eq!(r.headers().get("content-encoding").map(|v| v.to_str().unwrap_or("")), Some("gzip"));
+    assert!(r.headers()["etag"].to_str().unwrap_or("").ends_with("-gzip\""));
+    web_provider_scenario(relay).await;
+}
+
+async fn web_provider_scenario(relay: TestRelay) {
     let mut web = NodeScript::spawn("ofrep-web.js", &[&relay.base, CLIENT_KEY]);
     let ready = web.next().await;
     assert_eq!(ready["step"], "ready", "{ready}");

@@ -106,7 +106,7 @@ fn the_test_command_names_every_missing_tool_at_once_with_the_install_command() 
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("missing on PATH: redis-server openssl node npm kill cargo"), "{err}");
-    assert!(err.contains("apt-get install -y redis-server openssl nodejs npm procps"), "{err}");
+    assert!(err.contains("missing on PATH: redis-server redis-cli openssl node npm kill chromium python3 cargo"), "{err}");
+    assert!(err.contains("apt-get install -y redis-server redis-tools openssl nodejs npm procps chromium python3-venv"), "{err}");
     assert_eq!(err.lines().filter(|l| l.contains("missing")).count(), 1, "one message: {err}");
 }

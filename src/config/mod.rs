@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use types::{
-    redact, ClusterConfig, Config, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, RedisUpstream, RelayUpstream, RelayUrl, Secret,
-    SentinelConfig, SseConfig, Upstream,
+    redact, ClusterConfig, Config, TlsConfig, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, RedisUpstream, RelayUpstream, RelayUrl,
+    Secret, SentinelConfig, SseConfig, Upstream,
 };
 
 /// Where the config file is read from when neither `--config` nor `FLAGRELAY_CONFIG` is given.

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawEnvironment, RawHttp, RawSentinel, RawSse, RawUpstream};
+use super::raw::{RawConfig, RawEnvironment, RawHttp, RawSentinel, RawSse, RawTls, RawUpstream};
 use super::{redact, Config, LogFormat, Upstream};
 
 impl Config {
@@ -79,12 +79,20 @@ fn to_raw(c: &Config) -> RawConfig {
             ofrep_rate_limit: Some(c.http.ofrep_rate_limit),
             max_connections: Some(c.http.max_connections),
             header_read_timeout_ms: Some(ms(c.http.header_read_timeout)),
+            compress_min_bytes: Some(c.http.compress_min_bytes),
             ofrep_rate_limit_max_clients: Some(c.http.ofrep_rate_limit_max_clients),
             trusted_proxies: Some(c.http.trusted_proxies.iter().map(ToString::to_string).collect()),
             max_context_bytes: Some(c.http.max_context_bytes),
             body_budget_bytes: Some(c.http.body_budget_bytes),
             // Nothing of the secret but its length (it still reads back as a valid one).
             stream_token_secret: c.http.stream_token_secret.as_ref().map(|s| format!("<redacted: {} characters>", s.0.chars().count())),
+        }),
+        tls: c.tls.as_ref().map(|t| RawTls {
+            cert_file: Some(t.cert_file.clone()),
+            key_file: Some(t.key_file.clone()),
+            api: Some(t.api),
+            admin: Some(t.admin),
+            reload_interval_secs: Some(t.reload_interval.as_secs()),
         }),
     }
 }

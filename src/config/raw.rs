@@ -28,6 +28,18 @@ pub(super) struct RawConfig {
     pub environments: Vec<RawEnvironment>,
     pub sse: Option<RawSse>,
     pub http: Option<RawHttp>,
+    pub tls: Option<RawTls>,
+}
+
+/// `[tls]`: TLS on the listeners.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub api: Option<bool>,
+    pub admin: Option<bool>,
+    pub reload_interval_secs: Option<u64>,
 }
 
 /// `[upstream]`: the keys of every kind (file, Redis, relay) in one table, as the file has them.
@@ -114,6 +126,7 @@ pub(super) struct RawHttp {
     pub stream_token_secret: Option<String>,
     pub max_connections: Option<usize>,
     pub header_read_timeout_ms: Option<u64>,
+    pub compress_min_bytes: Option<usize>,
 }
 
 /// Parses the TOML `text`; an error names `path` (`<config>` when the text came from nowhere),

@@ -36,6 +36,8 @@ pub struct Config {
     pub environments: Vec<EnvironmentConfig>,
     pub sse: SseConfig,
     pub http: HttpConfig,
+    /// `[tls]`: TLS on the API and/or admin listener (none: plain TCP).
+    pub tls: Option<TlsConfig>,
     /// `[upstream] max_feature_bytes`: the largest feature control (its encoded JSON) the store
     /// accepts from either source; a larger one is rejected like an invalid one.
     pub max_feature_bytes: usize,
@@ -119,6 +121,18 @@ pub struct FileUpstream {
     /// The content is read and hashed at least this often even if nothing says it changed
     /// (`rehash_interval_ms`, default 30 s).
     pub rehash_interval: Duration,
+}
+
+/// `[tls]`: a PEM certificate chain and key (reloaded when the files change), on the API
+/// listener (`api`, default on) and/or the admin listener (`admin`, default off).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub api: bool,
+    pub admin: bool,
+    /// How often the files are checked for a change (`reload_interval_secs`, default 10).
+    pub reload_interval: Duration,
 }
 
 /// A Redis upstream; also what the `flags` commands connect with.
@@ -223,6 +237,10 @@ pub struct HttpConfig {
     /// A connection that has not sent a complete request head this long after it was accepted
     /// is closed; also how long an idle keep-alive connection waits for its next request.
     pub header_read_timeout: Duration,
+    /// OFREP bulk and thin-client evaluation answers at least this long are compressed (gzip or
+    /// br, as the request accepts; 0 = never). The server-SDK poll is always compressed when
+    /// asked (once per snapshot).
+    pub compress_min_bytes: usize,
 }
 
 #[cfg(test)]

@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawEnvironment, RawHttp, RawSse, RawUpstream};
+use super::raw::{RawConfig, RawEnvironment, RawHttp, RawSse, RawTls, RawUpstream};
 use super::redis::redis_upstream;
 use super::relay::relay_upstream;
 use super::{
     invalid, ms, redact, Config, ConfigError, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, Secret, Overrides,
-    SseConfig, Upstream,
+    SseConfig, TlsConfig, Upstream,
 };
 
 pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<PathBuf>) -> Result<Config, ConfigError> {
@@ -46,6 +46,7 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
     }
     let sse = sse(file.sse.unwrap_or_default())?;
     let http = http(file.http.unwrap_or_default())?;
+    let tls = file.tls.map(tls).transpose()?;
 
     let shutdown_timeout = Duration::from_secs(file.shutdown_timeout_secs.unwrap_or(10));
     if sse.drain_window >= shutdown_timeout && !sse.drain_window.is_zero() {
@@ -72,6 +73,7 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
         environments,
         sse,
         http,
+        tls,
         max_feature_bytes,
         shutdown_timeout,
         log_level,
@@ -204,6 +206,34 @@ fn upstream(up: RawUpstream, overrides: &Overrides) -> Result<Upstream, ConfigEr
     })
 }
 
+/// `[tls]`: both files required, readable and PEM (a certificate; a private key), so a typo fails
+/// the start naming the key; whether the key fits the certificate is checked when it loads.
+fn tls(t: RawTls) -> Result<TlsConfig, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert_file), Some(key_file)) = (t.cert_file, t.key_file) else {
+        return Err(invalid("tls", "needs both cert_file and key_file"));
+    };
+    let read = |field: &str, p: &std::path::Path| std::fs::read(p).map_err(|e| invalid(field, format!("cannot read {}: {e}", p.display())));
+    let pem = read("tls.cert_file", &cert_file)?;
+    match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+        Ok(c) if !c.is_empty() => {}
+        Ok(_) => return Err(invalid("tls.cert_file", format!("{}: no PEM certificate in it", cert_file.display()))),
+        Err(e) => return Err(invalid("tls.cert_file", format!("{}: not PEM certificates ({e})", cert_file.display()))),
+    }
+    let pem = read("tls.key_file", &key_file)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| invalid("tls.key_file", format!("{}: no PEM private key ({e})", key_file.display())))?;
+    let (api, admin) = (t.api.unwrap_or(true), t.admin.unwrap_or(false));
+    if !api && !admin {
+        return Err(invalid("tls", "api = false and admin = false: TLS on no listener (remove [tls] instead)"));
+    }
+    let secs = t.reload_interval_secs.unwrap_or(10);
+    if secs == 0 {
+        return Err(invalid("tls.reload_interval_secs", "must be > 0"));
+    }
+    Ok(TlsConfig { cert_file, key_file, api, admin, reload_interval: Duration::from_secs(secs) })
+}
+
 fn sse(sse_f: RawSse) -> Result<SseConfig, ConfigError> {
     let heartbeat_secs = sse_f.heartbeat_secs.unwrap_or(15);
     if heartbeat_secs == 0 {
@@ -302,6 +332,7 @@ fn http(http_f: RawHttp) -> Result<HttpConfig, ConfigError> {
         stream_token_secret,
         max_connections: http_f.max_connections.unwrap_or(0),
         header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+        compress_min_bytes: http_f.compress_min_bytes.unwrap_or(1024),
     })
 }
 

@@ -1,4 +1,5 @@
-//! Featureflow server-SDK endpoints (spec §2): the ruleset poll with ETags, the SSE stream on the
+//! Featureflow server-SDK endpoints (spec §2): the ruleset poll with ETags (compressed when the
+//! request accepts gzip or br, each coding made once per snapshot), the SSE stream on the
 //! same path, and the registration and events sinks. Every one needs a server key
 //! (`Authorization: Bearer <key>`).
 
@@ -13,6 +14,7 @@ use super::error::ApiError;
 use super::sse;
 use super::state::Api;
 use super::util;
+use crate::compress;
 use crate::fanout::{ConnState, FeatureflowRenderer, OpenOptions, SseStream};
 
 /// `GET /api/sdk/v1/features`: the bare JSON map, or an SSE stream with `Accept: text/event-stream`.
@@ -27,13 +29,16 @@ pub fn features(api: &Arc<Api>, req: &Request<Incoming>, conn: Arc<ConnState>) -
         // An empty 200 would make replacing SDKs (node, Go, Ruby, Python, .NET) drop every flag.
         return Err(ApiError::NotReady);
     }
-    let enc = snap.encoded();
+    // Each content coding is compressed once per snapshot (the store caches it) and shared.
+    let coding = compress::negotiate(headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()));
+    let base_etag = snap.encoded().etag.clone();
     // .NET 1.2.1 clears its cache on a 304 (spec §2.1): always answer it with a 200.
     let dotnet = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ua| ua.starts_with("DotNetClient/"));
-    let not_modified = !dotnet && util::if_none_match(headers, &enc.etag);
+    let not_modified = !dotnet && util::if_none_match(headers, &base_etag);
+    let etag = compress::coded_etag(&base_etag, coding);
     let mut resp = if not_modified {
         let mut r = Response::new(ResBody::Empty);
         *r.status_mut() = StatusCode::NOT_MODIFIED;
@@ -41,10 +46,14 @@ pub fn features(api: &Arc<Api>, req: &Request<Incoming>, conn: Arc<ConnState>) -
     } else if req.method() == hyper::Method::HEAD {
         util::json(StatusCode::OK, bytes::Bytes::new())
     } else {
-        util::json(StatusCode::OK, enc.body.clone())
+        util::json(StatusCode::OK, snap.encoded_as(coding).0)
     };
     let h = resp.headers_mut();
-    h.insert(header::ETAG, util::header_value(&enc.etag));
+    if let (Some(ce), false) = (coding.header(), not_modified) {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(ce));
+    }
+    h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    h.insert(header::ETAG, util::header_value(&etag));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-featureflow-sdk-config", util::header_value(&api.http.sdk_config_header));
     Ok(resp)

@@ -30,4 +30,5 @@ pub mod sse;
 pub mod sse_fast;
 pub mod state;
 pub mod thin;
+pub mod tls;
 pub mod util;

@@ -104,6 +104,9 @@ pub struct ServerOptions {
     pub max_connections: Option<usize>,
     /// Names the listener in logs (`api`, `admin`).
     pub name: &'static str,
+    /// TLS (`[tls]`): every connection handshakes first (within the header deadline), then
+    /// speaks HTTP/2 when ALPN chose `h2`, else HTTP/1.1 through hyper (no SSE fast path).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerOptions {
@@ -115,6 +118,7 @@ impl Default for ServerOptions {
             send_buffer: None,
             max_connections: None,
             name: "api",
+            tls: None,
         }
     }
 }
@@ -157,6 +161,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout);
     let slots = opts.max_connections.map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
+    let tls = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let mut backoff = AcceptBackoff::default();
     let mut at_cap = Spell::default();
     let name = opts.name;
@@ -215,7 +220,10 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
         let conn = Conn { handler: handler.clone(), state: ConnState::for_peer(peer), shutdown: shutdown.clone(), grace: opts.shutdown_grace, deadline };
         let builder = builder.clone();
         handler.connection_opened();
-        tracker.spawn(serve_connection(stream, conn, builder, permit));
+        match &tls {
+            None => tracker.spawn(serve_connection(stream, conn, builder, permit)),
+            Some(acceptor) => tracker.spawn(serve_tls(stream, acceptor.clone(), conn, builder, permit)),
+        };
     }
 }
 
@@ -284,6 +292,68 @@ async fn serve_connection<H: Handler>(stream: TcpStream, conn: Conn<H>, builder:
         }
     }
     handler.connection_closed();
+}
+
+/// A TLS connection: the handshake within the first head's deadline, then HTTP/2 (ALPN `h2`)
+/// or HTTP/1.1 through hyper.
+async fn serve_tls<H: Handler>(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor, conn: Conn<H>, builder: http1::Builder, _permit: Option<OwnedSemaphorePermit>) {
+    let handler = conn.handler.clone();
+    let handshake = tokio::select! {
+        r = acceptor.accept(stream) => Some(r),
+        _ = tokio::time::sleep_until(conn.deadline) => None,
+        _ = conn.shutdown.wait() => {
+            handler.connection_closed();
+            return;
+        }
+    };
+    match handshake {
+        None => handler.connection_refused(Refusal::HeaderTimeout),
+        Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+        Some(Ok(tls)) => {
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(tls, conn).await;
+            } else {
+                serve_hyper(tls, &builder, conn).await;
+            }
+        }
+    }
+    handler.connection_closed();
+}
+
+/// HTTP/2 (TLS with ALPN `h2` only): every request handled as on HTTP/1.1, streams multiplexed;
+/// at shutdown a GOAWAY, then the streams get the grace to end.
+async fn serve_h2<H, I>(io: I, conn: Conn<H>)
+where
+    H: Handler,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn { handler, state: conn_state, shutdown, grace, .. } = conn;
+    let cs = conn_state.clone();
+    let service = service_fn(move |req| {
+        let h = handler.clone();
+        let fut = Box::pin(h.handle(req, cs.clone()));
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+            }
+        }
+        _ = conn_state.kill.notified() => {}
+        _ = shutdown.wait() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = conn_state.kill.notified() => {}
+                _ = tokio::time::sleep(grace) => {}
+            }
+        }
+    }
 }
 
 async fn serve_hyper<H, I>(io: I, builder: &http1::Builder, conn: Conn<H>)

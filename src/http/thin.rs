@@ -161,8 +161,12 @@ pub fn evaluate(api: &Arc<Api>, req: &Request<Incoming>, key: &str, user: &str) 
         }
     }
     out.push(b'}');
-    let body = if req.method() == Method::HEAD { bytes::Bytes::new() } else { bytes::Bytes::from(out) };
-    let mut r = Response::new(ResBody::full(body));
+    let mut r = if req.method() == Method::HEAD {
+        Response::new(ResBody::full(bytes::Bytes::new()))
+    } else {
+        // Compressed per request above http.compress_min_bytes.
+        util::json_coded(StatusCode::OK, req.headers(), bytes::Bytes::from(out), api.http.compress_min_bytes).0
+    };
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -27,11 +27,32 @@ pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<ResBody> {
     r
 }
 
+/// A computed JSON answer (OFREP bulk, thin-client evaluation), compressed for this request when
+/// it accepts gzip or br and the body is at least `min_bytes` long (`0`: never), with
+/// `Vary: Accept-Encoding`; and the coding chosen, for the caller's ETag
+/// ([`crate::compress::coded_etag`]).
+pub fn json_coded(status: StatusCode, headers: &HeaderMap, body: Bytes, min_bytes: usize) -> (Response<ResBody>, crate::compress::Coding) {
+    use crate::compress::{self, Coding};
+    let coding = match min_bytes {
+        0 => Coding::Identity,
+        n if body.len() < n => Coding::Identity,
+        _ => compress::negotiate(headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok())),
+    };
+    let mut r = json(status, compress::compress_fast(coding, &body));
+    let h = r.headers_mut();
+    if let Some(ce) = coding.header() {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(ce));
+    }
+    h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    (r, coding)
+}
+
 pub fn json_value(status: StatusCode, v: &serde_json::Value) -> Response<ResBody> {
     json(status, serde_json::to_vec(v).unwrap_or_default())
 }
 
-/// True if `If-None-Match` names `etag` (a blank header counts as absent; `*` matches).
+/// True if `If-None-Match` names `etag` or a coded representation of it (a blank header counts
+/// as absent; `*` matches).
 pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     let Some(v) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -40,7 +61,14 @@ pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     if v.is_empty() || v == "''" || v == "\"\"" {
         return false;
     }
-    v == etag || v == "*" || v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag)
+    // A tag of another content coding of the same body matches too (the client's cache holds
+    // the decoded body, which is what changed or not).
+    v == etag
+        || v == "*"
+        || v.split(',').any(|t| {
+            let t = t.trim().trim_start_matches("W/");
+            t == etag || crate::compress::base_etag(t) == etag
+        })
 }
 
 /// True if the client asked for an event stream.

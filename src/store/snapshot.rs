@@ -3,14 +3,15 @@
 //! that let every reader share one encoding of them.
 //!
 //! Invariants:
-//! - A snapshot's JSON map and ETag ([`Snapshot::encoded`]) and the frame of each stream kind
-//!   ([`FrameSlot`]) on a snapshot or change are built at most once, lazily, on first use
-//!   (`OnceLock`), and shared as `Bytes`.
+//! - A snapshot's JSON map and ETag ([`Snapshot::encoded`]), that map compressed per content
+//!   coding ([`Snapshot::encoded_as`]), and the frame of each stream kind ([`FrameSlot`]) on a
+//!   snapshot or change are built at most once, lazily, on first use (`OnceLock`), and shared as
+//!   `Bytes`.
 //! - Catch-up frames into a snapshot are cached per (stream kind, the client's seq), at most
 //!   [`CATCHUP_CACHE`] per snapshot; two clients that miss the cache at the same moment may each
 //!   build one.
-//! - A snapshot at a new revision with the same content keeps the encoded map and ETag (they
-//!   depend on the content only) and starts with empty frame caches (frames carry the revision).
+//! - A snapshot at a new revision with the same content keeps the encoded map, its compressed
+//!   forms and ETag (they depend on the content only) and starts with empty frame caches (frames carry the revision).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64};
@@ -20,6 +21,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 
 use super::{lock, weight};
+use crate::compress::{self, Coding};
 use crate::eval::{thin, CompiledFeature};
 use crate::model::{Feature, Revision};
 
@@ -80,6 +82,8 @@ pub struct Snapshot {
     /// revision-only update keeps the previous snapshot's).
     pub last_change: Option<Arc<ChangeRecord>>,
     body: OnceLock<Encoded>,
+    /// `body` compressed: gzip, br (each made once, when first asked for).
+    coded: [OnceLock<Bytes>; 2],
     /// Full-state frames, one per stream kind, filled by the fan-out.
     full_frames: FrameSlots,
     /// Catch-up frames into this snapshot, keyed by (stream kind, the client's seq), so lagging
@@ -119,6 +123,7 @@ impl Snapshot {
             published_at: SystemTime::now(),
             last_change,
             body: OnceLock::new(),
+            coded: Default::default(),
             full_frames: FrameSlots::default(),
             catchup_frames: Mutex::new(Vec::new()),
         }
@@ -128,8 +133,10 @@ impl Snapshot {
     /// are kept, the frames (which carry the revision) are not.
     pub(super) fn at_revision(&self, revision: Revision) -> Snapshot {
         let (features, compiled) = (self.features.clone(), self.compiled.clone());
+        let keep = |c: &OnceLock<Bytes>| c.get().cloned().map(OnceLock::from).unwrap_or_default();
         Snapshot {
             body: self.body.get().cloned().map(OnceLock::from).unwrap_or_default(),
+            coded: [keep(&self.coded[0]), keep(&self.coded[1])],
             ..Snapshot::published(self.env.clone(), self.seq, revision, features, compiled, self.last_change.clone())
         }
     }
@@ -141,6 +148,18 @@ impl Snapshot {
             let etag = etag_of(&body);
             Encoded { body, etag: etag.into() }
         })
+    }
+
+    /// [`encoded`](Self::encoded) in a content coding, with that representation's strong ETag;
+    /// each coding is compressed once per snapshot and shared by every request.
+    pub fn encoded_as(&self, coding: Coding) -> (Bytes, String) {
+        let enc = self.encoded();
+        let body = match coding {
+            Coding::Identity => enc.body.clone(),
+            Coding::Gzip => self.coded[0].get_or_init(|| compress::compress(coding, &enc.body)).clone(),
+            Coding::Br => self.coded[1].get_or_init(|| compress::compress(coding, &enc.body)).clone(),
+        };
+        (body, compress::coded_etag(&enc.etag, coding))
     }
 
     /// The cell for this snapshot's full-state frame of one stream kind.

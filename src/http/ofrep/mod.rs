@@ -45,7 +45,7 @@ pub mod wire;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 
@@ -140,12 +140,15 @@ pub async fn bulk(api: &Arc<Api>, req: Request<Incoming>, conn: &ConnState) -> R
         m.evaluation_errors.with_label_values(&[&env.id, OfrepCode::ParseError.as_str()]).inc_by(errors);
     }
     let etag = wire::bulk_etag(&body);
-    let mut resp = if util::if_none_match(&parts.headers, &etag) {
+    let (mut resp, etag) = if util::if_none_match(&parts.headers, &etag) {
         let mut r = Response::new(ResBody::Empty);
         *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r
+        r.headers_mut().append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        (r, etag)
     } else {
-        util::json(StatusCode::OK, body)
+        // Compressed per request above http.compress_min_bytes; its own tag per coding.
+        let (r, coding) = util::json_coded(StatusCode::OK, &parts.headers, body.into(), api.http.compress_min_bytes);
+        (r, crate::compress::coded_etag(&etag, coding))
     };
     resp.headers_mut().insert(header::ETAG, util::header_value(&etag));
     Ok(resp)

@@ -86,9 +86,12 @@ fn node(v: &Value, asked: &str) -> Option<Owner> {
     Some(Owner { host, port, id })
 }
 
+/// Every node a `CLUSTER SLOTS` reply names, as `(host, port)`.
+pub type Nodes = Vec<(String, u16)>;
+
 /// What a `CLUSTER SLOTS` reply says: the primary serving `slot` (if any range covers it), and
 /// every node it names (primaries and replicas), to ask next time.
-pub fn slot_owner(reply: &Value, slot: u16, asked: &str) -> Result<(Option<Owner>, Vec<(String, u16)>), String> {
+pub fn slot_owner(reply: &Value, slot: u16, asked: &str) -> Result<(Option<Owner>, Nodes), String> {
     let Value::Array(ranges) = reply else { return Err("CLUSTER SLOTS did not answer an array".into()) };
     let mut owner = None;
     let mut nodes = Vec::new();
@@ -284,7 +287,8 @@ mod tests {
             range(5461, 10922, vec![node("", 7001, "b"), node("10.0.0.5", 7004, "e")]),
             range(10923, 16383, vec![node("?", 7002, "c")]),
         ]);
-        let cases: [(u16, Option<(&str, u16, &str)>); 5] = [
+        type Want<'a> = Option<(&'a str, u16, &'a str)>;
+        let cases: [(u16, Want); 5] = [
             (0, Some(("10.0.0.1", 7000, "a"))),
             (5460, Some(("10.0.0.1", 7000, "a"))),
             (5461, Some(("seed", 7001, "b"))),

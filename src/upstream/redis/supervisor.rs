@@ -136,8 +136,11 @@ impl EnvSync {
         tracing::info!(change = change.label(), detail, "cluster topology changed for this environment; re-resolving its primary and resyncing");
     }
 
-    /// The session ends on `e`: a reconnect (counted as a topology change when `e` is one).
-    fn reconnect(&mut self, context: &str, e: SyncError) -> Exit {
+    /// The session ends on `e`: a reconnect (counted as a topology change when `e` is one, or
+    /// when the server ended the sharded subscription meanwhile: redis-rs then hands the
+    /// `sunsubscribe` push to the command in flight as its reply, which fails).
+    fn reconnect(&mut self, sess: &Session, context: &str, e: SyncError) -> Exit {
+        let e = if sess.sub.signals.unsubscribed.load(Ordering::SeqCst) { SyncError::Unsubscribed } else { e };
         let change = match &e {
             SyncError::Unsubscribed => Some(TopologyChange::Unsubscribed),
             other => cluster::change_of(other),
@@ -301,7 +304,7 @@ impl EnvSync {
         self.last_probe = None;
         self.last_msg = None;
         if let Err(e) = self.resync(sess, reason).await {
-            return self.reconnect("resync", e);
+            return self.reconnect(sess, "resync", e);
         }
         let mut tick = tokio::time::interval(self.cfg.probe_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -334,13 +337,13 @@ impl EnvSync {
                             tracing::info!(failed_probes = failed_probes + 1, error = %e, "revision probe failed");
                             return Exit::Reconnect(format!("two revision probes failed in a row ({e})"));
                         }
-                        ProbeFailure::Broken => return self.reconnect("probe", e),
+                        ProbeFailure::Broken => return self.reconnect(sess, "probe", e),
                     },
                 },
                 m = sess.sub.rx.recv() => match m {
                     Some(Push::Message(p)) => {
                         if let Err(e) = self.on_message(sess, &p).await {
-                            return self.reconnect("", e);
+                            return self.reconnect(sess, "", e);
                         }
                     }
                     Some(Push::Disconnected) | None => return Exit::Reconnect(SyncError::Closed.to_string()),
@@ -352,7 +355,7 @@ impl EnvSync {
     /// Acts on the flags raised by the connection side.
     async fn check_signals(&mut self, sess: &mut Session) -> Option<Exit> {
         if sess.sub.signals.unsubscribed.load(Ordering::SeqCst) {
-            return Some(self.reconnect("", SyncError::Unsubscribed));
+            return Some(self.reconnect(sess, "", SyncError::Unsubscribed));
         }
         if sess.sub.signals.disconnected.load(Ordering::SeqCst) {
             return Some(Exit::Reconnect(SyncError::Closed.to_string()));
@@ -368,7 +371,7 @@ impl EnvSync {
             }
             tracing::warn!(discarded, "change queue overflowed; resyncing");
             if let Err(e) = self.resync(sess, Reason::Overflow).await {
-                return Some(self.reconnect("resync", e));
+                return Some(self.reconnect(sess, "resync", e));
             }
         }
         None

@@ -1,9 +1,10 @@
 //! The Redis side of the test harness, one concern per file: [`server`] (a `redis-server`
 //! process), [`tls`] (throwaway certificates), [`sentinel`] (master, replica and sentinel),
-//! [`watcher`] (what polling and an SDK-like SSE client hold); tests import from each. Here: the
-//! settings of the relay and of the writer for a test server, and the `/metrics` counters tests
-//! wait on.
+//! [`cluster`] (a six-node Redis Cluster), [`watcher`] (what polling and an SDK-like SSE client
+//! hold); tests import from each. Here: the settings of the relay and of the writer for a test
+//! server, and the `/metrics` counters tests wait on.
 
+pub mod cluster;
 pub mod sentinel;
 pub mod server;
 pub mod tls;

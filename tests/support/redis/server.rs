@@ -3,9 +3,13 @@
 //! on the same port with its persisted data kept, dropped or changed behind the subscribers'
 //! back. With [`TestRedis::start_tls`] it listens on TLS only (`port 0` + `tls-port`, certificates
 //! of [`TlsFiles`]); then `url()` is `rediss://` and the harness's own connections (readiness,
-//! `cmd`, `writer`) trust that CA.
+//! `cmd`, `writer`) trust that CA. With a password ([`TestRedis::try_start_secured`]) it has
+//! `requirepass`, and `url()` carries the password, so the harness's own connections do too.
 //!
-//! A missing `redis-server` is a hard failure with the install hint, never a silent skip.
+//! A missing `redis-server` is a hard failure with the install hint, never a silent skip. A
+//! (re)start is done when the server answers PING as this process (`process_id`, not another
+//! test's server that took the port); one that exits first fails at once with the end of its log
+//! ([`TestRedis::try_start`]: as an `Err`, for a caller that tries other ports).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -43,6 +47,8 @@ pub struct TestRedis {
     child: Option<Child>,
     /// TLS only (no plain port) when set.
     pub tls: Option<TlsFiles>,
+    /// `requirepass` when set; [`url`](Self::url) carries it.
+    pub password: Option<String>,
 }
 
 /// Persistence that survives SIGKILL without losing an acknowledged write.
@@ -51,12 +57,27 @@ const DURABLE: &[&str] = &["appendonly yes", "appendfsync always", "save \"\""];
 impl TestRedis {
     /// A durable server (AOF, fsync always) with `extra` config lines.
     pub async fn start(extra: &[&str]) -> TestRedis {
+        Self::try_start(extra).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`start`](Self::start), but a server that exits before answering (a port taken between
+    /// [`free_port`] and its bind, a bad config line) is an `Err` with its log instead of a
+    /// panic, so a caller can try again on other ports.
+    pub async fn try_start(extra: &[&str]) -> Result<TestRedis, String> {
+        Self::try_start_secured(None, None, extra).await
+    }
+
+    /// [`try_start`](Self::try_start) with a password (`requirepass`; [`url`](Self::url) and
+    /// so every connection of the harness carries it) and/or TLS only with the given
+    /// certificates (several servers sharing one CA), in a fresh temp dir.
+    pub async fn try_start_secured(password: Option<&str>, tls: Option<TlsFiles>, extra: &[&str]) -> Result<TestRedis, String> {
         ensure_installed();
         let mut lines: Vec<String> = DURABLE.iter().map(|s| s.to_string()).collect();
+        lines.extend(password.map(|p| format!("requirepass {p}")));
         lines.extend(extra.iter().map(|s| s.to_string()));
-        let mut r = TestRedis { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), lines, child: None, tls: None };
-        r.spawn().await;
-        r
+        let mut r = TestRedis { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), lines, child: None, tls, password: password.map(str::to_string) };
+        r.try_spawn().await?;
+        Ok(r)
     }
 
     /// [`start`](Self::start), but listening on TLS only (`port 0`, `tls-port`), with fresh
@@ -72,7 +93,7 @@ impl TestRedis {
         ensure_installed();
         let mut lines: Vec<String> = DURABLE.iter().map(|s| s.to_string()).collect();
         lines.extend(extra.iter().map(|s| s.to_string()));
-        let mut r = TestRedis { port: free_port(), dir, lines, child: None, tls: Some(tls) };
+        let mut r = TestRedis { port: free_port(), dir, lines, child: None, tls: Some(tls), password: None };
         r.spawn().await;
         r
     }
@@ -82,6 +103,12 @@ impl TestRedis {
     }
 
     async fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn().await {
+            panic!("{e}");
+        }
+    }
+
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let listen = match &self.tls {
             None => format!("port {}", self.port),
             Some(t) => format!(
@@ -105,18 +132,31 @@ impl TestRedis {
         std::fs::write(self.conf_path(), conf).expect("write redis.conf");
         let child = Command::new("redis-server").arg(self.conf_path()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn redis-server");
         self.child = Some(child);
-        self.wait_ping().await;
+        self.wait_ping().await
     }
 
-    async fn wait_ping(&self) {
+    /// Waits until the server answers PING (so it has loaded its data) as this process
+    /// (`process_id` of `INFO server`: not another test's server that bound the port first);
+    /// `Err` (with the end of the log) if the process exits first.
+    async fn wait_ping(&mut self) -> Result<(), String> {
         let c = self.client();
+        let pid = format!("process_id:{}", self.pid());
         within("redis-server to answer PING", async {
             loop {
                 if let Ok(Ok(mut con)) = tokio::time::timeout(Duration::from_millis(500), c.get_multiplexed_async_connection()).await {
                     let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
                     if pong.is_ok() {
-                        return;
+                        let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query_async(&mut con).await;
+                        if info.is_ok_and(|i| i.lines().any(|l| l.trim() == pid)) {
+                            return Ok(());
+                        }
                     }
+                }
+                if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    self.child = None;
+                    let log = self.log();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+                    return Err(format!("redis-server on port {} exited ({status}) before answering PING; its log ends:\n{}", self.port, tail.join("\n")));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -124,10 +164,12 @@ impl TestRedis {
         .await
     }
 
-    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server.
+    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server; `redis://:<password>@...`
+    /// with a password.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        let auth = self.password.as_ref().map(|p| format!(":{p}@")).unwrap_or_default();
+        format!("{scheme}://{auth}127.0.0.1:{}", self.port)
     }
 
     /// A client for this server (trusting its CA when it is TLS).
@@ -149,6 +191,11 @@ impl TestRedis {
             }
         }
         cfg
+    }
+
+    /// Whether the process is up (started and not killed; a SIGSTOPped server still counts).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn pid(&self) -> u32 {
