@@ -173,6 +173,23 @@ async fn an_https_parent_is_followed_when_its_ca_is_trusted_and_refused_otherwis
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_serving_tls_itself_is_followed_over_https() {
+    let redis = TestRedis::start(&[]).await;
+    seed(&redis).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = support::redis::tls::TlsFiles::generate(dir.path(), false);
+    let cfg = format!("[tls]\ncert_file = {:?}\nkey_file = {:?}", tls.server_cert.display().to_string(), tls.server_key.display().to_string());
+    let a = root_on(&redis.url(), "").config(&cfg).start().await;
+    let parent = a.base.replace("http://", "https://");
+    let b = child_of(&parent, &format!("tls_ca_file = {:?}", tls.ca.display().to_string())).start().await;
+    let mut clients = sdk_clients(&b.base).await;
+    converge(&b.base, &redis, &mut clients).await;
+    redis.writer(ENV).await.delete(&["beta".into()]).await.expect("delete");
+    let want = converge(&b.base, &redis, &mut clients).await;
+    assert!(!want.contains_key("beta"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_without_a_warm_start_is_not_ready_until_its_parent_sent_data() {
     let redis = TestRedis::start(&[]).await;
     seed(&redis).await;
