@@ -33,7 +33,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets=(flags_file feature redis_message thin_user ofrep_body sse_head last_event_id rule_engine)
+targets=(flags_file feature redis_message thin_user ofrep_body sse_head last_event_id rule_engine relay_stream)
 target_dir=${CARGO_TARGET_DIR:-target}
 out=${FUZZ_OUT:-fuzz/out}
 
@@ -140,7 +140,7 @@ case "$cmd" in
   list) printf '%s\n' "${targets[@]}" ;;
   replay) shift; replay 0 "$@" ;;
   smoke) replay "${FUZZ_SMOKE_MUTATIONS:-200}" ;;
-  all|flags_file|feature|redis_message|thin_user|ofrep_body|sse_head|last_event_id|rule_engine)
+  all|flags_file|feature|redis_message|thin_user|ofrep_body|sse_head|last_event_id|rule_engine|relay_stream)
     secs=${2:-600}
     [[ "$secs" =~ ^[0-9]+$ ]] || die "SECONDS must be a number"
     cargo afl --version >/dev/null 2>&1 || die "cargo-afl is not installed: nice -n 10 cargo install cargo-afl --locked && cargo afl config --build"

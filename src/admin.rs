@@ -85,6 +85,10 @@ impl Admin {
                         o.insert(k.into(), json!(v));
                     }
                 }
+                // Relay upstream: the parent, the hop count, the lag.
+                if let (Some(r), Some(o)) = (&st.relay, source.as_object_mut()) {
+                    o.insert("relay".into(), json!(r));
+                }
                 json!({
                     "id": e.id.as_ref(),
                     "loaded": snap.loaded,

@@ -91,6 +91,7 @@ pub async fn run_with(config: Config, api_listener: TcpListener, admin_listener:
     let upstream_kind = match &config.upstream {
         Upstream::File(_) => "file",
         Upstream::Redis(_) => "redis",
+        Upstream::Relay(_) => "relay",
     };
     let (events, forwarder) = match upstream::event_sink(&config.upstream, metrics.clone(), shutdown.clone(), event_flush_budget(config.shutdown_timeout)) {
         Some((tx, forwarder)) => (Some(tx), Some(forwarder)),

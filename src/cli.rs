@@ -73,10 +73,14 @@ pub struct RelayArgs {
     /// Log format: text (default) or json.
     #[arg(long, env = "FLAGRELAY_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Follow another relay (http:// or https:// URL of its API listener) instead of the file or
+    /// Redis; overrides [upstream] in the file.
+    #[arg(long, env = "FLAGRELAY_RELAY_URL")]
+    pub relay_url: Option<String>,
 }
 
 /// The clap ids of [`RelayArgs`]' options.
-const RELAY_OPTIONS: [&str; 4] = ["listen", "admin_listen", "log_level", "log_format"];
+const RELAY_OPTIONS: [&str; 5] = ["listen", "admin_listen", "log_level", "log_format", "relay_url"];
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -225,6 +229,7 @@ fn relay_overrides(shared: Overrides, root: &ArgMatches, sub: Option<&ArgMatches
         rust_log: rust_log.filter(|s| !s.is_empty()),
         log_level_env,
         log_format: pick("log_format").0,
+        relay_url: pick("relay_url").0,
         ..shared
     }
 }

@@ -7,7 +7,8 @@
 //! source, Redis snapshots and change messages), the Redis change message, the thin-client user
 //! segment and `keys` query, the OFREP request body, the first request head of a connection
 //! (the SSE fast path, then the route table and the header helpers), `Last-Event-ID` (then the
-//! store's resume), and the rule engine on arbitrary features and contexts.
+//! store's resume), the parent's relay stream (a child relay's SSE parser, its events and their
+//! ordering rules), and the rule engine on arbitrary features and contexts.
 
 use std::sync::Arc;
 
@@ -28,6 +29,10 @@ pub use crate::model::{check_size, validate, Feature, FeatureControl, InvalidFea
 pub use crate::store::{Catchup, ChangeRecord, EnvStore, FeatureMap, Snapshot, StoreLimits, Update};
 pub use crate::upstream::file::{parse as parse_flags_file, FileError};
 pub use crate::upstream::redis::message::{truncate, ChangeMessage, MalformedMessage, Op};
+pub use crate::upstream::relay::event::{parse as parse_relay_event, Position, RelayEvent};
+pub use crate::upstream::relay::order::{decide as decide_relay_event, Decision as RelayDecision, Kind as RelayEventKind};
+pub use crate::upstream::relay::sse::{Event as SseEvent, Parser as SseParser};
+pub use crate::store::parse_stream_position;
 
 /// One environment's part of the flags file as the watcher reads it: every feature control
 /// with its validation, or why the part is not an object of features.

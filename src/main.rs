@@ -61,6 +61,7 @@ fn check_config(overrides: Overrides) -> anyhow::Result<()> {
             }
         }
         Upstream::Redis(_) => notes.push("upstream: Redis, not contacted by check-config".into()),
+        Upstream::Relay(r) => notes.push(format!("upstream: the relay at {}, not contacted by check-config", r.url.text)),
     }
     let source = config.source_path.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string());
     println!("# the effective config read from {source}, keys redacted\n");

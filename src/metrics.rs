@@ -9,7 +9,7 @@ use prometheus::{
 };
 
 /// Values of the `protocol` label of `flagrelay_sse_clients`.
-pub const PROTOCOLS: [&str; 4] = ["featureflow", "js_legacy", "ofrep", "eval"];
+pub const PROTOCOLS: [&str; 5] = ["featureflow", "js_legacy", "ofrep", "eval", "relay"];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -266,13 +266,13 @@ impl Metrics {
             self.replay_bytes.with_label_values(&[env, p]);
         }
         self.data_age_seconds.with_label_values(&[env]);
-        for s in ["file", "redis"] {
+        for s in ["file", "redis", "relay"] {
             self.source_errors.with_label_values(&[env, s]);
         }
         for k in ["events", "register", "client_events"] {
             self.sdk_events.with_label_values(&[env, k]);
         }
-        for r in ["initial", "gap", "probe_ahead", "probe_behind", "epoch", "reset", "reconnect", "overflow", "topology"] {
+        for r in ["initial", "gap", "probe_ahead", "probe_behind", "epoch", "reset", "reconnect", "overflow", "topology", "stalled"] {
             self.upstream_resyncs.with_label_values(&[env, r]);
         }
         for r in ["applied", "stale", "malformed", "ignored"] {

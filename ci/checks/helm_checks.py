@@ -6,6 +6,7 @@ What it checks, each counted as one pass or fail:
     and with every example values file: no error-severity findings.
   * Rendering with the default values, examples/redis-values.yaml,
     examples/redis-cluster-values.yaml, examples/sidecar-values.yaml,
+    examples/sidecar-relay-values.yaml,
     examples/full-values.yaml, and the example
     application chart examples/app-chart (which includes the
     `flagrelay.sidecar` template from the chart as a subchart).
@@ -204,8 +205,14 @@ def check_toml_matches(cfg: dict[str, Any], vals: dict[str, Any], listen: str, a
     assert cfg["sse"]["drain_window_secs"] < cfg["shutdown_timeout_secs"], "drain window not below shutdown timeout"
     up = cfg["upstream"]
     assert up["kind"] == c["upstream"]["kind"]
-    assert "url" not in up, "the Redis URL must not be written into the TOML"
-    if up["kind"] == "file":
+    if up["kind"] == "relay":
+        # The parent relay's URL holds no secret: it is written into the TOML.
+        assert up.get("url") == c["upstream"]["relay"]["url"], f"relay url {up.get('url')!r}"
+    else:
+        assert "url" not in up, "the Redis URL must not be written into the TOML"
+    if up["kind"] == "relay":
+        assert "prefix" not in up and "path" not in up, "keys of another upstream kind in relay mode"
+    elif up["kind"] == "file":
         assert up["path"] == "/etc/flagrelay/flags/flags.json", f"flags path {up['path']!r}"
         assert up["poll_interval_ms"] == c["upstream"]["file"]["pollIntervalMs"]
     else:
@@ -232,6 +239,7 @@ def check_toml_matches(cfg: dict[str, Any], vals: dict[str, Any], listen: str, a
     for e, v in zip(envs, c["environments"]):
         assert e["server_keys"] == [str(k) for k in v.get("serverKeys") or []], f"{e['id']}: server_keys differ"
         assert e["client_keys"] == [str(k) for k in v.get("clientKeys") or []], f"{e['id']}: client_keys differ"
+        assert e.get("upstream_key") == v.get("upstreamKey"), f"{e['id']}: upstream_key differs"
     return f"{len(envs)} environment(s), upstream {up['kind']}"
 
 
@@ -597,7 +605,8 @@ def main() -> int:
     # -- lint, with each values set
     for label, vf in [("default", None), ("redis", ex / "redis-values.yaml"),
                       ("redis-cluster", ex / "redis-cluster-values.yaml"),
-                      ("sidecar", ex / "sidecar-values.yaml"), ("full", ex / "full-values.yaml")]:
+                      ("sidecar", ex / "sidecar-values.yaml"), ("sidecar-relay", ex / "sidecar-relay-values.yaml"),
+                      ("full", ex / "full-values.yaml")]:
         res.check(f"[lint] {label} values", lambda vf=vf: lint_chart(chart, load_values(vf)))
 
     with tempfile.TemporaryDirectory(prefix="flagrelay-helm-") as tmp:
@@ -612,6 +621,8 @@ def main() -> int:
             # Redis Cluster: config rendered (cluster = true, seeds), URL from an existing Secret.
             Scenario("redis-cluster", chart, ex / "redis-cluster-values.yaml", {**base, "Secret": 1}, chart),
             Scenario("sidecar", chart, ex / "sidecar-values.yaml", {"Secret": 1, "ConfigMap": 1, "Deployment": 1}, chart),
+            # A sidecar whose upstream is a central relay Service: no flags ConfigMap, no Redis URL.
+            Scenario("sidecar-relay", chart, ex / "sidecar-relay-values.yaml", {"Secret": 1, "Deployment": 1}, chart),
             Scenario("full", chart, ex / "full-values.yaml",
                      {**base, "Secret": 1, "HorizontalPodAutoscaler": 1, "PodDisruptionBudget": 1, "ServiceMonitor": 1},
                      chart),
@@ -685,6 +696,7 @@ def main() -> int:
     run_negative(res, chart, "HPA in sidecar mode",
                  {"mode": "sidecar", "autoscaling": {"enabled": True}}, "deployment mode only")
     run_negative(res, chart, "unknown mode", {"mode": "daemonset"}, "mode must be")
+    run_negative(res, chart, "relay upstream without a url", {"config": {"upstream": {"kind": "relay"}}}, "config.upstream.relay.url")
 
     # -- Dockerfile
     def hadolint() -> str:

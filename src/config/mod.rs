@@ -27,6 +27,7 @@
 mod print;
 mod raw;
 mod redis;
+mod relay;
 mod types;
 mod validate;
 
@@ -34,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use types::{
-    redact, ClusterConfig, Config, TlsConfig, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, RedisUpstream, Secret, SentinelConfig,
-    SseConfig, Upstream,
+    redact, ClusterConfig, Config, TlsConfig, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, RedisUpstream, RelayUpstream, RelayUrl,
+    Secret, SentinelConfig, SseConfig, Upstream,
 };
 
 /// Where the config file is read from when neither `--config` nor `FLAGRELAY_CONFIG` is given.
@@ -59,6 +60,8 @@ pub struct Overrides {
     pub log_format: Option<String>,
     /// Switches the upstream to Redis, whatever `[upstream] kind` says.
     pub redis_url: Option<String>,
+    /// `--relay-url`: switches the upstream to a parent relay, whatever `[upstream] kind` says.
+    pub relay_url: Option<String>,
     /// The Redis key prefix.
     pub prefix: Option<String>,
     /// `--cluster`: the Redis URL is a cluster seed (beats `[upstream] cluster`).

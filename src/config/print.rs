@@ -53,6 +53,7 @@ fn to_raw(c: &Config) -> RawConfig {
                 id: e.id.clone(),
                 server_keys: e.server_keys.iter().map(|k| redact(&k.0)).collect(),
                 client_keys: e.client_keys.iter().map(|k| redact(&k.0)).collect(),
+                upstream_key: e.upstream_key.as_ref().map(|k| redact(&k.0)),
             })
             .collect(),
         sse: Some(RawSse {
@@ -126,6 +127,18 @@ fn upstream(u: &Upstream, max_feature_bytes: usize) -> RawUpstream {
             tls_ca_file: r.tls_ca_file.clone(),
             tls_client_cert_file: r.tls_client_cert_file.clone(),
             tls_client_key_file: r.tls_client_key_file.clone(),
+            ..RawUpstream::default()
+        },
+        Upstream::Relay(r) => RawUpstream {
+            kind: Some("relay".into()),
+            url: Some(r.url.text.clone()),
+            connect_timeout_ms: Some(ms(r.connect_timeout)),
+            heartbeat_timeout_ms: Some(ms(r.heartbeat_timeout)),
+            backoff_base_ms: Some(ms(r.backoff_base)),
+            backoff_cap_ms: Some(ms(r.backoff_cap)),
+            stable_after_secs: Some(r.stable_after.as_secs()),
+            snapshot_dir: r.snapshot_dir.clone(),
+            tls_ca_file: r.tls_ca_file.clone(),
             ..RawUpstream::default()
         },
     };

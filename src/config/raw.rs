@@ -42,7 +42,7 @@ pub(super) struct RawTls {
     pub reload_interval_secs: Option<u64>,
 }
 
-/// `[upstream]`: the keys of both kinds (file and Redis) in one table, as the file has them.
+/// `[upstream]`: the keys of every kind (file, Redis, relay) in one table, as the file has them.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
@@ -70,6 +70,8 @@ pub(super) struct RawUpstream {
     pub tls_ca_file: Option<PathBuf>,
     pub tls_client_cert_file: Option<PathBuf>,
     pub tls_client_key_file: Option<PathBuf>,
+    /// Relay upstream: reconnect when no event arrived for this long.
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 /// `[upstream.sentinel]`: both keys required once the table is there.
@@ -88,6 +90,8 @@ pub(super) struct RawEnvironment {
     pub server_keys: Vec<String>,
     #[serde(default)]
     pub client_keys: Vec<String>,
+    /// Relay upstream: the server key of this environment on the parent.
+    pub upstream_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

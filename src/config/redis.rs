@@ -18,7 +18,7 @@ impl RedisUpstream {
             let envs = config.environments.iter().map(|e| e.id.clone()).collect();
             return match config.upstream {
                 Upstream::Redis(r) => Ok((r, Some(envs))),
-                Upstream::File(_) => Err(invalid("upstream.kind", "the config's upstream is not Redis: pass --redis-url")),
+                Upstream::File(_) | Upstream::Relay(_) => Err(invalid("upstream.kind", "the config's upstream is not Redis: pass --redis-url")),
             };
         }
         match &overrides.redis_url {

@@ -63,15 +63,50 @@ pub struct EnvironmentConfig {
     pub id: String,
     pub server_keys: Vec<Secret>,
     pub client_keys: Vec<Secret>,
+    /// `upstream_key`: this environment's server key on the parent relay (relay upstream).
+    pub upstream_key: Option<Secret>,
 }
 
-/// Where the flags come from: the flags file, or Redis.
+/// Where the flags come from: the flags file, Redis, or a parent relay.
 // Built once at startup and held by one task: boxing the Redis variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Upstream {
     File(FileUpstream),
     Redis(RedisUpstream),
+    Relay(RelayUpstream),
+}
+
+/// `[upstream] kind = "relay"`: another relay's relay stream (`GET /api/relay/v1/stream`).
+#[derive(Debug, Clone)]
+pub struct RelayUpstream {
+    pub url: RelayUrl,
+    /// Per environment (config order): its id and the server key it follows the parent with.
+    pub keys: Vec<(String, Secret)>,
+    /// `https://` only: a PEM file of CA certificates trusted **instead of** the system roots.
+    pub tls_ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// No event (heartbeats included) for this long: the parent is taken for frozen, reconnect
+    /// (`heartbeat_timeout_ms`, default three of this relay's `sse.heartbeat_secs`).
+    pub heartbeat_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub stable_after: Duration,
+    /// Where last good snapshots are persisted for a warm start (none: no persistence).
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+/// A parent relay's address, split once at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayUrl {
+    /// As configured (for `/status` and logs; it holds no secret).
+    pub text: String,
+    pub tls: bool,
+    /// Host name or address (an IPv6 address without brackets).
+    pub host: String,
+    pub port: u16,
+    /// The path prefix the parent is served under, without a trailing slash (usually empty).
+    pub base_path: String,
 }
 
 /// `[upstream] kind = "file"` (the default).

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::raw::{RawConfig, RawEnvironment, RawHttp, RawSse, RawTls, RawUpstream};
 use super::redis::redis_upstream;
+use super::relay::relay_upstream;
 use super::{
     invalid, ms, redact, Config, ConfigError, EnvironmentConfig, FileUpstream, HttpConfig, LogFormat, Secret, Overrides,
     SseConfig, TlsConfig, Upstream,
@@ -35,7 +36,11 @@ pub(super) fn build(file: RawConfig, overrides: &Overrides, source_path: Option<
     let environments = environments(file.environments)?;
     let raw_upstream = file.upstream.unwrap_or_default();
     let max_feature_bytes = raw_upstream.max_feature_bytes.unwrap_or(1024 * 1024);
-    let upstream = upstream(raw_upstream, overrides)?;
+    let heartbeat = Duration::from_secs(file.sse.as_ref().and_then(|s| s.heartbeat_secs).unwrap_or(15));
+    let upstream = match overrides.relay_url.clone().or_else(|| raw_upstream.url.clone().filter(|_| raw_upstream.kind.as_deref() == Some("relay"))) {
+        Some(url) if overrides.redis_url.is_none() => Upstream::Relay(relay_upstream(url, &raw_upstream, &environments, heartbeat)?),
+        _ => upstream(raw_upstream, overrides)?,
+    };
     if max_feature_bytes == 0 {
         return Err(invalid("upstream.max_feature_bytes", "must be > 0"));
     }
@@ -161,13 +166,15 @@ fn environments(raw: Vec<RawEnvironment>) -> Result<Vec<EnvironmentConfig>, Conf
             id: e.id,
             server_keys: e.server_keys.into_iter().map(Secret).collect(),
             client_keys: e.client_keys.into_iter().map(Secret).collect(),
+            upstream_key: e.upstream_key.map(Secret),
         });
     }
     Ok(environments)
 }
 
 /// `[upstream]`: Redis when `--redis-url` is given (whatever `kind` says) or `kind = "redis"`,
-/// else the flags file.
+/// else the flags file. (A parent relay, `--relay-url` or `kind = "relay"`, is taken in
+/// [`build`]; `--redis-url` beats it.)
 fn upstream(up: RawUpstream, overrides: &Overrides) -> Result<Upstream, ConfigError> {
     let redis_url = overrides.redis_url.clone().or_else(|| match up.kind.as_deref() {
         Some("redis") => up.url.clone(),
@@ -176,6 +183,7 @@ fn upstream(up: RawUpstream, overrides: &Overrides) -> Result<Upstream, ConfigEr
     Ok(match (redis_url, up.kind.as_deref()) {
         (Some(url), _) => Upstream::Redis(redis_upstream(url, &up, overrides)?),
         (None, Some("redis")) => return Err(invalid("upstream.url", "kind = \"redis\" needs a url (or --redis-url)")),
+        (None, Some("relay")) => return Err(invalid("upstream.url", "kind = \"relay\" needs the parent's url (or --relay-url)")),
         (None, None | Some("file")) => {
             let path = up.path.clone().unwrap_or_else(|| PathBuf::from("config/flags.json"));
             let poll = ms(up.poll_interval_ms, 200);
@@ -193,7 +201,7 @@ fn upstream(up: RawUpstream, overrides: &Overrides) -> Result<Upstream, ConfigEr
             Upstream::File(FileUpstream { path, poll_interval: poll, max_bytes, rehash_interval })
         }
         (None, Some(other)) => {
-            return Err(invalid("upstream.kind", format!("{other:?}: expected \"file\" or \"redis\"")))
+            return Err(invalid("upstream.kind", format!("{other:?}: expected \"file\", \"redis\" or \"relay\"")))
         }
     })
 }

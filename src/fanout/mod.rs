@@ -13,6 +13,7 @@ pub mod eval_stream;
 pub mod frames;
 mod pass;
 mod render;
+pub mod relay_stream;
 mod stream;
 pub mod thin_streams;
 

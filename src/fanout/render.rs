@@ -26,6 +26,12 @@ pub trait Renderer: Send + 'static {
         false
     }
 
+    /// A heartbeat of this stream's own (the relay stream's carries its position), instead of
+    /// the shared one.
+    fn heartbeat(&self) -> Option<Bytes> {
+        None
+    }
+
     /// A per-context renderer's group and the group version its client has, which the writer
     /// pass takes over while the stream is in it (`None` for every other renderer).
     fn context_group(&self) -> Option<(Arc<super::eval_stream::ContextGroup>, u64)> {

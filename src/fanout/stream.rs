@@ -282,7 +282,11 @@ impl Stream for SseStream {
         }
         match me.heartbeats.as_mut().map(|h| Pin::new(h).poll_next(cx)) {
             Some(Poll::Ready(Some(b))) => {
-                let b = if me.renderer.comment_heartbeats() { Bytes::from_static(b": heartbeat\n\n") } else { b };
+                let b = match me.renderer.heartbeat() {
+                    Some(own) => own,
+                    None if me.renderer.comment_heartbeats() => Bytes::from_static(b": heartbeat\n\n"),
+                    None => b,
+                };
                 me.emit(b, FrameKind::Heartbeat)
             }
             _ => Poll::Pending,

@@ -24,13 +24,13 @@ use super::route::Route;
 use super::server::{Handler, Refusal};
 use super::sse_fast::Head;
 use super::state::Api;
-use super::{featureflow, ofrep, sse, thin, util};
+use super::{featureflow, ofrep, relay, sse, thin, util};
 use crate::fanout::{ConnState, SseStream};
 
 /// Whether `route` with these headers opens an SSE stream.
 fn is_stream(route: &Route, headers: &HeaderMap) -> bool {
     match route {
-        Route::JsStream { .. } | Route::EvalStream { .. } | Route::OfrepStream { .. } => true,
+        Route::JsStream { .. } | Route::EvalStream { .. } | Route::OfrepStream { .. } | Route::RelayStream => true,
         Route::Features => util::wants_event_stream(headers),
         _ => false,
     }
@@ -68,6 +68,7 @@ impl Api {
             Route::OfrepFlag { key } => Box::pin(ofrep::single(self, req, &key, &conn)).await,
             Route::OfrepBulk => Box::pin(ofrep::bulk(self, req, &conn)).await,
             Route::OfrepStream { token } => ofrep::stream(self, &req, &token, conn),
+            Route::RelayStream => relay::stream(self, &req, conn),
             Route::Preflight(_) => Ok(cors::preflight()),
             Route::MethodNotAllowed(_, m) => Err(ApiError::MethodNotAllowed(m.to_string())),
             Route::NotFound { path, .. } => Err(ApiError::NotFound(path)),

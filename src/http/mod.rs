@@ -2,7 +2,7 @@
 //! limit [`fd_limit`]; the first request head [`first_head`], replayed to hyper by [`prefixed`];
 //! the SSE fast path [`sse_fast`]), the API listener's route table ([`route`]) and dispatch
 //! ([`api`]) over its shared state ([`state`]), the protocol handlers ([`featureflow`], [`thin`],
-//! [`ofrep`]), and what they share: keys ([`auth`]), CORS ([`cors`]), opening SSE streams
+//! [`ofrep`], [`relay`] for child relays), and what they share: keys ([`auth`]), CORS ([`cors`]), opening SSE streams
 //! ([`sse`]), the OFREP rate limiter ([`rate_limit`]), reading request bodies within their budget
 //! ([`request_body`]), helpers ([`util`]), and the one place errors become status codes
 //! ([`error::ApiError`]).
@@ -22,6 +22,7 @@ pub mod first_head;
 pub mod ofrep;
 pub mod prefixed;
 pub mod rate_limit;
+pub mod relay;
 pub mod request_body;
 pub mod route;
 pub mod server;

@@ -29,12 +29,13 @@ pub enum Template {
     OfrepFlag,
     OfrepBulk,
     OfrepStream,
+    RelayStream,
     Unmatched,
 }
 
 impl Template {
     /// Every template, for initialising the request metrics.
-    pub const ALL: [Template; 11] = [
+    pub const ALL: [Template; 12] = [
         Template::Features,
         Template::Register,
         Template::Events,
@@ -45,6 +46,7 @@ impl Template {
         Template::OfrepFlag,
         Template::OfrepBulk,
         Template::OfrepStream,
+        Template::RelayStream,
         Template::Unmatched,
     ];
 
@@ -61,6 +63,7 @@ impl Template {
             Template::OfrepFlag => "/ofrep/v1/evaluate/flags/{key}",
             Template::OfrepBulk => OFREP_BULK,
             Template::OfrepStream => "/ofrep/v1/stream/{key}",
+            Template::RelayStream => RELAY_STREAM,
             Template::Unmatched => "unmatched",
         }
     }
@@ -74,6 +77,7 @@ impl Template {
 const FEATURES: &str = "/api/sdk/v1/features";
 const REGISTER: &str = "/api/sdk/v1/register";
 const EVENTS: &str = "/api/sdk/v1/events";
+const RELAY_STREAM: &str = "/api/relay/v1/stream";
 const JS_EVALUATE: &str = "/api/js/v1/evaluate/";
 const JS_EVENT: &str = "/api/js/v1/event/";
 const JS_STREAM: &str = "/api/js/v1/stream/";
@@ -107,6 +111,8 @@ pub enum Route {
     OfrepBulk,
     /// `GET /ofrep/v1/stream/{token}` (token percent-decoded).
     OfrepStream { token: String },
+    /// `GET /api/relay/v1/stream`: the stream a child relay follows.
+    RelayStream,
     /// `OPTIONS` on a path that answers CORS: a bare 204 with the preflight headers.
     Preflight(Template),
     /// A known path asked with a method it does not answer (405).
@@ -123,6 +129,7 @@ impl Route {
             FEATURES => return Route::allow(get_or_head, method, Template::Features, || Route::Features),
             REGISTER => return Route::allow(matches!(*method, Method::PUT | Method::POST), method, Template::Register, || Route::Register),
             EVENTS => return Route::allow(*method == Method::POST, method, Template::Events, || Route::Events),
+            RELAY_STREAM => return Route::allow(*method == Method::GET, method, Template::RelayStream, || Route::RelayStream),
             _ => {}
         }
         if path.starts_with(JS_PREFIX) || path.starts_with(EVAL_STREAM) {
@@ -205,6 +212,7 @@ impl Route {
             Route::OfrepFlag { .. } => Template::OfrepFlag,
             Route::OfrepBulk => Template::OfrepBulk,
             Route::OfrepStream { .. } => Template::OfrepStream,
+            Route::RelayStream => Template::RelayStream,
             Route::Preflight(t) | Route::MethodNotAllowed(t, _) | Route::NotFound { template: t, .. } => *t,
         }
     }
@@ -216,7 +224,7 @@ impl Route {
             _ => match self.template() {
                 Template::JsEvaluate | Template::JsEvent | Template::JsStream | Template::EvalStream => Some(CorsKind::Featureflow),
                 Template::OfrepFlag | Template::OfrepBulk | Template::OfrepStream => Some(CorsKind::Ofrep),
-                Template::Features | Template::Register | Template::Events | Template::Unmatched => None,
+                Template::Features | Template::Register | Template::Events | Template::RelayStream | Template::Unmatched => None,
             },
         }
     }
@@ -253,6 +261,8 @@ mod tests {
             ("GET", "/api/sdk/v1/register", Route::MethodNotAllowed(Template::Register, Method::GET)),
             ("POST", "/api/sdk/v1/events", Route::Events),
             ("PUT", "/api/sdk/v1/events", Route::MethodNotAllowed(Template::Events, Method::PUT)),
+            ("GET", "/api/relay/v1/stream", Route::RelayStream),
+            ("POST", "/api/relay/v1/stream", Route::MethodNotAllowed(Template::RelayStream, Method::POST)),
         ];
         for (m, p, want) in cases {
             assert_eq!(parse(m, p), want, "{m} {p}");
@@ -341,6 +351,7 @@ mod tests {
                 "/ofrep/v1/evaluate/flags/{key}",
                 "/ofrep/v1/evaluate/flags",
                 "/ofrep/v1/stream/{key}",
+                "/api/relay/v1/stream",
                 "unmatched",
             ]
         );

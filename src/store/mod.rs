@@ -30,6 +30,9 @@
 //!   before, if any, stays.
 //! - Each change record says which of its keys thin clients may hear of
 //!   ([`snapshot::thin_keys`]), and each tombstone whether its feature was served to them.
+//! - Each environment has a random `stream_epoch`, fixed for the life of the process: with a
+//!   seq it names a position exactly (the relay stream's `Last-Event-ID`), and a position of
+//!   another epoch (another process, a restart) is never taken for one of this store.
 
 mod history;
 mod snapshot;
@@ -49,7 +52,7 @@ use crate::model::{check_size, Feature, Revision};
 use history::{History, Target};
 pub use history::{Catchup, StoreLimits};
 pub use snapshot::{encode_map, thin_keys, ChangeRecord, CompiledMap, Encoded, FeatureMap, FrameSlot, Snapshot};
-pub use status::SourceStatus;
+pub use status::{RelayLink, SourceStatus};
 
 /// A change to apply. `revision: None` means "the next revision".
 #[derive(Debug, Default)]
@@ -75,6 +78,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One environment.
 pub struct EnvStore {
     pub id: Arc<str>,
+    /// Random, per process: the epoch of this environment's seqs (see the module invariants).
+    stream_epoch: Arc<str>,
     max_feature_bytes: usize,
     tx: watch::Sender<Arc<Snapshot>>,
     write: Mutex<()>,
@@ -89,6 +94,7 @@ impl EnvStore {
         let (tx, _) = watch::channel(Arc::new(Snapshot::empty(id.clone())));
         EnvStore {
             id,
+            stream_epoch: format!("{:016x}", rand::random::<u64>()).into(),
             max_feature_bytes: limits.max_feature_bytes,
             tx,
             write: Mutex::new(()),
@@ -100,6 +106,11 @@ impl EnvStore {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.tx.borrow().clone()
+    }
+
+    /// The epoch of this environment's seqs: random, fixed for the life of the process.
+    pub fn stream_epoch(&self) -> &Arc<str> {
+        &self.stream_epoch
     }
 
     /// A receiver that wakes on every published snapshot (intermediate ones may be skipped).
@@ -286,6 +297,12 @@ impl EnvStore {
     pub fn full_state_for_unknown(&self, to: &Snapshot) -> Catchup {
         lock(&self.history).full_state(Target::of(to))
     }
+}
+
+/// A position `<stream epoch>:<seq>` (the relay stream's `Last-Event-ID`), split.
+pub fn parse_stream_position(id: &str) -> Option<(&str, u64)> {
+    let (epoch, seq) = id.trim().rsplit_once(':')?;
+    Some((epoch, seq.parse().ok()?))
 }
 
 /// Every configured environment.

@@ -38,6 +38,8 @@ pub enum FrameSlot {
     LegacyJs,
     /// The OFREP change-notification stream (`refetchEvaluation`).
     Ofrep,
+    /// The relay-to-relay stream (`snapshot` / `change`, [`crate::fanout::relay_stream`]).
+    Relay,
 }
 
 /// One lazily-encoded frame per [`FrameSlot`].
@@ -46,6 +48,7 @@ struct FrameSlots {
     featureflow: OnceLock<Bytes>,
     legacy_js: OnceLock<Bytes>,
     ofrep: OnceLock<Bytes>,
+    relay: OnceLock<Bytes>,
 }
 
 impl FrameSlots {
@@ -54,6 +57,7 @@ impl FrameSlots {
             FrameSlot::Featureflow => &self.featureflow,
             FrameSlot::LegacyJs => &self.legacy_js,
             FrameSlot::Ofrep => &self.ofrep,
+            FrameSlot::Relay => &self.relay,
         }
     }
 }

@@ -27,6 +27,23 @@ pub struct SourceStatus {
     /// Redis Cluster: `cluster_state` as that node reports it (`ok`, `fail`, `unknown`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_state: Option<String>,
+    /// Relay upstream: where this relay is in the tree and how far behind its parent it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayLink>,
+}
+
+/// A relay upstream's view of its parent, for `/status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RelayLink {
+    /// The parent's URL.
+    pub parent: String,
+    /// Hops from the root source: 1 for a relay whose parent follows Redis or a file.
+    pub hops: u32,
+    /// The parent's revision at its last event minus the one held here (0 when caught up).
+    pub lag_revisions: u64,
+    /// Milliseconds from the original publish of the last change applied here until it was
+    /// applied (`None` when the root gave no publish time).
+    pub lag_ms: Option<u64>,
 }
 
 impl Default for SourceStatus {
@@ -42,6 +59,7 @@ impl Default for SourceStatus {
             confirmed_at: None,
             server: None,
             cluster_state: None,
+            relay: None,
         }
     }
 }

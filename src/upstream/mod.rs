@@ -1,14 +1,19 @@
-//! Sources that feed the [`store`](crate::store): the watched flags file (the default) and Redis
+//! Sources that feed the [`store`](crate::store): the watched flags file (the default), Redis
 //! ([`redis`](self::redis), which also forwards SDK events upstream through the byte-bounded
-//! queue of [`events`]). [`run`] is the source task and [`event_sink`] makes the events queue and
+//! queue of [`events`]) and a parent relay ([`relay`](self::relay), relay chaining); what both
+//! followers share: the warm start from `snapshot_dir` ([`warm`]) and the reconnect backoff
+//! ([`backoff`]). [`run`] is the source task and [`event_sink`] makes the events queue and
 //! forwarder; `app` spawns and joins both.
 //!
 //! Invariant: a source only ever publishes valid features; anything it cannot parse is counted,
 //! logged and skipped, and the last good data keeps being served.
 
+pub mod backoff;
 pub mod events;
 pub mod file;
 pub mod redis;
+pub mod relay;
+pub mod warm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,11 +36,11 @@ pub struct EventBatch {
 
 /// The queue SDK event batches go to, and the task that forwards them, if the upstream takes
 /// them (Redis mode); the caller spawns and joins the forwarder, which flushes the queue for at
-/// most `flush_within` once `shutdown` is triggered. In file mode there is none: batches are
+/// most `flush_within` once `shutdown` is triggered. In file and relay mode there is none: batches are
 /// accepted and counted only.
 pub fn event_sink(upstream: &Upstream, metrics: Arc<Metrics>, shutdown: Shutdown, flush_within: Duration) -> Option<(EventSender, self::redis::Forwarder)> {
     match upstream {
-        Upstream::File(_) => None,
+        Upstream::File(_) | Upstream::Relay(_) => None,
         Upstream::Redis(cfg) => Some(self::redis::event_sink(cfg, metrics, shutdown, flush_within)),
     }
 }
@@ -45,5 +50,6 @@ pub async fn run(upstream: Upstream, store: Arc<Store>, metrics: Arc<Metrics>, s
     match upstream {
         Upstream::File(cfg) => file::run(cfg, store, metrics, shutdown).await,
         Upstream::Redis(cfg) => self::redis::run(cfg, store, metrics, shutdown).await,
+        Upstream::Relay(cfg) => self::relay::run(cfg, store, metrics, shutdown).await,
     }
 }

@@ -3,7 +3,9 @@
 
 pub mod node;
 pub mod process;
+pub mod proxy;
 pub mod redis;
+pub mod relay;
 pub mod sse;
 pub mod tcp;
 

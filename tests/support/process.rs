@@ -162,6 +162,17 @@ impl RelayProcess {
         self.wait_logs(what, |logs| logs.iter().find(|v| pred(v)).cloned()).await
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().expect("run kill");
+        assert!(ok.success(), "kill -{signal}");
+    }
+
     pub fn sigterm(&self) {
         let pid = self.child.as_ref().map(|c| c.id()).expect("running");
         let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");

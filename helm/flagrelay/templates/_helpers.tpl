@@ -254,6 +254,10 @@ kind = {{ $u.kind | toJson }}
 path = {{ include "flagrelay.flagsPath" . | toJson }}
 poll_interval_ms = {{ int $u.file.pollIntervalMs }}
 {{- include "flagrelay.tomlEntries" (dict "table" $u.extra "prefix" "upstream" "reserved" (list "kind" "path" "poll_interval_ms" "url" "sentinel" "cluster" "cluster_seeds")) }}
+{{- else if eq $u.kind "relay" }}
+# Relay chaining: this relay follows the parent relay's relay stream.
+url = {{ $u.relay.url | toString | toJson }}
+{{- include "flagrelay.tomlEntries" (dict "table" $u.extra "prefix" "upstream" "reserved" (list "kind" "path" "poll_interval_ms" "url" "prefix" "sentinel" "cluster" "cluster_seeds")) }}
 {{- else }}
 # url: from the FLAGRELAY_REDIS_URL environment variable (Secret {{ include "flagrelay.redisSecretName" . }}, key {{ include "flagrelay.redisSecretKey" . }}).
 prefix = {{ $u.redis.prefix | toString | toJson }}
@@ -291,6 +295,9 @@ max_connection_age_secs = {{ int $c.sse.maxConnectionAgeSecs }}
 id = {{ .id | toString | toJson }}
 server_keys = {{ include "flagrelay.tomlStrings" (.serverKeys | default list) }}
 client_keys = {{ include "flagrelay.tomlStrings" (.clientKeys | default list) }}
+{{- with .upstreamKey }}
+upstream_key = {{ . | toString | toJson }}
+{{- end }}
 {{- end }}
 {{ end }}
 
@@ -327,8 +334,11 @@ Included by templates/validate.yaml, so it runs in both modes.
 {{- if not (has $v.mode (list "deployment" "sidecar")) }}
 {{- fail (printf "mode must be \"deployment\" or \"sidecar\", got %q" ($v.mode | toString)) }}
 {{- end }}
-{{- if not (has $u.kind (list "file" "redis")) }}
-{{- fail (printf "config.upstream.kind must be \"file\" or \"redis\", got %q" ($u.kind | toString)) }}
+{{- if not (has $u.kind (list "file" "redis" "relay")) }}
+{{- fail (printf "config.upstream.kind must be \"file\", \"redis\" or \"relay\", got %q" ($u.kind | toString)) }}
+{{- end }}
+{{- if and (eq $u.kind "relay") (not (regexMatch "^https?://[^/@?#]+" (toString ($u.relay.url | default "")))) }}
+{{- fail "config.upstream.kind is relay: set config.upstream.relay.url to the parent relay's API, e.g. http://flagrelay-central.flags.svc:7700" }}
 {{- end }}
 {{- if not (has $v.log.format (list "text" "json")) }}
 {{- fail (printf "log.format must be \"text\" or \"json\", got %q" ($v.log.format | toString)) }}

@@ -31,7 +31,7 @@ use crate::shutdown::Shutdown;
 use crate::upstream::events::{count_drop, queue, DropReason, EventReceiver, EventSender, Held};
 use crate::upstream::EventBatch;
 
-use super::backoff::Backoff;
+use crate::upstream::backoff::Backoff;
 use super::keys::EnvKeys;
 use super::sentinel::{Commands, Target};
 

@@ -47,7 +47,6 @@ pub mod keys;
 pub mod message;
 pub mod writer;
 
-mod backoff;
 mod cluster;
 mod error;
 mod events;
@@ -58,7 +57,6 @@ mod snapshot;
 mod supervisor;
 mod sync;
 mod tls;
-mod warm;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,7 +14,7 @@ use crate::model::Revision;
 use crate::shutdown::Shutdown;
 use crate::store::EnvStore;
 
-use super::backoff::Backoff;
+use crate::upstream::backoff::Backoff;
 use super::cluster::{self, TopologyChange};
 use super::keys::EnvKeys;
 use super::order::{self, Epochs, ProbeDecision, ProbeFailure, ProbeView, Reason};

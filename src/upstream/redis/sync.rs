@@ -11,7 +11,8 @@ use crate::store::Update;
 use super::message::{self, ChangeMessage, Op};
 use super::order::{self, Decision, Held, Reason};
 use super::supervisor::{EnvSync, Phase, Session};
-use super::{snapshot, warm, SyncError};
+use super::{snapshot, SyncError};
+use crate::upstream::warm;
 
 impl EnvSync {
     /// What the ordering rules read.

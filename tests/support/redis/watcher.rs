@@ -28,18 +28,28 @@ fn object_to_flags(v: Value) -> Flags {
 
 /// The relay's map for a key, by polling.
 pub async fn poll_flags(relay: &TestRelay, key: &str) -> Flags {
-    let r = relay.poll(key).await;
+    poll_flags_at(&relay.base, key).await
+}
+
+/// [`poll_flags`] of the relay at `base` (`http://host:port`, in process or not).
+pub async fn poll_flags_at(base: &str, key: &str) -> Flags {
+    let r = within("a poll", crate::http().get(format!("{base}/api/sdk/v1/features")).bearer_auth(key).send()).await.expect("poll");
     assert_eq!(r.status(), 200);
     object_to_flags(within("poll body", r.json()).await.expect("poll json"))
 }
 
 /// Polls until the relay serves exactly `want` for `key`.
 pub async fn wait_poll(relay: &TestRelay, key: &str, want: &Flags) {
+    wait_poll_at(&relay.base, key, want).await
+}
+
+/// [`wait_poll`] of the relay at `base`.
+pub async fn wait_poll_at(base: &str, key: &str, want: &Flags) {
     let want = exact(want);
     let mut last = BTreeMap::new();
     let r = tokio::time::timeout(WAIT, async {
         loop {
-            last = exact(&poll_flags(relay, key).await);
+            last = exact(&poll_flags_at(base, key).await);
             if last == want {
                 return;
             }
@@ -76,7 +86,12 @@ impl WatchingClient {
     }
 
     async fn connect(relay: &TestRelay, key: &str, replace_on_first: bool) -> WatchingClient {
-        let url = relay.url("/api/sdk/v1/features");
+        Self::at(&relay.base, key, replace_on_first).await
+    }
+
+    /// A client of the relay at `base` (`http://host:port`, in process or not).
+    pub async fn at(base: &str, key: &str, replace_on_first: bool) -> WatchingClient {
+        let url = format!("{base}/api/sdk/v1/features");
         let sse = SseClient::connect(&url, &[("authorization", &format!("Bearer {key}"))]).await;
         assert_eq!(sse.status, 200);
         WatchingClient { sse, flags: Flags::new(), replace_on_first, first: true, url, key: key.into(), events: 0, last_id: None }
@@ -149,9 +164,14 @@ pub async fn converge(relay: &TestRelay, url: &str, env: &str, key: &str, client
 
 /// [`converge`], exporting with the writer settings `cfg` (a cluster, TLS).
 pub async fn converge_to(relay: &TestRelay, cfg: &RedisUpstream, env: &str, key: &str, clients: &mut [&mut WatchingClient]) -> Flags {
+    converge_at(&relay.base, cfg, env, key, clients).await
+}
+
+/// [`converge_to`] for the relay at `base` (`http://host:port`, in process or not).
+pub async fn converge_at(base: &str, cfg: &RedisUpstream, env: &str, key: &str, clients: &mut [&mut WatchingClient]) -> Flags {
     let mut w = within("the writer to connect", Writer::connect(cfg, env)).await.expect("writer connects");
     let want = within("export", w.export()).await.expect("export");
-    wait_poll(relay, key, &want).await;
+    wait_poll_at(base, key, &want).await;
     for c in clients.iter_mut() {
         c.wait_for(&want).await;
     }

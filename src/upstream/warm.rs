@@ -1,5 +1,7 @@
 //! Warm start: the last good snapshot of each environment persisted under `snapshot_dir`, served
-//! (marked stale) when the relay starts while Redis is unreachable.
+//! (marked stale) when the relay starts while its upstream (Redis, or a parent relay) is
+//! unreachable. Shared by both followers; the `epoch` is the upstream's (Redis's epoch, or the
+//! parent's stream epoch), kept for the follower's own use.
 //!
 //! File: `<snapshot_dir>/<env>.snapshot.json` =
 //! `{"v":1,"env":..,"revision":..,"epoch":..,"saved_at_ms":..,"features":{key: control}}`.
