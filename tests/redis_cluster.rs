@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use support::redis::faults::hand_made_change;
 use support::redis::cluster::{Secured, TestCluster};
 use support::redis::server::TestRedis;
 use support::redis::watcher::{converge_to, exact, wait_poll, Background, WatchingClient};
@@ -76,22 +77,22 @@ async fn put_retrying(c: &TestCluster, env: &str, key: &str, variant: &str) -> u
 
 /// On the environment's primary, by hand: a change without its message (trailing loss).
 async fn trailing_loss(node: &TestRedis, key: &str) {
-    let rev: u64 = node.cmd(&["INCR", "{flagrelay:production}:rev"]).await;
-    let mut f = simple_feature(key, if rev.is_multiple_of(2) { "on" } else { "off" });
-    f["version"] = json!(rev);
-    let _: i64 = node.cmd(&["HSET", "{flagrelay:production}:features", key, &f.to_string()]).await;
+    hand_made_change(&mut node.con().await, ENV, simple_feature(key, "on"), 1, None).await;
 }
 
-/// On the environment's primary, by hand: two changes, only the second one published (sharded).
+/// On the environment's primary, by hand: two revisions, only the second one published (sharded).
 async fn gap(node: &TestRedis, key: &str) {
-    let epoch: String = node.cmd(&["HGET", "{flagrelay:production}:meta", "epoch"]).await;
-    let _: u64 = node.cmd(&["INCR", "{flagrelay:production}:rev"]).await;
-    let rev: u64 = node.cmd(&["INCR", "{flagrelay:production}:rev"]).await;
-    let mut g = simple_feature(key, if rev.is_multiple_of(2) { "on" } else { "off" });
-    g["version"] = json!(rev);
-    let _: i64 = node.cmd(&["HSET", "{flagrelay:production}:features", key, &g.to_string()]).await;
-    let msg = json!({"v":1,"env":ENV,"epoch":epoch,"rev":rev,"op":"upsert","key":key,"feature":g,"ts":1});
-    let _: i64 = node.cmd(&["SPUBLISH", "{flagrelay:production}:changes", &msg.to_string()]).await;
+    hand_made_change(&mut node.con().await, ENV, simple_feature(key, "off"), 2, Some("SPUBLISH")).await;
+}
+
+/// The cluster (both environments seeded), a relay on it, and both SSE clients converged.
+async fn converged() -> (TestCluster, TestRelay, Clients) {
+    let c = TestCluster::start(&[ENV, OTHER]).await;
+    seed(&c).await;
+    let relay = relay_on_cluster(&c).start().await;
+    let mut clients = Clients::open(&relay).await;
+    clients.converge(&relay, &c).await;
+    (c, relay, clients)
 }
 
 struct Clients {
@@ -129,11 +130,7 @@ async fn served_as(relay: &TestRelay, env: &str, addr: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_environment_is_followed_on_its_own_primary_over_sharded_pubsub() {
-    let c = TestCluster::start(&[ENV, OTHER]).await;
-    seed(&c).await;
-    let relay = relay_on_cluster(&c).start().await;
-    let mut clients = Clients::open(&relay).await;
-    clients.converge(&relay, &c).await;
+    let (c, relay, mut clients) = converged().await;
     let (p, s) = (c.primary_of_env(ENV).await, c.primary_of_env(OTHER).await);
     assert_ne!(p, s);
     served_by(&relay, ENV, c.node(p).port).await;
@@ -153,11 +150,7 @@ async fn each_environment_is_followed_on_its_own_primary_over_sharded_pubsub() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_is_replaced_by_its_replica_and_writes_continue() {
-    let mut c = TestCluster::start(&[ENV, OTHER]).await;
-    seed(&c).await;
-    let relay = relay_on_cluster(&c).start().await;
-    let mut clients = Clients::open(&relay).await;
-    clients.converge(&relay, &c).await;
+    let (mut c, relay, mut clients) = converged().await;
     let old = c.primary_of_env(ENV).await;
     c.wait_replicated(old).await;
 
@@ -180,11 +173,7 @@ async fn a_killed_primary_is_replaced_by_its_replica_and_writes_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_before_its_replica_had_the_last_write_is_followed_backwards() {
-    let mut c = TestCluster::start(&[ENV, OTHER]).await;
-    seed(&c).await;
-    let relay = relay_on_cluster(&c).start().await;
-    let mut clients = Clients::open(&relay).await;
-    clients.converge(&relay, &c).await;
+    let (mut c, relay, mut clients) = converged().await;
     let old = c.primary_of_env(ENV).await;
     let replica = c.replica_of(old).await;
     c.wait_replicated(old).await;
@@ -221,11 +210,7 @@ async fn a_primary_killed_before_its_replica_had_the_last_write_is_followed_back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_failover_and_a_takeover_are_both_followed() {
-    let c = TestCluster::start(&[ENV, OTHER]).await;
-    seed(&c).await;
-    let relay = relay_on_cluster(&c).start().await;
-    let mut clients = Clients::open(&relay).await;
-    clients.converge(&relay, &c).await;
+    let (c, relay, mut clients) = converged().await;
     for takeover in [false, true] {
         let old = c.primary_of_env(ENV).await;
         c.wait_replicated(old).await;
@@ -243,11 +228,7 @@ async fn a_manual_failover_and_a_takeover_are_both_followed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_migrated_while_writes_go_on_is_followed_to_its_new_primary() {
-    let c = TestCluster::start(&[ENV, OTHER]).await;
-    seed(&c).await;
-    let relay = relay_on_cluster(&c).start().await;
-    let mut clients = Clients::open(&relay).await;
-    clients.converge(&relay, &c).await;
+    let (c, relay, mut clients) = converged().await;
     let from = c.primary_of_env(ENV).await;
     let to = c.primary_of_env(OTHER).await;
 
@@ -281,11 +262,7 @@ async fn a_slot_migrated_while_writes_go_on_is_followed_to_its_new_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_primary_is_failed_over_and_the_relay_follows_the_replica() {
-    let mut c = TestCluster::start(&[ENV, OTHER]).await;
-    seed(&c).await;
-    let relay = relay_on_cluster(&c).start().await;
-    let mut clients = Clients::open(&relay).await;
-    clients.converge(&relay, &c).await;
+    let (mut c, relay, mut clients) = converged().await;
     let old = c.primary_of_env(ENV).await;
     c.wait_replicated(old).await;
 
@@ -305,11 +282,7 @@ async fn a_frozen_primary_is_failed_over_and_the_relay_follows_the_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_gap_and_a_trailing_loss_on_the_slots_primary_are_resynced() {
-    let c = TestCluster::start(&[ENV, OTHER]).await;
-    seed(&c).await;
-    let relay = relay_on_cluster(&c).start().await;
-    let mut clients = Clients::open(&relay).await;
-    clients.converge(&relay, &c).await;
+    let (c, relay, mut clients) = converged().await;
     let p = c.primary_of_env(ENV).await;
     let node = c.node(p);
 

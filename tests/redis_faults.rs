@@ -9,10 +9,10 @@ use flagrelay_testkit as support;
 
 use std::time::Duration;
 
-use ::redis::AsyncCommands;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use support::redis::*;
+use support::redis::faults::hand_made_change;
 use support::redis::sentinel::TestSentinel;
 use support::redis::server::TestRedis;
 use support::redis::watcher::{converge, exact, poll_flags, wait_poll, Background, WatchingClient};
@@ -224,23 +224,13 @@ async fn randomized_soak_every_client_ends_equal_to_redis() {
                     redis.cont();
                 }
                 2 => {
-                    // A lost message: write behind the relay's back, publish only a jump.
-                    let mut con = redis.con().await;
-                    let rev: u64 = con.incr("{flagrelay:production}:rev", 2).await.unwrap();
-                    let mut f = simple_feature("lost", "on");
-                    f["version"] = json!(rev);
-                    let _: () = con.hset("{flagrelay:production}:features", "lost", f.to_string()).await.unwrap();
-                    let epoch: String = con.hget("{flagrelay:production}:meta", "epoch").await.unwrap();
-                    let msg = json!({"v":1,"env":ENV,"epoch":epoch,"rev":rev,"op":"upsert","key":"lost","feature":f,"ts":1});
-                    let _: i64 = con.publish("{flagrelay:production}:changes", msg.to_string()).await.unwrap();
+                    // A gap: two revisions, only the second one published (atomically).
+                    hand_made_change(&mut redis.con().await, ENV, simple_feature("lost", "on"), 2, Some("PUBLISH")).await;
                 }
                 3 => {
-                    // Trailing loss: a change without its message.
-                    let mut con = redis.con().await;
-                    let rev: u64 = con.incr("{flagrelay:production}:rev", 1).await.unwrap();
-                    let mut f = simple_feature("trailing", if rev.is_multiple_of(2) { "on" } else { "off" });
-                    f["version"] = json!(rev);
-                    let _: () = con.hset("{flagrelay:production}:features", "trailing", f.to_string()).await.unwrap();
+                    // Trailing loss: a change without its message (atomically).
+                    let variant = if done.is_multiple_of(2) { "on" } else { "off" };
+                    hand_made_change(&mut redis.con().await, ENV, simple_feature("trailing", variant), 1, None).await;
                 }
                 4 => {
                     let _: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;

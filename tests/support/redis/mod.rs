@@ -5,6 +5,7 @@
 //! server, and the `/metrics` counters tests wait on.
 
 pub mod cluster;
+pub mod faults;
 pub mod sentinel;
 pub mod server;
 pub mod tls;
