@@ -328,32 +328,12 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Conn { handler, state: conn_state, shutdown, grace, .. } = conn;
-    let cs = conn_state.clone();
-    let service = service_fn(move |req| {
-        let h = handler.clone();
-        let fut = Box::pin(h.handle(req, cs.clone()));
-        async move { Ok::<_, std::convert::Infallible>(fut.await) }
-    });
+    let service = handler_service(handler, conn_state.clone(), None);
     let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(io), service);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
-            }
-        }
-        _ = conn_state.kill.notified() => {}
-        _ = shutdown.wait() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = conn_state.kill.notified() => {}
-                _ = tokio::time::sleep(grace) => {}
-            }
-        }
-    }
+    let conn = std::pin::pin!(conn);
+    drive(conn, |c| c.graceful_shutdown(), &conn_state, &shutdown, grace, std::future::pending()).await;
 }
 
 async fn serve_hyper<H, I>(io: I, builder: &http1::Builder, conn: Conn<H>)
@@ -364,18 +344,7 @@ where
     let Conn { handler, state: conn_state, shutdown, grace, deadline } = conn;
     // Set by the first request hyper hands over: its head was complete in time.
     let served = Arc::new(AtomicBool::new(false));
-    let h = handler.clone();
-    let cs = conn_state.clone();
-    let seen = served.clone();
-    let service = service_fn(move |req| {
-        seen.store(true, Ordering::Relaxed);
-        let h = h.clone();
-        let cs = cs.clone();
-        // Boxed and freed when the response is ready: hyper keeps the allocation of the future
-        // it is given for the connection's whole life (which, for SSE, is long).
-        let fut = Box::pin(h.handle(req, cs));
-        async move { Ok::<_, std::convert::Infallible>(fut.await) }
-    });
+    let service = handler_service(handler.clone(), conn_state.clone(), Some(served.clone()));
     let head_deadline = async {
         tokio::time::sleep_until(deadline).await;
         if served.load(Ordering::Relaxed) {
@@ -383,7 +352,49 @@ where
         }
     };
     let conn = builder.serve_connection(TokioIo::new(io), service);
-    let mut conn = std::pin::pin!(conn);
+    let conn = std::pin::pin!(conn);
+    if drive(conn, |c| c.graceful_shutdown(), &conn_state, &shutdown, grace, head_deadline).await {
+        handler.connection_refused(Refusal::HeaderTimeout);
+    }
+}
+
+/// The hyper service of a connection: each request to `handler`, its future boxed and freed when
+/// the response is ready (hyper keeps the allocation of the future it is given for the
+/// connection's whole life, which, for SSE, is long). `served` is raised by the first request.
+fn handler_service<H: Handler>(
+    handler: Arc<H>,
+    conn_state: Arc<ConnState>,
+    served: Option<Arc<AtomicBool>>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ResBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<ResBody>, std::convert::Infallible>> + Send,
+> + Clone {
+    service_fn(move |req| {
+        if let Some(s) = &served {
+            s.store(true, Ordering::Relaxed);
+        }
+        let fut = Box::pin(handler.clone().handle(req, conn_state.clone()));
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    })
+}
+
+/// Runs a hyper connection (either protocol) until it ends, the reaper kills it, or
+/// `head_deadline` passes (then `true`); at shutdown `graceful` is asked for and the connection
+/// gets `grace` to finish.
+async fn drive<C, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    conn_state: &ConnState,
+    shutdown: &Shutdown,
+    grace: Duration,
+    head_deadline: impl Future<Output = ()>,
+) -> bool
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -391,9 +402,9 @@ where
             }
         }
         _ = conn_state.kill.notified() => {}
-        _ = head_deadline => handler.connection_refused(Refusal::HeaderTimeout),
+        _ = head_deadline => return true,
         _ = shutdown.wait() => {
-            conn.as_mut().graceful_shutdown();
+            graceful(conn.as_mut());
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = conn_state.kill.notified() => {}
@@ -401,4 +412,5 @@ where
             }
         }
     }
+    false
 }
