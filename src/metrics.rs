@@ -29,6 +29,7 @@ pub struct Metrics {
     pub change_delivery_seconds: HistogramVec,
     pub fanout_pass_seconds: HistogramVec,
     pub fanout_pass_span_seconds: HistogramVec,
+    pub fanout_pass_connections: IntGaugeVec,
     // store and sources
     pub features: IntGaugeVec,
     pub revision: IntGaugeVec,
@@ -161,6 +162,7 @@ impl Metrics {
             delivery_seconds: histogram(r, "flagrelay_sse_delivery_seconds", "Time from a change entering the store to its frame being handed to a client connection.", &["env"], latency_buckets())?,
             fanout_pass_seconds: histogram(r, "flagrelay_fanout_pass_seconds", "Wall time of one shard's writer pass over its server-SDK streams for one change.", &["env"], latency_buckets())?,
             fanout_pass_span_seconds: histogram(r, "flagrelay_fanout_pass_span_seconds", "Per change: from the first shard's pass starting to the last shard's pass ending.", &["env"], latency_buckets())?,
+            fanout_pass_connections: gauge(r, "flagrelay_fanout_pass_connections", "Stream connections held by the writer pass: current, written by the pass, with no task of their own.", &["env"])?,
             change_delivery_seconds: histogram(r, "flagrelay_sse_change_delivery_seconds", "Time from a change entering the store until it was handed to every SSE connection of its environment.", &["env"], latency_buckets())?,
             features: gauge(r, "flagrelay_features", "Features currently served, per environment.", &["env"])?,
             revision: gauge(r, "flagrelay_environment_revision", "Current environment revision.", &["env"])?,
@@ -259,7 +261,7 @@ impl Metrics {
         for h in [&self.delivery_seconds, &self.change_delivery_seconds, &self.propagation_seconds, &self.fanout_pass_seconds, &self.fanout_pass_span_seconds] {
             h.with_label_values(&[env]);
         }
-        for g in [&self.features, &self.revision, &self.upstream_connected] {
+        for g in [&self.features, &self.revision, &self.upstream_connected, &self.fanout_pass_connections] {
             g.with_label_values(&[env]);
         }
         for p in ["ring", "tombstones"] {

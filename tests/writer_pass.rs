@@ -372,3 +372,116 @@ async fn per_context_streams_get_their_own_groups_frames_through_the_pass() {
     assert_eq!(metric(&m, "flagrelay_evaluations_total", &[("env", "production"), ("api", "stream")]), Some(6.0));
     assert_eq!(metric(&m, "flagrelay_sse_events_total", &[("env", "production"), ("event", "change")]), Some(12.0));
 }
+
+/// Waits until the relay's `name{labels}` is `want`.
+async fn wait_metric(relay: &TestRelay, name: &str, labels: &[(&str, &str)], want: f64) {
+    within(&format!("{name} to be {want}"), async {
+        loop {
+            if metric(&relay.metrics().await, name, labels) == Some(want) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+const HELD: &str = "flagrelay_fanout_pass_connections";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_streams_are_held_by_the_pass_with_no_task_of_their_own() {
+    let relay = TestRelay::builder()
+        .flags(flags(base()))
+        .config("[sse]\nwriter_shards = 2")
+        .start()
+        .await;
+    let prod = [("env", "production")];
+    wait_metric(&relay, HELD, &prod, 0.0).await;
+    let alive = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let before = alive();
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let mut c = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
+        c.expect().await;
+        clients.push(c);
+    }
+    wait_metric(&relay, HELD, &prod, 100.0).await;
+    let grown = alive().saturating_sub(before);
+    assert!(grown < 10, "100 current streams still have {grown} tasks between them");
+    // The pass writes the change to each of them, and each stays in it (every write was whole).
+    let mut p = base();
+    p["big"] = padded("big", 1, 10);
+    relay.write_flags(&flags(p));
+    for c in clients.iter_mut() {
+        assert_eq!(marker(&c.expect().await), Some(1));
+    }
+    wait_metric(&relay, HELD, &prod, 100.0).await;
+    // Clients closing are seen by the shards' epoll sets: streams unregister, slots free.
+    drop(clients);
+    wait_metric(&relay, HELD, &prod, 0.0).await;
+    wait_metric(&relay, "flagrelay_sse_clients", &[("env", "production"), ("protocol", "featureflow")], 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_in_the_pass_keep_their_connection_slots_under_the_cap() {
+    let relay = TestRelay::builder()
+        .flags(flags(base()))
+        .config("[http]\nmax_connections = 3\n[sse]\nwriter_shards = 2")
+        .start()
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
+        c.expect().await;
+        held.push(c);
+    }
+    wait_metric(&relay, HELD, &[("env", "production")], 3.0).await;
+    let mut extra = support::tcp::idle_socket(api_addr(&relay)).await;
+    support::tcp::closed_by_peer(&mut extra).await;
+    drop(held.pop());
+    support::tcp::wait_open_connections(&relay, 2).await;
+    let mut again = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
+    assert_eq!(again.status, 200);
+    again.expect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_the_pass_is_closed_at_its_maximum_age_with_a_retry_hint() {
+    let relay = TestRelay::builder()
+        .flags(flags(base()))
+        .config("[sse]\nmax_connection_age_secs = 1\nretry_ms = 4000\nwriter_shards = 1")
+        .start()
+        .await;
+    let mut c = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
+    c.expect().await;
+    c.retry = None; // forget the hint from the start of the stream
+    wait_metric(&relay, HELD, &[("env", "production")], 1.0).await;
+    c.wait_end(std::time::Duration::from_secs(5)).await;
+    assert_eq!(c.retry, Some(1000), "the short retry hint of a max-age close");
+    wait_metric(&relay, "flagrelay_sse_max_age_closes_total", &[("env", "production")], 1.0).await;
+    wait_metric(&relay, HELD, &[("env", "production")], 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_the_pass_gives_every_stream_back_to_drain_and_the_relay_stops() {
+    let relay = TestRelay::builder()
+        .flags(flags(base()))
+        .config("[sse]\ndrain_window_secs = 1\nretry_ms = 500\nwriter_shards = 2")
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
+        c.expect().await;
+        c.retry = None;
+        clients.push(c);
+    }
+    wait_metric(&relay, HELD, &[("env", "production")], 20.0).await;
+    let stopped = tokio::spawn(relay.stop());
+    for c in clients.iter_mut() {
+        c.wait_end(std::time::Duration::from_secs(5)).await;
+        let r = c.retry.expect("a retry hint sent at the drain");
+        assert!((500..=1500).contains(&r), "retry hint {r} within retry_ms..retry_ms+window");
+    }
+    within("the relay to stop", stopped).await.expect("stop");
+}

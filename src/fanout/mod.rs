@@ -3,10 +3,13 @@
 //!
 //! Invariants:
 //! - Frames sent to many clients are encoded once (cached on the snapshot or change record).
-//! - One slow client never delays another: each stream is pulled by its own connection, and a
-//!   client that fell behind catches up with one coalesced frame, not a backlog.
+//! - One slow client never delays another: a current stream is written by its environment's
+//!   writer pass, which never waits on a socket ([`pass`]); any other is pulled by its own
+//!   connection, and a client that fell behind catches up with one coalesced frame, not a
+//!   backlog.
 //! - A client that stays behind the environment for longer than `slow_client_timeout` is
-//!   disconnected by the reaper (through the connection's kill switch) and counted.
+//!   disconnected by the reaper (through the connection's kill switch, which the writer pass
+//!   also honours at its next pass) and counted.
 //! - The number of open streams never exceeds `max_connections` (when set).
 
 pub mod eval_stream;
@@ -18,7 +21,7 @@ mod stream;
 pub mod thin_streams;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +30,7 @@ use prometheus::{Histogram, IntCounter};
 use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::WatchStream;
 
-pub use pass::{EnvPass, Handoff, Member, PassKind};
+pub use pass::{EnvPass, Handoff, Member, Owner, Parked, PassKind, Refused};
 pub use render::{FeatureflowRenderer, Renderer};
 pub use stream::SseStream;
 
@@ -48,12 +51,6 @@ pub struct ConnState {
     behind_since_ms: AtomicU64,
     /// The connection's TCP peer, for per-client limits (`None` when not known).
     pub peer: Option<std::net::SocketAddr>,
-    /// Who writes the socket of a stream served by the writer pass ([`pass`]): its own task
-    /// (`OWN`, also for every stream outside the pass), the pass, or the pass right now.
-    owner: AtomicU8,
-    /// What the pass handed back when the socket left it, and the wake for the task.
-    handoff: Mutex<Option<Handoff>>,
-    pub wake: Notify,
 }
 
 impl ConnState {

@@ -1,50 +1,59 @@
 //! The writer pass: the streams of an environment (of one kind, [`PassKind`]) that follow it
 //! frame by frame live in shards (about one per worker thread), and each change or heartbeat
-//! reaches them by one pass per shard: one non-blocking `try_write` of the shared frame per
-//! socket. No connection task is
-//! woken and no per-connection future is polled.
+//! reaches them by one pass per shard: one non-blocking `write` of the shared frame per socket.
+//! No task is woken and no per-connection future is polled.
 //!
-//! A member whose socket takes less than the whole frame (a short write, `WouldBlock`) or fails
-//! leaves the pass at once: it is handed the unwritten rest (a slice of the same `Bytes`) and
-//! the seq that rest brings it to ([`Handoff`]), and its own connection task, woken once, writes
-//! the rest on socket readiness and catches up with the coalesced latest state exactly as a
-//! pulled stream does ([`super::SseStream`]), before it joins again.
+//! A current stream's connection has no task while it is in its shard ([`Member`]): the shard
+//! owns its socket (taken out of tokio's reactor), its stream (parked: no subscription) and its
+//! [`Owner`] (the HTTP layer's side, which holds the connection's slot). The shard's own epoll
+//! set, one descriptor in tokio's, reports its members' clients closing (readability only, so
+//! the ACKs of what the pass writes wake nothing); a member's maximum age is a deadline in the
+//! shard's timer heap, and the reaper's kill is seen by the next pass.
+//!
+//! A member whose socket takes less than the whole frame (a short write, `WouldBlock`), that is
+//! behind the shard, or whose maximum age is due leaves the pass: it goes back to its owner with
+//! the unwritten rest (a slice of the same `Bytes`) and the seq that rest brings it to
+//! ([`Handoff`]). The owner serves it with a task again, which writes the rest on socket
+//! readiness and catches up with the coalesced latest state exactly as a pulled stream does
+//! ([`super::SseStream`]), before it joins again. At shutdown every member goes back for good
+//! ([`Handoff::pulled`]) and drains itself.
 //!
 //! Invariants:
-//! - A member's socket is written either by its shard's pass or by its own task, never both:
-//!   [`ConnState`]'s owner flag says which, and only the pass moves it through `BUSY` (while it
-//!   writes), so frames are never torn or interleaved.
+//! - A member's socket is written by its shard's pass or by its owner's task, never both: the
+//!   socket moves between them by value, so frames are never torn or interleaved.
 //! - Between passes every member is at the shard's seq, or ahead of it when it joined having
 //!   seen a snapshot the pass had not written yet (it is then skipped up to there). A member
 //!   behind the shard leaves at once with nothing to write, and catches up itself.
+//! - Every member joined is taken in, written, given back or closed: nothing is dropped
+//!   silently when the shard stops (a closed shard refuses joins and gives back those waiting).
 //! - Shards share nothing but the environment's snapshot channel and a span record touched
 //!   twice per pass: passes of different shards run on different worker threads at once. Counts
 //!   and histogram observations are kept per pass and folded into Prometheus once per pass.
 
 use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prometheus::Histogram;
-use tokio::net::TcpStream;
+use mio::unix::SourceFd;
+use prometheus::{Histogram, IntGauge};
+use slab::Slab;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::eval_stream::ContextGroup;
 use super::thin_streams::{LegacyJsRenderer, OfrepRenderer};
-use super::{ConnState, EnvHandles, Fanout, FeatureflowRenderer, Renderer};
+use super::{ConnState, EnvHandles, Fanout, FeatureflowRenderer, Renderer, SseStream};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Catchup, ChangeRecord, EnvStore, Snapshot};
-
-/// [`ConnState::owner`]: the connection's task writes its socket.
-pub(crate) const OWN: u8 = 0;
-/// The shard's pass may write it.
-pub(crate) const POOL: u8 = 1;
-/// The pass is writing it now.
-pub(crate) const BUSY: u8 = 2;
 
 /// The stream kinds the pass serves: those whose frames are the same for every client of an
 /// environment (their renderers keep no per-client state).
@@ -105,6 +114,25 @@ pub struct Handoff {
     pub changes: Vec<Arc<ChangeRecord>>,
     /// For a per-context stream: the group version the client has once `rest` is written.
     pub have: u64,
+    /// The pass will not take this connection again (the relay is shutting down, or the shard
+    /// could not watch its socket): it stays a pulled stream until it ends.
+    pub pulled: bool,
+}
+
+/// The HTTP layer's side of a connection in the pass: what it needs to serve the connection
+/// itself again. It holds the connection's slot (its cap permit, its place among the open
+/// connections) for as long as the pass holds the socket.
+pub trait Owner: Send + 'static {
+    /// The pass gives the connection back (its client fell behind, its stream is due to end, the
+    /// relay is shutting down): `handoff.rest` must be written before anything else.
+    fn resume(self: Box<Self>, parked: Parked, handoff: Handoff);
+}
+
+/// A connection as the pass gives it back.
+pub struct Parked {
+    /// Out of tokio's reactor, non-blocking.
+    pub socket: std::net::TcpStream,
+    pub stream: SseStream,
 }
 
 /// What the pass keeps of a per-context stream: its group and the group version its client has.
@@ -113,39 +141,194 @@ pub struct EvalMember {
     pub have: u64,
 }
 
-/// A connection in a shard.
+/// A connection in a shard: its socket, stream and owner, and nothing else (no task).
 pub struct Member {
-    pub conn: Arc<ConnState>,
-    pub socket: Arc<TcpStream>,
+    socket: std::net::TcpStream,
+    stream: SseStream,
+    owner: Box<dyn Owner>,
+    conn: Arc<ConnState>,
     /// The snapshot seq the connection has been written up to.
-    pub seq: u64,
+    seq: u64,
     /// For a per-context stream ([`PassKind::Eval`]).
-    pub eval: Option<EvalMember>,
+    eval: Option<EvalMember>,
+    /// The stream's id, to tell a timer entry of this member from one of an earlier member
+    /// with the same slab key.
+    id: u64,
 }
 
 impl Member {
+    /// A current stream's connection, about to join the pass. `socket` must be non-blocking
+    /// (a tokio socket's `into_std`).
+    pub fn new(socket: std::net::TcpStream, stream: SseStream, owner: Box<dyn Owner>) -> Member {
+        Member {
+            conn: stream.conn().clone(),
+            seq: stream.seq(),
+            eval: stream.eval_member(),
+            id: stream.id(),
+            socket,
+            stream,
+            owner,
+        }
+    }
+
     fn have(&self) -> u64 {
         self.eval.as_ref().map_or(0, |e| e.have)
     }
 
-    /// Marks the socket as being written by the pass (`POOL` → `BUSY`); `false` when the
-    /// member's task has taken it back (the connection ended), and the member is dropped.
-    fn claim(&self) -> bool {
-        self.conn.owner.compare_exchange(POOL, BUSY, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    /// The handoff of a member that leaves with nothing to finish.
+    fn at_rest(&self, pulled: bool) -> Handoff {
+        Handoff { seq: self.seq, have: self.have(), pulled, ..Handoff::default() }
+    }
+
+    /// Gives the connection back to its owner, with the stream at what the pass wrote.
+    fn give_back(self, handoff: Handoff) {
+        let Member { socket, stream, owner, .. } = self;
+        owner.resume(Parked { socket, stream }, handoff);
+    }
+}
+
+/// Why [`EnvPass::join`] refused a member.
+pub enum Refused {
+    /// The member is behind the shard: its stream has the newer snapshot to pull first.
+    Behind(Member),
+    /// The pass takes no one any more (shutdown).
+    Closed(Member),
+}
+
+impl Refused {
+    /// Gives the refused connection back to its owner (a closed pass: for good).
+    pub fn give_back(self) {
+        match self {
+            Refused::Behind(m) => {
+                let h = m.at_rest(false);
+                m.give_back(h)
+            }
+            Refused::Closed(m) => {
+                let h = m.at_rest(true);
+                m.give_back(h)
+            }
+        }
     }
 }
 
 struct Shard {
-    /// Members waiting to be taken in by the next pass (a join never waits for a pass), and the
-    /// seq the shard's members are at (or are being brought to by a pass under way).
+    /// Members waiting to be taken in by the shard's task (a join never waits for a pass), the
+    /// seq the shard's members are at (or are being brought to by a pass under way), and
+    /// whether the shard has stopped taking members.
     joining: Mutex<Joining>,
-    /// Wakes the shard's task to drop members that went away (coalesced: one wake per burst).
-    departed: Notify,
+    /// Wakes the shard's task to take in joiners (coalesced: one wake per burst).
+    arrived: Notify,
 }
 
 struct Joining {
     seq: u64,
     members: Vec<Member>,
+    closed: bool,
+}
+
+/// A shard's members, owned by its task: the slab key is the member's token in the shard's
+/// epoll set, and `ends` the members' maximum-age deadlines (stale entries are skipped).
+struct Members {
+    slab: Slab<Member>,
+    /// `flagrelay_fanout_pass_connections` of the environment (shared by its shards and kinds).
+    held: IntGauge,
+    registry: mio::Registry,
+    ends: BinaryHeap<Reverse<(tokio::time::Instant, usize, u64)>>,
+}
+
+/// Why a member leaves the pass during one.
+enum Leave {
+    /// Back to its task with what it has to write.
+    Back(Handoff),
+    /// Closed: its socket failed or the reaper killed it.
+    Gone,
+}
+
+impl Members {
+    fn watch(&mut self, m: Member) {
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        let fd = m.socket.as_raw_fd();
+        // Readable only: the client closing (or sending anything, which also ends a stream).
+        // Writability is never asked for, so the ACKs of what the pass writes wake nothing.
+        match self.registry.register(&mut SourceFd(&fd), mio::Token(key), mio::Interest::READABLE) {
+            Ok(()) => {
+                if let Some(at) = m.stream.max_age_at() {
+                    self.ends.push(Reverse((at, key, m.id)));
+                }
+                entry.insert(m);
+                self.held.inc();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the writer pass could not watch a socket; its connection is served by its own task");
+                let h = m.at_rest(true);
+                m.give_back(h);
+            }
+        }
+    }
+
+    /// Takes member `key` out of the shard (and its socket out of the epoll set).
+    fn remove(&mut self, key: usize) -> Option<Member> {
+        let m = self.slab.try_remove(key)?;
+        self.held.dec();
+        let _ = self.registry.deregister(&mut SourceFd(&m.socket.as_raw_fd()));
+        Some(m)
+    }
+
+    fn leave(&mut self, key: usize, why: Leave) {
+        if let Some(m) = self.remove(key) {
+            match why {
+                Leave::Back(h) => m.give_back(h),
+                Leave::Gone => drop(m),
+            }
+        }
+    }
+
+    /// Drops the members whose clients closed (or sent something), per the events the shard's
+    /// epoll set reports now. `Ok(true)` when every event was taken.
+    fn closed(&mut self, poll: &mut mio::Poll, events: &mut mio::Events) -> std::io::Result<bool> {
+        poll.poll(events, Some(Duration::ZERO))?;
+        let mut n = 0;
+        for ev in events.iter() {
+            n += 1;
+            self.leave(ev.token().0, Leave::Gone);
+        }
+        Ok(n < events.capacity())
+    }
+
+    /// Gives back the members whose maximum age is due by `now`: their tasks end their streams
+    /// as any stream ends at its maximum age.
+    fn due(&mut self, now: tokio::time::Instant) {
+        while let Some(Reverse((at, key, id))) = self.ends.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.ends.pop();
+            if self.slab.get(key).is_some_and(|m| m.id == id) {
+                if let Some(m) = self.remove(key) {
+                    let h = m.at_rest(false);
+                    m.give_back(h);
+                }
+            }
+        }
+        // Entries of members that left otherwise stay until due; they never outnumber the
+        // members by much.
+        if self.ends.len() > 2 * self.slab.len() + 64 {
+            let slab = &self.slab;
+            self.ends.retain(|Reverse((_, key, id))| slab.get(*key).is_some_and(|m| m.id == *id));
+        }
+    }
+
+    /// Gives every member back for good (the shard is stopping).
+    fn release_all(&mut self) {
+        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            if let Some(m) = self.remove(k) {
+                let h = m.at_rest(true);
+                m.give_back(h);
+            }
+        }
+    }
 }
 
 /// When a change's passes started and how many shards have yet to finish it.
@@ -184,23 +367,14 @@ impl EnvPass {
         let shards = shards.max(1);
         let pass = Arc::new(EnvPass {
             kind,
-            pass_seconds: hub
-                .metrics
-                .fanout_pass_seconds
-                .with_label_values(&[&env.id]),
-            span_seconds: hub
-                .metrics
-                .fanout_pass_span_seconds
-                .with_label_values(&[&env.id]),
+            pass_seconds: hub.metrics.fanout_pass_seconds.with_label_values(&[&env.id]),
+            span_seconds: hub.metrics.fanout_pass_span_seconds.with_label_values(&[&env.id]),
             env,
             handles,
             shards: (0..shards)
                 .map(|_| Shard {
-                    joining: Mutex::new(Joining {
-                        seq: 0,
-                        members: Vec::new(),
-                    }),
-                    departed: Notify::new(),
+                    joining: Mutex::new(Joining { seq: 0, members: Vec::new(), closed: false }),
+                    arrived: Notify::new(),
                 })
                 .collect(),
             next: std::sync::atomic::AtomicUsize::new(0),
@@ -215,18 +389,8 @@ impl EnvPass {
                 let mut heartbeats = hub.heartbeat_tx.subscribe();
                 heartbeats.borrow_and_update();
                 let stop = hub.shutdown.clone();
-                let linger = hub.cfg.drain_window + Duration::from_millis(100);
                 let comment = kind.comment_heartbeats();
-                tokio::spawn(pass.clone().run_shard(
-                    i,
-                    seq,
-                    changes,
-                    heartbeats,
-                    stop,
-                    linger,
-                    hub.clone(),
-                    comment,
-                ))
+                tokio::spawn(pass.clone().run_shard(i, seq, changes, heartbeats, stop, hub.clone(), comment))
             })
             .collect();
         (pass, tasks)
@@ -237,37 +401,23 @@ impl EnvPass {
         self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len()
     }
 
-    /// Hands `member` to shard `shard`'s pass. From `Ok` on its connection's task must not write
-    /// the socket until it takes it back ([`EnvPass::leave`]) or is handed it ([`Handoff`]).
-    /// Refused (`Err`, the member back) when the member is behind the shard: its stream has the
-    /// newer snapshot to pull first.
-    pub fn join(&self, shard: usize, member: Member) -> Result<(), Member> {
-        let mut joining = lock(&self.shards[shard].joining);
+    /// Hands `member` to shard `shard`: from `Ok` on the shard owns its connection, until it
+    /// gives it back ([`Owner::resume`]). Refused when the member is behind the shard or the
+    /// shard takes no one any more.
+    pub fn join(&self, shard: usize, mut member: Member) -> Result<(), Refused> {
+        let s = &self.shards[shard % self.shards.len()];
+        let mut joining = lock(&s.joining);
+        if joining.closed {
+            return Err(Refused::Closed(member));
+        }
         if member.seq < joining.seq {
-            return Err(member);
+            return Err(Refused::Behind(member));
         }
-        member.conn.owner.store(POOL, Ordering::Release);
+        member.stream.park();
         joining.members.push(member);
+        drop(joining);
+        s.arrived.notify_one();
         Ok(())
-    }
-
-    /// Takes the socket back from the pass. Returns what the pass handed over, if it did: that
-    /// rest must be written before anything else.
-    pub async fn leave(&self, shard: usize, conn: &ConnState) -> Option<Handoff> {
-        loop {
-            match conn
-                .owner
-                .compare_exchange(POOL, OWN, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    self.shards[shard].departed.notify_one();
-                    return None;
-                }
-                // The pass is writing this socket right now (one `try_write`): wait for it.
-                Err(BUSY) => tokio::task::yield_now().await,
-                Err(_) => return conn.take_handoff(),
-            }
-        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -278,24 +428,45 @@ impl EnvPass {
         mut changes: watch::Receiver<Arc<Snapshot>>,
         mut heartbeats: watch::Receiver<Bytes>,
         shutdown: Shutdown,
-        linger: Duration,
         hub: Arc<Fanout>,
         comment_heartbeats: bool,
     ) {
-        let mut members: Vec<Member> = Vec::new();
-        // After shutdown the shard keeps passing changes to streams still waiting for their drain.
-        let stop = async {
-            shutdown.wait().await;
-            tokio::time::sleep(linger).await;
+        // The shard's own epoll set (in tokio's as one descriptor): it reports only members'
+        // clients closing. Without one the shard takes no member.
+        let watched = mio::Poll::new().and_then(|poll| {
+            let registry = poll.registry().try_clone()?;
+            // SAFETY: the `mio::Poll` owns its descriptor and is neither closed nor replaced
+            // while the `AsyncFd` holds it (both are dropped together, the registration first).
+            let poll = unsafe { AsyncFd::register_with_interest(poll, Interest::READABLE) }.map_err(std::io::Error::from)?;
+            Ok((poll, registry))
+        });
+        let (mut poll, registry) = match watched {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(env = %self.env.id, error = %e, "a writer-pass shard could not make its epoll set; its connections are served by their own tasks");
+                self.close(i, None);
+                return;
+            }
         };
-        tokio::pin!(stop);
+        let held = hub.metrics.fanout_pass_connections.with_label_values(&[&self.env.id]);
+        let mut members = Members { slab: Slab::new(), held, registry, ends: BinaryHeap::new() };
+        let mut events = mio::Events::with_capacity(256);
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let timer = tokio::time::sleep_until(far);
+        tokio::pin!(timer);
+        let mut armed: Option<tokio::time::Instant> = None;
         loop {
+            let next_end = members.ends.peek().map(|Reverse((at, ..))| *at);
+            if next_end != armed {
+                timer.as_mut().reset(next_end.unwrap_or(far));
+                armed = next_end;
+            }
             tokio::select! {
                 biased;
-                _ = &mut stop => return,
+                _ = shutdown.wait() => break,
                 r = changes.changed() => {
                     if r.is_err() {
-                        return;
+                        break;
                     }
                     let snap = changes.borrow_and_update().clone();
                     self.take_joiners(i, &mut members, Some(snap.seq));
@@ -303,40 +474,69 @@ impl EnvPass {
                 }
                 r = heartbeats.changed() => {
                     if r.is_err() {
-                        return;
+                        break;
                     }
                     let frame = if comment_heartbeats { Bytes::from_static(b": heartbeat\n\n") } else { heartbeats.borrow_and_update().clone() };
                     self.take_joiners(i, &mut members, None);
                     self.pass_heartbeat(&mut members, frame);
                 }
-                _ = self.shards[i].departed.notified() => {
-                    self.take_joiners(i, &mut members, None);
-                    members.retain(|m| m.conn.owner.load(Ordering::Acquire) == POOL);
-                }
+                _ = self.shards[i].arrived.notified() => self.take_joiners(i, &mut members, None),
+                r = poll.readable_mut() => match r {
+                    Ok(mut ready) => match members.closed(ready.get_inner_mut(), &mut events) {
+                        Ok(true) => ready.clear_ready(),
+                        Ok(false) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            tracing::error!(env = %self.env.id, error = %e, "a writer-pass shard's epoll set failed; its connections go back to their own tasks");
+                            break;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!(env = %self.env.id, error = %e, "a writer-pass shard's epoll set failed; its connections go back to their own tasks");
+                        break;
+                    }
+                },
+                _ = &mut timer, if armed.is_some() => members.due(tokio::time::Instant::now()),
             }
+        }
+        // From here on joins are refused, and every member goes back to its own task, which
+        // drains its stream (or follows the store to its end) as any pulled stream does.
+        self.close(i, Some(&mut members));
+    }
+
+    /// Stops shard `i` taking members and gives back those it has and those waiting.
+    fn close(&self, i: usize, members: Option<&mut Members>) {
+        let waiting = {
+            let mut joining = lock(&self.shards[i].joining);
+            joining.closed = true;
+            std::mem::take(&mut joining.members)
+        };
+        for m in waiting {
+            let h = m.at_rest(true);
+            m.give_back(h);
+        }
+        if let Some(members) = members {
+            members.release_all();
         }
     }
 
     /// Takes in the members that joined since the last pass; with `to`, a pass to that seq is
     /// starting: from now on a joiner must be at it.
-    fn take_joiners(&self, i: usize, members: &mut Vec<Member>, to: Option<u64>) {
-        let mut joining = lock(&self.shards[i].joining);
-        if let Some(to) = to {
-            joining.seq = joining.seq.max(to);
-        }
-        if !joining.members.is_empty() {
-            members.append(&mut joining.members);
+    fn take_joiners(&self, i: usize, members: &mut Members, to: Option<u64>) {
+        let joined = {
+            let mut joining = lock(&self.shards[i].joining);
+            if let Some(to) = to {
+                joining.seq = joining.seq.max(to);
+            }
+            std::mem::take(&mut joining.members)
+        };
+        for m in joined {
+            members.watch(m);
         }
     }
 
     /// Writes the frame that brings the shard from `*seq` to `snap` to every member.
-    fn pass_change(
-        &self,
-        members: &mut Vec<Member>,
-        seq: &mut u64,
-        snap: &Arc<Snapshot>,
-        hub: &Fanout,
-    ) {
+    fn pass_change(&self, members: &mut Members, seq: &mut u64, snap: &Arc<Snapshot>, hub: &Fanout) {
         let from = *seq;
         if snap.seq <= from {
             return;
@@ -344,7 +544,7 @@ impl EnvPass {
         *seq = snap.seq;
         let started = Instant::now();
         self.span_begin(snap.seq, started);
-        if !members.is_empty() {
+        if !members.slab.is_empty() {
             let catchup = self.env.catchup_seq(from, snap);
             let changed: Vec<Arc<ChangeRecord>> = match &catchup {
                 Catchup::Changes(c) => c.clone(),
@@ -370,7 +570,7 @@ impl EnvPass {
     /// `from` to `to`, and a per-context member to a group version).
     fn write_all<'f>(
         &self,
-        members: &mut Vec<Member>,
+        members: &mut Members,
         from: u64,
         to: u64,
         frame_of: impl Fn(&Member) -> (Option<Cow<'f, Bytes>>, u64),
@@ -383,36 +583,36 @@ impl EnvPass {
         let mut bytes = 0u64;
         let mut now = Instant::now();
         let mut k = 0usize;
-        members.retain_mut(|m| {
-            if !m.claim() {
-                return false;
+        let mut leaving: Vec<(usize, Leave)> = Vec::new();
+        for (key, m) in members.slab.iter_mut() {
+            if m.conn.killed.load(Ordering::Relaxed) {
+                leaving.push((key, Leave::Gone));
+                continue;
             }
             if m.seq >= to {
-                m.conn.owner.store(POOL, Ordering::Release);
-                return true;
+                continue;
             }
             if m.seq != from {
                 // Behind the shard: it catches up itself.
-                let have = m.have();
-                hand_off(m, Handoff { rest: Bytes::new(), seq: m.seq, changes: Vec::new(), have });
-                return false;
+                leaving.push((key, Leave::Back(m.at_rest(false))));
+                continue;
             }
             let (frame, have) = frame_of(m);
-            let n = match &frame {
-                Some(frame) => {
-                    started += 1;
-                    bytes += frame.len() as u64;
-                    // WouldBlock and errors alike leave the pass: a broken socket's task finds
-                    // out on its own write and ends.
-                    m.socket.try_write(frame).unwrap_or(0)
+            let Some(frame) = frame else { continue };
+            started += 1;
+            bytes += frame.len() as u64;
+            let n = match (&m.socket).write(&frame) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => 0,
+                Err(_) => {
+                    leaving.push((key, Leave::Gone));
+                    continue;
                 }
-                None => 0,
             };
-            let len = frame.as_ref().map_or(0, |f| f.len());
-            if n < len {
-                let rest = frame.as_ref().map_or_else(Bytes::new, |f| f.slice(n..));
-                hand_off(m, Handoff { rest, seq: to, changes: changed.to_vec(), have });
-                return false;
+            if n < frame.len() {
+                let rest = frame.slice(n..);
+                leaving.push((key, Leave::Back(Handoff { rest, seq: to, changes: changed.to_vec(), have, pulled: false })));
+                continue;
             }
             written += 1;
             m.seq = to;
@@ -420,7 +620,6 @@ impl EnvPass {
                 e.have = have;
             }
             m.conn.delivered_seq.store(to, Ordering::Relaxed);
-            m.conn.owner.store(POOL, Ordering::Release);
             // The clock is read every 16 deliveries: within them the elapsed time hardly moves.
             if k.is_multiple_of(16) {
                 now = Instant::now();
@@ -429,8 +628,7 @@ impl EnvPass {
             for c in changed {
                 delivery.observe(now.saturating_duration_since(c.at).as_secs_f64());
             }
-            true
-        });
+        }
         delivery.flush();
         h.ev_change.inc_by(started);
         h.bytes.inc_by(bytes);
@@ -440,47 +638,47 @@ impl EnvPass {
         for c in changed {
             Fanout::delivered_n(h, c, written as i64, now);
         }
+        // The members that left get their tasks after every other member had its write.
+        for (key, why) in leaving {
+            members.leave(key, why);
+        }
     }
 
     /// Writes a heartbeat to every member.
-    fn pass_heartbeat(&self, members: &mut Vec<Member>, frame: Bytes) {
+    fn pass_heartbeat(&self, members: &mut Members, frame: Bytes) {
         let h = &self.handles;
         let mut started = 0u64;
-        members.retain_mut(|m| {
-            if !m.claim() {
-                return false;
+        let mut leaving: Vec<(usize, Leave)> = Vec::new();
+        for (key, m) in members.slab.iter_mut() {
+            if m.conn.killed.load(Ordering::Relaxed) {
+                leaving.push((key, Leave::Gone));
+                continue;
             }
             started += 1;
-            let n = m.socket.try_write(&frame).unwrap_or(0);
-            if n == frame.len() {
-                m.conn.owner.store(POOL, Ordering::Release);
-                true
-            } else {
-                let (at, have) = (m.seq, m.have());
-                hand_off(
-                    m,
-                    Handoff {
-                        rest: frame.slice(n..),
-                        seq: at,
-                        changes: Vec::new(),
-                        have,
-                    },
-                );
-                false
+            let n = match (&m.socket).write(&frame) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => 0,
+                Err(_) => {
+                    leaving.push((key, Leave::Gone));
+                    continue;
+                }
+            };
+            if n < frame.len() {
+                let handoff = Handoff { rest: frame.slice(n..), ..m.at_rest(false) };
+                leaving.push((key, Leave::Back(handoff)));
             }
-        });
+        }
         h.ev_heartbeat.inc_by(started);
         h.bytes.inc_by(started * frame.len() as u64);
+        for (key, why) in leaving {
+            members.leave(key, why);
+        }
     }
 
     fn span_begin(&self, seq: u64, at: Instant) {
         let mut s = lock(&self.span);
         if s.seq < seq {
-            *s = Span {
-                seq,
-                start: Some(at),
-                remaining: self.shards.len(),
-            };
+            *s = Span { seq, start: Some(at), remaining: self.shards.len() };
         }
     }
 
@@ -494,19 +692,5 @@ impl EnvPass {
                 }
             }
         }
-    }
-}
-
-/// Gives `m`'s socket back to its task with what it still has to write, and wakes the task.
-fn hand_off(m: &Member, handoff: Handoff) {
-    *lock(&m.conn.handoff) = Some(handoff);
-    m.conn.owner.store(OWN, Ordering::Release);
-    m.conn.wake.notify_one();
-}
-
-impl ConnState {
-    /// What the pass handed over, if anything.
-    pub fn take_handoff(&self) -> Option<Handoff> {
-        lock(&self.handoff).take()
     }
 }

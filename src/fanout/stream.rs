@@ -6,10 +6,11 @@
 //! therefore never builds a backlog here: when it is polled again it jumps straight to the
 //! current snapshot, with one coalesced frame for what it missed.
 //!
-//! A stream served by the writer pass ([`super::pass`]) is *parked* while its socket is in the
-//! pass: it drops its channel subscriptions, so changes wake nothing, and its connection task
-//! only waits for its end ([`SseStream::poll_end`]); back from the pass it is *unparked* at the
-//! seq the pass brought it to, and is pulled as any other until it is current again.
+//! A stream served by the writer pass ([`super::pass`]) is *parked* while its connection is in
+//! the pass: it drops its channel subscriptions, its shutdown future and its timer, so nothing
+//! wakes for it, and the pass keeps its maximum-age deadline ([`SseStream::max_age_at`]); back
+//! from the pass (on a new task) it is *unparked* at the seq the pass brought it to, and is
+//! pulled as any other until it is current again.
 //!
 //! Invariants: the stream ends on shutdown (after a random delay within the drain window, with a
 //! randomised `retry:` hint), at its maximum age, or when the reaper kills it; it never ends on its
@@ -27,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use rand::Rng;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
@@ -51,10 +52,14 @@ struct Inner {
     /// `None` while parked.
     changes: Option<WatchStream<Arc<Snapshot>>>,
     heartbeats: Option<WatchStream<Bytes>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Made when first polled; dropped while parked (no task waits on it then).
+    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// The shutdown future has been polled once (its waker is registered for this task).
     shutdown_armed: bool,
     drain: Option<Pin<Box<Sleep>>>,
+    /// When the stream reaches its maximum age, and its timer (made when first polled; dropped
+    /// while parked, when the writer pass keeps the deadline).
+    max_age_at: Option<Instant>,
     max_age: Option<Pin<Box<Sleep>>>,
     finished: bool,
     opened: std::time::Instant,
@@ -78,11 +83,10 @@ impl SseStream {
     ) -> SseStream {
         // A fresh subscription has seen the current heartbeat: the first one comes a period later.
         let heartbeats = WatchStream::from_changes(hub.heartbeat_tx.subscribe());
-        let shutdown = Box::pin(hub.shutdown.wait_owned());
-        let max_age = hub.cfg.max_connection_age.map(|age| {
+        let max_age_at = hub.cfg.max_connection_age.map(|age| {
             // ±10 % jitter so connections opened together do not all close together.
             let jitter = rand::thread_rng().gen_range(0.9..1.1);
-            Box::pin(tokio::time::sleep(age.checked_mul(11).map_or(age, |_| age.mul_f64(jitter))))
+            Instant::now() + age.checked_mul(11).map_or(age, |_| age.mul_f64(jitter))
         });
         let mut queue = VecDeque::with_capacity(initial.len() + 1);
         queue.push_back(hub.retry_frame.clone());
@@ -101,10 +105,11 @@ impl SseStream {
                 queue,
                 changes: Some(changes),
                 heartbeats: Some(heartbeats),
-                shutdown,
+                shutdown: None,
                 shutdown_armed: false,
                 drain: None,
-                max_age,
+                max_age_at,
+                max_age: None,
                 finished: false,
                 opened: std::time::Instant::now(),
                 end: "client_closed",
@@ -169,11 +174,30 @@ impl SseStream {
         self.inner.renderer.context_group().map(|(group, have)| super::pass::EvalMember { group, have })
     }
 
-    /// The stream's socket goes into the writer pass: its subscriptions are dropped, so no
-    /// change or heartbeat wakes its task.
+    /// The stream's id (unique in this relay).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The stream's connection state.
+    pub fn conn(&self) -> &Arc<ConnState> {
+        &self.inner.conn
+    }
+
+    /// When the stream reaches its maximum age (`None`: no maximum).
+    pub fn max_age_at(&self) -> Option<Instant> {
+        self.inner.max_age_at
+    }
+
+    /// The stream's socket goes into the writer pass: its subscriptions, its shutdown future
+    /// and its timer are dropped (the pass keeps its deadline), so nothing wakes a task for it.
     pub fn park(&mut self) {
-        self.inner.changes = None;
-        self.inner.heartbeats = None;
+        let me = &mut *self.inner;
+        me.changes = None;
+        me.heartbeats = None;
+        me.shutdown = None;
+        me.shutdown_armed = false;
+        me.max_age = None;
     }
 
     /// Back from the pass at `seq` (and, for a per-context stream, group version `have`), with
@@ -224,7 +248,8 @@ impl Inner {
         // set (its mutex would otherwise be taken on every poll of every stream).
         if me.drain.is_none() && (!me.shutdown_armed || me.hub.shutdown.is_triggered()) && {
             me.shutdown_armed = true;
-            me.shutdown.as_mut().poll(cx).is_ready()
+            let hub = &me.hub;
+            me.shutdown.get_or_insert_with(|| Box::pin(hub.shutdown.wait_owned())).as_mut().poll(cx).is_ready()
         } {
             let window = me.hub.cfg.drain_window;
             let delay = if window.is_zero() { Duration::ZERO } else { window.mul_f64(rand::thread_rng().gen_range(0.0..1.0)) };
@@ -240,7 +265,8 @@ impl Inner {
                 return me.finish(frames::retry_frame(hint), "drained");
             }
         }
-        if let Some(a) = me.max_age.as_mut() {
+        if let Some(at) = me.max_age_at {
+            let a = me.max_age.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
             if a.as_mut().poll(cx).is_ready() {
                 me.hub.metrics.sse_max_age_closes.with_label_values(&[&me.env.id]).inc();
                 let hint = me.hub.cfg.retry_ms.min(1000);

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use super::accept::{AcceptBackoff, Spell, Transition};
@@ -165,6 +166,10 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
     let mut backoff = AcceptBackoff::default();
     let mut at_cap = Spell::default();
     let name = opts.name;
+    let closed: Arc<dyn Fn() + Send + Sync> = {
+        let handler = handler.clone();
+        Arc::new(move || handler.connection_closed())
+    };
     loop {
         // The moment a failing or rejecting spell will have been calm long enough to end.
         let calm_end = [backoff.ends_at(), at_cap.ends_at()].into_iter().flatten().min();
@@ -220,9 +225,10 @@ async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdow
         let conn = Conn { handler: handler.clone(), state: ConnState::for_peer(peer), shutdown: shutdown.clone(), grace: opts.shutdown_grace, deadline };
         let builder = builder.clone();
         handler.connection_opened();
+        let guard = ConnGuard { _permit: permit, _open: tracker.token(), closed: closed.clone() };
         match &tls {
-            None => tracker.spawn(serve_connection(stream, conn, builder, permit)),
-            Some(acceptor) => tracker.spawn(serve_tls(stream, acceptor.clone(), conn, builder, permit)),
+            None => tracker.spawn(serve_connection(stream, conn, builder, guard)),
+            Some(acceptor) => tracker.spawn(serve_tls(stream, acceptor.clone(), conn, builder, guard)),
         };
     }
 }
@@ -253,6 +259,22 @@ fn log_cap(listener: &'static str, t: Transition, cap: Option<usize>) {
     }
 }
 
+/// An open connection's slot under the cap and its place among the connections
+/// [`Server::wait`] waits for; dropped when the connection closes, which it reports to the
+/// handler. Held by the connection's task, or by the writer pass while that holds the
+/// connection ([`sse_fast::FastConn`]).
+pub struct ConnGuard {
+    _permit: Option<OwnedSemaphorePermit>,
+    _open: TaskTrackerToken,
+    closed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        (self.closed)()
+    }
+}
+
 /// What a connection task holds besides its socket.
 struct Conn<H> {
     handler: Arc<H>,
@@ -263,12 +285,12 @@ struct Conn<H> {
     deadline: Instant,
 }
 
-/// One connection from accept to close; `_permit` is its slot under the cap.
-async fn serve_connection<H: Handler>(stream: TcpStream, conn: Conn<H>, builder: http1::Builder, _permit: Option<OwnedSemaphorePermit>) {
+/// One connection from accept to close (or to the writer pass, which takes `guard` with it).
+async fn serve_connection<H: Handler>(stream: TcpStream, conn: Conn<H>, builder: http1::Builder, guard: ConnGuard) {
     let handler = conn.handler.clone();
     if !handler.has_fast_sse() {
         serve_hyper(stream, &builder, conn).await;
-        handler.connection_closed();
+        drop(guard);
         return;
     }
     match first_head::read(&stream, sse_fast::PEEK_BYTES, conn.deadline, &conn.shutdown).await {
@@ -285,26 +307,24 @@ async fn serve_connection<H: Handler>(stream: TcpStream, conn: Conn<H>, builder:
                 Some((n, sse)) if n < bytes.len() => drop(sse),
                 Some((_, (sse, head))) => {
                     drop(bytes);
-                    sse_fast::serve(stream, head, sse, conn.state, conn.shutdown, conn.grace).await;
+                    sse_fast::serve(stream, head, sse, guard, conn.shutdown, conn.grace).await;
+                    return;
                 }
                 None => serve_hyper(Prefixed::new(bytes, stream), &builder, conn).await,
             }
         }
     }
-    handler.connection_closed();
+    drop(guard);
 }
 
 /// A TLS connection: the handshake within the first head's deadline, then HTTP/2 (ALPN `h2`)
 /// or HTTP/1.1 through hyper.
-async fn serve_tls<H: Handler>(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor, conn: Conn<H>, builder: http1::Builder, _permit: Option<OwnedSemaphorePermit>) {
+async fn serve_tls<H: Handler>(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor, conn: Conn<H>, builder: http1::Builder, guard: ConnGuard) {
     let handler = conn.handler.clone();
     let handshake = tokio::select! {
         r = acceptor.accept(stream) => Some(r),
         _ = tokio::time::sleep_until(conn.deadline) => None,
-        _ = conn.shutdown.wait() => {
-            handler.connection_closed();
-            return;
-        }
+        _ = conn.shutdown.wait() => return,
     };
     match handshake {
         None => handler.connection_refused(Refusal::HeaderTimeout),
@@ -317,7 +337,7 @@ async fn serve_tls<H: Handler>(stream: TcpStream, acceptor: tokio_rustls::TlsAcc
             }
         }
     }
-    handler.connection_closed();
+    drop(guard);
 }
 
 /// HTTP/2 (TLS with ALPN `h2` only): every request handled as on HTTP/1.1, streams multiplexed;

@@ -14,24 +14,27 @@
 //!   has nothing after it, and that the handler turns into a stream takes this path; everything
 //!   else (errors included) goes to hyper untouched: the bytes already read are replayed to it
 //!   first ([`super::prefixed::Prefixed`]).
-//! - While the client is current its socket is in the environment's writer pass
-//!   ([`crate::fanout::EnvPass`]): changes and heartbeats are written by the pass and this task
-//!   sleeps until the pass hands the socket back (a short write) or the stream ends. Otherwise
-//!   the stream is pulled only when the previous frame was written, so nothing queues here but
-//!   the one frame in flight (a shared `Bytes`).
+//! - While the client is current its connection is in the environment's writer pass
+//!   ([`crate::fanout::EnvPass`]) and has no task: the pass writes changes and heartbeats, holds
+//!   the connection's slot ([`FastConn`], with its [`ConnGuard`]), and gives it back for a new
+//!   task ([`Owner::resume`]) after a short write, at the stream's maximum age or at shutdown.
+//!   Otherwise the stream is pulled only when the previous frame was written, so nothing queues
+//!   here but the one frame in flight (a shared `Bytes`).
 //! - The connection ends when the stream ends, the client closes or errors, the reaper kills it,
-//!   or the shutdown grace runs out.
+//!   or the shutdown grace runs out (in the pass: the client closing, a failed write, a kill).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::net::TcpStream;
 
-use crate::fanout::{ConnState, EnvPass, Member, SseStream};
+use super::server::ConnGuard;
+use crate::fanout::{EnvPass, Handoff, Member, Owner, Parked, SseStream};
 use crate::shutdown::Shutdown;
 
 /// The largest first request head read before a connection's path is chosen; a larger head goes
@@ -69,116 +72,130 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
     Some(Head { method: req.method?.to_string(), path: req.path?.to_string(), headers, len })
 }
 
-/// Serves `stream` on `socket`, whose request head has been read, starting with the response
-/// `head`. Returns when the connection is
-/// done.
-pub async fn serve(
-    socket: TcpStream,
-    head: bytes::Bytes,
-    mut stream: SseStream,
-    conn: Arc<ConnState>,
+/// What a fast-path connection holds besides its socket and stream, kept by the writer pass
+/// while it holds them: the connection's slot, and how to serve it again.
+pub struct FastConn {
+    _guard: ConnGuard,
     shutdown: Shutdown,
     grace: Duration,
-) {
-    let socket = Arc::new(socket);
+    /// The environment's pass for the stream's kind, and the connection's shard in it.
+    pass: Option<Arc<EnvPass>>,
+    shard: usize,
+    /// The pass will not take the connection again.
+    pulled: bool,
+}
+
+/// Serves `stream` on `socket`, whose request head has been read, starting with the response
+/// `head`. Returns when the connection is done, or when the writer pass has taken it (the pass
+/// then holds `guard`, and serves the connection again through [`FastConn`] when it gives it
+/// back).
+pub async fn serve(socket: TcpStream, head: Bytes, stream: SseStream, guard: ConnGuard, shutdown: Shutdown, grace: Duration) {
     let pass = stream.writer_pass();
     let shard = pass.as_ref().map_or(0, |p| p.shard_for_new());
-    let pump = pump(
-        &socket,
-        &mut stream,
-        &conn,
-        pass.as_deref().map(|p| (p, shard)),
-        &head,
-    );
-    // The client sends nothing after its request: any read result (EOF, data, error) ends it.
-    let closed = async {
-        let mut b = [0u8; 1];
-        loop {
-            if socket.readable().await.is_err() {
-                return;
+    let me = Box::new(FastConn { _guard: guard, shutdown, grace, pass, shard, pulled: false });
+    drive(socket, stream, me, head, None).await;
+}
+
+impl Owner for FastConn {
+    fn resume(mut self: Box<Self>, parked: Parked, mut handoff: Handoff) {
+        self.pulled |= handoff.pulled;
+        let Parked { socket, stream } = parked;
+        tokio::spawn(async move {
+            match TcpStream::from_std(socket) {
+                Ok(socket) => {
+                    let rest = std::mem::take(&mut handoff.rest);
+                    drive(socket, stream, self, rest, Some(handoff)).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "a stream's socket could not be registered again; its connection is closed"),
             }
-            match socket.try_read(&mut b) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                _ => return,
-            }
-        }
-    };
-    let stopping = async {
-        shutdown.wait().await;
-        // The stream drains itself within the window; a stalled client is cut after the grace.
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        _ = pump => {}
-        _ = closed => {}
-        _ = conn.kill.notified() => {}
-        _ = stopping => {}
-    }
-    // However it ended, the pass lets go of the socket (and drops it soon, closing it).
-    if let Some(p) = &pass {
-        let _ = p.leave(shard, &conn).await;
+        });
     }
 }
 
-/// Writes the head and then the stream's frames, through the writer pass while the client is
-/// current when there is one.
+/// The connection's task: writes `first` (the response head, or the rest the pass handed
+/// back), then the stream's frames until the client is current, and hands the connection to the
+/// writer pass then; without a pass (or after shutdown) it pulls the stream to its end.
+async fn drive(socket: TcpStream, mut stream: SseStream, me: Box<FastConn>, first: Bytes, back: Option<Handoff>) {
+    let conn = stream.conn().clone();
+    let pass = me.pass.clone().filter(|_| !me.pulled);
+    let pumped = {
+        let pump = pump(&socket, &mut stream, &first, back, pass.is_some());
+        // The client sends nothing after its request: any read result (EOF, data, error) ends it.
+        let closed = async {
+            let mut b = [0u8; 1];
+            loop {
+                if socket.readable().await.is_err() {
+                    return;
+                }
+                match socket.try_read(&mut b) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    _ => return,
+                }
+            }
+        };
+        let stopping = async {
+            me.shutdown.wait().await;
+            // The stream drains itself within the window; a stalled client is cut after the grace.
+            tokio::time::sleep(me.grace).await;
+        };
+        tokio::select! {
+            r = pump => r.unwrap_or(Pumped::Ended),
+            _ = closed => Pumped::Ended,
+            _ = conn.kill.notified() => Pumped::Ended,
+            _ = stopping => Pumped::Ended,
+        }
+    };
+    let Some(pass) = pass.filter(|_| pumped == Pumped::Current) else {
+        return; // the connection ends: socket, stream and slot are dropped here
+    };
+    // Current: the pass takes the connection, and this task ends.
+    let shard = me.shard;
+    match socket.into_std() {
+        Ok(socket) => {
+            if let Err(refused) = pass.join(shard, Member::new(socket, stream, me)) {
+                refused.give_back();
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "a stream's socket could not leave the reactor; its connection is closed"),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Pumped {
+    /// The client has every frame there is: the pass can take it.
+    Current,
+    /// The stream ended (its last frame written).
+    Ended,
+}
+
+/// Writes `first`, then the stream's frames: until the client is current when `to_pass`,
+/// else until the stream ends.
 async fn pump(
-    socket: &Arc<TcpStream>,
+    socket: &TcpStream,
     stream: &mut SseStream,
-    conn: &Arc<ConnState>,
-    pass: Option<(&EnvPass, usize)>,
-    head: &[u8],
-) -> std::io::Result<()> {
-    write_all(socket, head).await?;
+    first: &[u8],
+    back: Option<Handoff>,
+    to_pass: bool,
+) -> std::io::Result<Pumped> {
+    write_all(socket, first).await?;
+    if let Some(h) = back {
+        // Back from the pass: its frame is finished; catch up as a pulled stream.
+        stream.unpark(h.seq, &h.changes, h.have);
+    }
     loop {
         // Pulled: whatever the stream has now (its initial state, what changed meanwhile).
-        let frame = match pass {
-            Some(_) => {
-                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_next(cx))).await
-            }
-            None => Poll::Ready(stream.next().await),
+        let frame = match to_pass {
+            true => std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_next(cx))).await,
+            false => Poll::Ready(stream.next().await),
         };
         match frame {
-            Poll::Ready(Some(frame)) => {
-                write_all(socket, &frame).await?;
-                continue;
+            Poll::Ready(Some(frame)) => write_all(socket, &frame).await?,
+            Poll::Ready(None) => {
+                end(socket)?;
+                return Ok(Pumped::Ended);
             }
-            Poll::Ready(None) => return end(socket),
-            Poll::Pending => {}
+            Poll::Pending => return Ok(Pumped::Current),
         }
-        let Some((pass, shard)) = pass else { continue };
-        // Current: from here on the pass writes the socket.
-        let member = Member {
-            conn: conn.clone(),
-            socket: socket.clone(),
-            seq: stream.seq(),
-            eval: stream.eval_member(),
-        };
-        if pass.join(shard, member).is_err() {
-            continue; // the environment moved on meanwhile: pull that first
-        }
-        stream.park();
-        let handoff = loop {
-            tokio::select! {
-                _ = conn.wake.notified() => {
-                    if let Some(h) = conn.take_handoff() {
-                        break h;
-                    }
-                }
-                last = std::future::poll_fn(|cx| stream.poll_end(cx)) => {
-                    if let Some(h) = pass.leave(shard, conn).await {
-                        write_all(socket, &h.rest).await?;
-                    }
-                    if let Some(frame) = last {
-                        write_all(socket, &frame).await?;
-                    }
-                    return end(socket);
-                }
-            }
-        };
-        // Back from the pass: finish the frame it started, then catch up as a pulled stream.
-        write_all(socket, &handoff.rest).await?;
-        stream.unpark(handoff.seq, &handoff.changes, handoff.have);
     }
 }
 
@@ -187,8 +204,7 @@ fn end(socket: &TcpStream) -> std::io::Result<()> {
     socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)
 }
 
-/// Writes all of `buf` on socket readiness (the socket is shared with the pass, so this does not
-/// go through `AsyncWrite`, which needs it exclusively).
+/// Writes all of `buf` on socket readiness.
 async fn write_all(socket: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         socket.writable().await?;
