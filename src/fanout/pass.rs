@@ -151,9 +151,6 @@ pub struct Member {
     seq: u64,
     /// For a per-context stream ([`PassKind::Eval`]).
     eval: Option<EvalMember>,
-    /// The stream's id, to tell a timer entry of this member from one of an earlier member
-    /// with the same slab key.
-    id: u64,
 }
 
 impl Member {
@@ -164,7 +161,6 @@ impl Member {
             conn: stream.conn().clone(),
             seq: stream.seq(),
             eval: stream.eval_member(),
-            id: stream.id(),
             socket,
             stream,
             owner,
@@ -227,7 +223,8 @@ struct Joining {
 }
 
 /// A shard's members, owned by its task: the slab key is the member's token in the shard's
-/// epoll set, and `ends` the members' maximum-age deadlines (stale entries are skipped).
+/// epoll set, and `ends` the members' maximum-age deadlines with their streams' ids (an entry
+/// whose key now holds another stream is stale, and skipped).
 struct Members {
     slab: Slab<Member>,
     /// `flagrelay_fanout_pass_connections` of the environment (shared by its shards and kinds).
@@ -254,7 +251,7 @@ impl Members {
         match self.registry.register(&mut SourceFd(&fd), mio::Token(key), mio::Interest::READABLE) {
             Ok(()) => {
                 if let Some(at) = m.stream.max_age_at() {
-                    self.ends.push(Reverse((at, key, m.id)));
+                    self.ends.push(Reverse((at, key, m.stream.id())));
                 }
                 entry.insert(m);
                 self.held.inc();
@@ -304,7 +301,7 @@ impl Members {
                 break;
             }
             self.ends.pop();
-            if self.slab.get(key).is_some_and(|m| m.id == id) {
+            if self.slab.get(key).is_some_and(|m| m.stream.id() == id) {
                 if let Some(m) = self.remove(key) {
                     let h = m.at_rest(false);
                     m.give_back(h);
@@ -315,7 +312,7 @@ impl Members {
         // members by much.
         if self.ends.len() > 2 * self.slab.len() + 64 {
             let slab = &self.slab;
-            self.ends.retain(|Reverse((_, key, id))| slab.get(*key).is_some_and(|m| m.id == *id));
+            self.ends.retain(|Reverse((_, key, id))| slab.get(*key).is_some_and(|m| m.stream.id() == *id));
         }
     }
 

@@ -198,6 +198,9 @@ impl SseStream {
         me.shutdown = None;
         me.shutdown_armed = false;
         me.max_age = None;
+        if me.queue.is_empty() {
+            me.queue = VecDeque::new(); // its buffer held the initial frames
+        }
     }
 
     /// Back from the pass at `seq` (and, for a per-context stream, group version `have`), with

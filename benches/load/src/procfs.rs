@@ -19,6 +19,9 @@ pub struct Sample {
     pub cpu_sched_s: f64,
     /// VmRSS, bytes.
     pub rss_bytes: u64,
+    /// RssAnon, bytes: the heap and stacks, without the binary's and libraries' file-backed
+    /// pages (which a process faults in as it first runs code, not per connection).
+    pub anon_bytes: u64,
     /// Threads.
     pub threads: u64,
 }
@@ -56,6 +59,11 @@ impl Sample {
     pub fn rss(&self) -> Option<u64> {
         self.complete().then_some(self.rss_bytes)
     }
+
+    /// RssAnon in bytes, if every process was found.
+    pub fn anon(&self) -> Option<u64> {
+        self.complete().then_some(self.anon_bytes)
+    }
 }
 
 fn one(pid: u32, tck: f64) -> Option<Sample> {
@@ -67,11 +75,14 @@ fn one(pid: u32, tck: f64) -> Option<Sample> {
     let stime: u64 = f.get(12)?.parse().ok()?;
     let threads: u64 = f.get(17)?.parse().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    let kb = |field: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (rss_kb, anon_kb) = (kb("VmRSS:"), kb("RssAnon:"));
     let mut sched_ns: u64 = 0;
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in dir.flatten() {
@@ -84,6 +95,7 @@ fn one(pid: u32, tck: f64) -> Option<Sample> {
         cpu_stat_s: (utime + stime) as f64 / tck,
         cpu_sched_s: sched_ns as f64 / 1e9,
         rss_bytes: rss_kb * 1024,
+        anon_bytes: anon_kb * 1024,
         threads,
         wanted: 1,
         found: 1,
@@ -100,6 +112,7 @@ pub fn sample(pids: &[u32]) -> Sample {
             total.cpu_stat_s += s.cpu_stat_s;
             total.cpu_sched_s += s.cpu_sched_s;
             total.rss_bytes += s.rss_bytes;
+            total.anon_bytes += s.anon_bytes;
             total.threads += s.threads;
         }
     }

@@ -136,6 +136,8 @@ pub struct Procs {
     pub rss_after_mb: Option<f64>,
     /// (RSS connected - RSS before) / ready clients.
     pub rss_per_conn_kb: Option<f64>,
+    /// The same of RssAnon (heap, without file-backed pages).
+    pub anon_per_conn_kb: Option<f64>,
     pub connect_cpu_s: Option<f64>,
     /// Over `--idle-secs` (none for an idle phase under [`TICK_WINDOW_S`]).
     pub idle_cpu_s: Option<f64>,
@@ -238,6 +240,10 @@ fn procs(s: &[Sample; 4], ready: usize, deliveries: usize, idle_secs: f64, chang
         rss_connected_mb: mb(s[1].rss()),
         rss_after_mb: mb(s[3].rss()),
         rss_per_conn_kb: match (s[0].rss(), s[1].rss()) {
+            (Some(a), Some(b)) if ready > 0 => finite((b as f64 - a as f64) / 1024.0 / ready as f64),
+            _ => None,
+        },
+        anon_per_conn_kb: match (s[0].anon(), s[1].anon()) {
             (Some(a), Some(b)) if ready > 0 => finite((b as f64 - a as f64) / 1024.0 / ready as f64),
             _ => None,
         },
@@ -427,11 +433,12 @@ impl Report {
             );
             let _ = writeln!(
                 o,
-                "    RSS {} MB -> {} MB connected -> {} MB after changes: {} KB per connection",
+                "    RSS {} MB -> {} MB connected -> {} MB after changes: {} KB per connection ({} KB of it anonymous: heap)",
                 mb(s.rss_before_mb),
                 mb(s.rss_connected_mb),
                 mb(s.rss_after_mb),
-                show(s.rss_per_conn_kb, 2)
+                show(s.rss_per_conn_kb, 2),
+                show(s.anon_per_conn_kb, 2)
             );
             let _ = writeln!(o, "    connect CPU {} s", show(s.connect_cpu_s, 3));
             if self.idle_secs >= TICK_WINDOW_S {
@@ -520,7 +527,7 @@ pub fn ratio(baseline: Option<f64>, other: Option<f64>) -> String {
 
 /// A markdown table, one row per JSON report.
 pub fn summary(paths: &[String]) -> anyhow::Result<()> {
-    println!("| run | clients | frame B | CPU µs/msg | trigger→last ms (median) | first→last ms (median) | latency p50 / p99 / max ms | RSS KB/conn | idle CPU % core | gen lag p99 ms | other load % |");
+    println!("| run | clients | frame B | CPU µs/msg | trigger→last ms (median) | first→last ms (median) | latency p50 / p99 / max ms | RSS (anon) KB/conn | idle CPU % core | gen lag p99 ms | other load % |");
     println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|");
     for p in paths {
         let r: Report = serde_json::from_str(&std::fs::read_to_string(p)?)?;
@@ -539,7 +546,7 @@ pub fn summary(paths: &[String]) -> anyhow::Result<()> {
             show(r.last_ms_median, 1),
             show(r.spread_ms_median, 1),
             lat,
-            show(r.server.rss_per_conn_kb, 2),
+            format!("{} ({})", show(r.server.rss_per_conn_kb, 2), show(r.server.anon_per_conn_kb, 2)),
             idle,
             show(r.generator_lag_ms.map(|g| g.p99), 1),
             show(r.other_load_changes_pct, 0),
@@ -590,7 +597,7 @@ mod tests {
     }
 
     fn sample(wanted: usize, found: usize, cpu: f64, rss: u64) -> Sample {
-        Sample { wanted, found, cpu_sched_s: cpu, cpu_stat_s: cpu, rss_bytes: rss, threads: 3 }
+        Sample { wanted, found, cpu_sched_s: cpu, cpu_stat_s: cpu, rss_bytes: rss, anon_bytes: rss / 2, threads: 3 }
     }
 
     fn inputs(results: Vec<ChildResult>, rows: Vec<ChangeRow>, server_pids: Vec<u32>, server: [Sample; 4]) -> Inputs {
@@ -649,6 +656,7 @@ mod tests {
         assert!(r.server.changes_cpu_s.is_none() && r.server.cpu_per_delivery_us.is_none());
         assert_eq!(r.server.connect_cpu_s, Some(1.0));
         assert_eq!(r.server.rss_per_conn_kb, Some(512.0));
+        assert_eq!(r.server.anon_per_conn_kb, Some(256.0));
         // Gone before the last sample.
         let server = [sample(1, 1, 1.0, 1 << 20), sample(1, 1, 2.0, 2 << 20), sample(1, 1, 2.0, 2 << 20), sample(1, 0, 0.0, 0)];
         let r = Report::build(inputs(vec![res], rows, vec![42], server));
