@@ -10,6 +10,10 @@ use flagrelay::config::{Config, Overrides, RedisUpstream, Upstream};
 use flagrelay::shutdown::{self, Shutdown};
 use flagrelay::upstream::{file, redis::writer};
 
+/// mimalloc: see Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let config = Config::load(&overrides)?;
     let logging = flagrelay::logging::init(&config)?;

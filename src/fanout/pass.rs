@@ -328,6 +328,17 @@ impl Members {
     }
 }
 
+/// One non-blocking write: the bytes the socket took (0 when it is full), or `None` when it
+/// failed (the client is gone).
+fn write_some(socket: &std::net::TcpStream, buf: &[u8]) -> Option<usize> {
+    let mut socket = socket;
+    match socket.write(buf) {
+        Ok(n) => Some(n),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => Some(0),
+        Err(_) => None,
+    }
+}
+
 /// When a change's passes started and how many shards have yet to finish it.
 #[derive(Default)]
 struct Span {
@@ -493,7 +504,10 @@ impl EnvPass {
                         break;
                     }
                 },
-                _ = &mut timer, if armed.is_some() => members.due(tokio::time::Instant::now()),
+                _ = &mut timer, if armed.is_some() => {
+                    members.due(tokio::time::Instant::now());
+                    armed = None; // re-armed (reset) for whatever is next
+                }
             }
         }
         // From here on joins are refused, and every member goes back to its own task, which
@@ -598,13 +612,9 @@ impl EnvPass {
             let Some(frame) = frame else { continue };
             started += 1;
             bytes += frame.len() as u64;
-            let n = match (&m.socket).write(&frame) {
-                Ok(n) => n,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => 0,
-                Err(_) => {
-                    leaving.push((key, Leave::Gone));
-                    continue;
-                }
+            let Some(n) = write_some(&m.socket, &frame) else {
+                leaving.push((key, Leave::Gone));
+                continue;
             };
             if n < frame.len() {
                 let rest = frame.slice(n..);
@@ -652,13 +662,9 @@ impl EnvPass {
                 continue;
             }
             started += 1;
-            let n = match (&m.socket).write(&frame) {
-                Ok(n) => n,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => 0,
-                Err(_) => {
-                    leaving.push((key, Leave::Gone));
-                    continue;
-                }
+            let Some(n) = write_some(&m.socket, &frame) else {
+                leaving.push((key, Leave::Gone));
+                continue;
             };
             if n < frame.len() {
                 let handoff = Handoff { rest: frame.slice(n..), ..m.at_rest(false) };
