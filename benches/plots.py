@@ -41,8 +41,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "docs" / "bench-data"
-LATENCY_DATA = DATA / "fanout-latency-2026-11-25.json"
-WRITER_PASS_DATA = DATA / "fanout-writer-pass-2026-12-02.json"
+# The current figures: one run of benches/fanout.sh with every server, N and core count (the
+# task-less writer pass). Earlier runs stay in DATA for their sections of docs/benchmarks.md.
+LATENCY_DATA = DATA / "fanout-taskless-2026-12-02.json"
+WRITER_PASS_DATA = LATENCY_DATA
 REQUIREMENTS = ["matplotlib==3.11.2"]
 
 
