@@ -21,6 +21,10 @@
 # rewrites of its flags file (UPSTREAM=file; polled every 10 ms, so "trigger -> first" includes
 # up to 10 ms of polling).
 #
+# LOAD_SPIN=1 makes the load tool busy-poll on 1-server-core runs (--spin): like the floor's reader,
+# which is nearly always busy, it then never has to be woken by a server write (its context switches
+# per delivery, 0.46 sleeping, against the floor reader's 0.05, are docs/benchmarks.md's explanation
+# of most of the gap to the floor); its own CPU figures are then 100 % of its cpu.
 # Environment: SERVERS (default "floor nchan flagrelay": which to run), PERF (set: a flat `perf
 # record` profile of the relay per run, its top symbols in OUT/flagrelay-N-Cc.perf.txt), RELAY_BIN (a relay binary
 # to measure instead of building this checkout's, e.g. an older commit's for an A/B run),
@@ -165,6 +169,9 @@ for n in "${sizes[@]}"; do
   fi
   for c in $cores_list; do
     if [ "$c" = 1 ]; then cpus=0; gen=(--client-cpus 1); else cpus=0-$((c - 1)); gen=(); fi
+    # LOAD_SPIN=1: the load tool busy-polls (never sleeps, so no server write has to wake it),
+    # on 1-server-core runs only, where it has cpu 1 to itself.
+    if [ -n "${LOAD_SPIN:-}" ] && [ "$c" = 1 ]; then gen+=(--spin); fi
     common=(-n "$n" -m "$changes" --idle-secs "$idle" --sources "$sources" "${gen[@]}")
 
     for attempt in $(seq 0 "${RETRIES:-2}"); do

@@ -39,6 +39,17 @@ fn marker(e: &SseEvent) -> Option<usize> {
         .ok()
 }
 
+/// `n` raw server-SDK streams, each past its initial state (and so soon current, in the pass).
+async fn current_clients(relay: &TestRelay, n: usize) -> Vec<SseClient> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = SseClient::raw(api_addr(relay), PATH, SERVER_KEY, None).await;
+        c.expect().await;
+        clients.push(c);
+    }
+    clients
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_with_tiny_buffers_gets_whole_frames_in_order_while_fast_clients_get_every_change()
 {
@@ -49,12 +60,7 @@ async fn a_reader_with_tiny_buffers_gets_whole_frames_in_order_while_fast_client
         .await;
     let mut slow = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, Some(4096)).await;
     assert_eq!(slow.status, 200);
-    let mut fast = Vec::new();
-    for _ in 0..3 {
-        let mut c = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
-        c.expect().await;
-        fast.push(c);
-    }
+    let mut fast = current_clients(&relay, 3).await;
     // The slow client reads in small bites (a pause after every event) while changes go on.
     let reader = tokio::spawn(async move {
         let mut seen = Vec::new();
@@ -253,12 +259,7 @@ async fn clients_that_close_while_in_the_pass_leave_it_and_the_rest_keep_streami
         .await;
     let mut keep = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
     keep.expect().await;
-    let mut gone = Vec::new();
-    for _ in 0..20 {
-        let mut c = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
-        c.expect().await;
-        gone.push(c);
-    }
+    let gone = current_clients(&relay, 20).await;
     drop(gone);
     within("the closed streams to unregister", async {
         loop {
@@ -399,12 +400,7 @@ async fn current_streams_are_held_by_the_pass_with_no_task_of_their_own() {
     wait_metric(&relay, HELD, &prod, 0.0).await;
     let alive = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
     let before = alive();
-    let mut clients = Vec::new();
-    for _ in 0..100 {
-        let mut c = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
-        c.expect().await;
-        clients.push(c);
-    }
+    let mut clients = current_clients(&relay, 100).await;
     wait_metric(&relay, HELD, &prod, 100.0).await;
     let grown = alive().saturating_sub(before);
     assert!(grown < 10, "100 current streams still have {grown} tasks between them");
@@ -429,12 +425,7 @@ async fn streams_in_the_pass_keep_their_connection_slots_under_the_cap() {
         .config("[http]\nmax_connections = 3\n[sse]\nwriter_shards = 2")
         .start()
         .await;
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut c = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
-        c.expect().await;
-        held.push(c);
-    }
+    let mut held = current_clients(&relay, 3).await;
     wait_metric(&relay, HELD, &[("env", "production")], 3.0).await;
     let mut extra = support::tcp::idle_socket(api_addr(&relay)).await;
     support::tcp::closed_by_peer(&mut extra).await;
@@ -469,12 +460,9 @@ async fn at_shutdown_the_pass_gives_every_stream_back_to_drain_and_the_relay_sto
         .config("[sse]\ndrain_window_secs = 1\nretry_ms = 500\nwriter_shards = 2")
         .start()
         .await;
-    let mut clients = Vec::new();
-    for _ in 0..20 {
-        let mut c = SseClient::raw(api_addr(&relay), PATH, SERVER_KEY, None).await;
-        c.expect().await;
-        c.retry = None;
-        clients.push(c);
+    let mut clients = current_clients(&relay, 20).await;
+    for c in clients.iter_mut() {
+        c.retry = None; // forget the hint from the start of the stream
     }
     wait_metric(&relay, HELD, &[("env", "production")], 20.0).await;
     let stopped = tokio::spawn(relay.stop());

@@ -44,6 +44,8 @@ pub struct ClientCfg {
     pub changes: usize,
     pub concurrency: usize,
     pub parse: ParseCfg,
+    /// Busy-poll instead of sleeping (`--spin`).
+    pub spin: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -381,6 +383,15 @@ pub fn run(cfg: ClientCfg) -> anyhow::Result<()> {
         }
         for i in 0..n {
             tokio::task::spawn_local(client(cfg.clone(), st.clone(), i, sem.clone()));
+        }
+        if cfg.spin {
+            // Always runnable: the runtime then polls the reactor without blocking between
+            // tasks, and never parks in epoll_wait.
+            tokio::task::spawn_local(async {
+                loop {
+                    tokio::task::yield_now().await;
+                }
+            });
         }
         let prog = st.clone();
         tokio::task::spawn_local(async move {

@@ -136,6 +136,11 @@ struct RunArgs {
     /// Connections being opened at once (per client process).
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// Busy-poll for events instead of sleeping when none is ready, so the server never has to
+    /// wake the reader (like the floor program's reader, which is nearly always busy reading).
+    /// Takes a whole cpu: for runs where the tool has one to itself (1 server core).
+    #[arg(long)]
+    spin: bool,
     /// A client is ready after its first event with data (`data`), or after any event (`any`,
     /// e.g. nchan's `: hi`). Default: `any` for the nchan trigger, else `data`.
     #[arg(long)]
@@ -205,6 +210,7 @@ fn child_main(a: RunArgs) -> anyhow::Result<()> {
         clients: a.clients,
         changes: a.changes,
         concurrency: a.connect_concurrency,
+        spin: a.spin,
         parse: sse::ParseCfg { marker: format!("FLM{}-", a.run_id).into_bytes(), ready_any: ready_any(&a) },
     })
 }
@@ -287,6 +293,7 @@ fn spawn_children(a: &RunArgs, run_id: &str) -> anyhow::Result<Children> {
             .arg("--changes").arg(a.changes.to_string())
             .arg("--trigger").arg(&a.trigger)
             .arg("--connect-concurrency").arg(a.connect_concurrency.to_string())
+            .args(a.spin.then_some("--spin"))
             .arg("--child-offset").arg(offset.to_string())
             .arg("--run-id").arg(run_id)
             .arg("--ready").arg(if ready_any(a) { "any" } else { "data" });
