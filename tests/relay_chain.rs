@@ -309,7 +309,7 @@ async fn a_seeded_soak_with_faults_interleaved_ends_with_no_divergence_at_the_de
     let redis = TestRedis::start(&[]).await;
     seed(&redis).await;
     // Two parents on the same Redis behind one address; rings small enough to overflow.
-    let mut parents = vec![root_on(&redis.url(), "replay_revisions = 16").start().await, root_on(&redis.url(), "replay_revisions = 16").start().await];
+    let mut parents = [root_on(&redis.url(), "replay_revisions = 16").start().await, root_on(&redis.url(), "replay_revisions = 16").start().await];
     let mut cur = 0;
     let proxy = Proxy::start(addr_of(&parents[cur].base)).await;
     let b = child_of(&proxy.url(), "").start().await;

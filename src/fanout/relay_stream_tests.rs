@@ -38,7 +38,7 @@ fn a_fresh_child_gets_nothing_before_the_first_load_then_a_snapshot() {
     let snap = env.snapshot();
     let c = env.catchup_seq(0, &snap);
     let out = r.catch_up(&env, c, &snap, &m).expect("a frame");
-    assert_eq!(events(&[out.clone()]), ["snapshot"]);
+    assert_eq!(events(std::slice::from_ref(&out)), ["snapshot"]);
     let text = String::from_utf8(out.to_vec()).expect("utf-8");
     assert!(text.starts_with(&format!("id: {}:{}\n", env.stream_epoch(), snap.seq)), "{text}");
     assert!(text.contains("\"revision\":5") && text.contains("\"features\":{\"a\":"), "{text}");

@@ -536,6 +536,7 @@ pub fn summary(paths: &[String]) -> anyhow::Result<()> {
             Some(l) => format!("{:.1} / {:.1} / {:.1}", l.p50, l.p99, l.max),
             None => "n/a".into(),
         };
+        let rss = format!("{} ({})", show(r.server.rss_per_conn_kb, 2), show(r.server.anon_per_conn_kb, 2));
         println!(
             "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             if r.label.is_empty() { p.as_str() } else { r.label.as_str() },
@@ -546,7 +547,7 @@ pub fn summary(paths: &[String]) -> anyhow::Result<()> {
             show(r.last_ms_median, 1),
             show(r.spread_ms_median, 1),
             lat,
-            format!("{} ({})", show(r.server.rss_per_conn_kb, 2), show(r.server.anon_per_conn_kb, 2)),
+            rss,
             idle,
             show(r.generator_lag_ms.map(|g| g.p99), 1),
             show(r.other_load_changes_pct, 0),
