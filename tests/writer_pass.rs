@@ -473,3 +473,33 @@ async fn at_shutdown_the_pass_gives_every_stream_back_to_drain_and_the_relay_sto
     }
     within("the relay to stop", stopped).await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_leaves_a_contexts_evaluation_alone_still_brings_its_streams_up_to_date() {
+    let prod = json!({"a": role_feature("a", &["beta"]), "e": simple_feature("e", "on")});
+    let relay = TestRelay::builder().flags(flags(prod.clone())).config("[sse]\nwriter_shards = 2").start().await;
+    let seg = user_segment("other-user", "other");
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut c = SseClient::raw(api_addr(&relay), &format!("/api/v1/eval/stream/{CLIENT_KEY}/user/{seg}"), "-", None).await;
+        assert_eq!(c.expect().await.json()["a"], "off");
+        clients.push(c);
+    }
+    wait_metric(&relay, HELD, &[("env", "production")], 4.0).await;
+    // `a` now also targets admins: the "other" user's evaluation is the same, so no frame.
+    let mut p = prod.clone();
+    p["a"] = role_feature("a", &["beta", "admin"]);
+    relay.write_flags(&flags(p.clone()));
+    // Still, every stream has that change: it counts as delivered to all of them.
+    wait_metric(&relay, "flagrelay_sse_change_delivery_seconds_count", &[("env", "production")], 1.0).await;
+    // And each is current, not behind: the next change is written to it by the pass.
+    p["e"] = simple_feature("e", "off");
+    relay.write_flags(&flags(p));
+    for c in &mut clients {
+        assert_eq!(c.expect().await.json(), json!({"e": "off"}));
+    }
+    wait_metric(&relay, "flagrelay_sse_change_delivery_seconds_count", &[("env", "production")], 2.0).await;
+    let m = relay.metrics().await;
+    assert_eq!(metric(&m, HELD, &[("env", "production")]), Some(4.0), "none left the pass");
+    assert_eq!(metric(&m, "flagrelay_sse_slow_disconnects_total", &[("env", "production")]).unwrap_or(0.0), 0.0);
+}

@@ -306,8 +306,9 @@ impl Fanout {
                 _ = reaper.tick() => self.reap(),
             }
         }
-        // The passes' shards end a drain window after shutdown (streams still draining get
-        // changes until then).
+        // The passes' shards end at shutdown, giving every connection back to a task of its
+        // own, which drains its stream and follows the store until then. (A pass first used
+        // after this point has shards nothing joins; they see the shutdown and end at once.)
         let tasks = std::mem::take(&mut *self.pass_tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             if let Err(e) = t.await {

@@ -25,7 +25,8 @@
 //!   seen a snapshot the pass had not written yet (it is then skipped up to there). A member
 //!   behind the shard leaves at once with nothing to write, and catches up itself.
 //! - Every member joined is taken in, written, given back or closed: nothing is dropped
-//!   silently when the shard stops (a closed shard refuses joins and gives back those waiting).
+//!   silently when the shard stops, however it stops (a closed shard refuses joins and gives
+//!   back those waiting). A member with nothing to write for a change (no frame) is at it too.
 //! - Shards share nothing but the environment's snapshot channel and a span record touched
 //!   twice per pass: passes of different shards run on different worker threads at once. Counts
 //!   and histogram observations are kept per pass and folded into Prometheus once per pass.
@@ -114,8 +115,9 @@ pub struct Handoff {
     pub changes: Vec<Arc<ChangeRecord>>,
     /// For a per-context stream: the group version the client has once `rest` is written.
     pub have: u64,
-    /// The pass will not take this connection again (the relay is shutting down, or the shard
-    /// could not watch its socket): it stays a pulled stream until it ends.
+    /// The pass will not take this connection again (the relay is shutting down, the shard
+    /// stopped or could not watch its socket, or the stream is at its maximum age): it stays a
+    /// pulled stream until it ends.
     pub pulled: bool,
 }
 
@@ -303,7 +305,8 @@ impl Members {
             self.ends.pop();
             if self.slab.get(key).is_some_and(|m| m.stream.id() == id) {
                 if let Some(m) = self.remove(key) {
-                    let h = m.at_rest(false);
+                    // For good: the stream ends now, it is never current again.
+                    let h = m.at_rest(true);
                     m.give_back(h);
                 }
             }
@@ -325,6 +328,19 @@ impl Members {
                 m.give_back(h);
             }
         }
+    }
+}
+
+/// Closes its shard when dropped ([`EnvPass::close`] is idempotent): the members the task held
+/// are dropped with it (closed and counted); those still waiting go back to their owners.
+struct Closing<'a> {
+    pass: &'a EnvPass,
+    shard: usize,
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.pass.close(self.shard, None);
     }
 }
 
@@ -439,6 +455,9 @@ impl EnvPass {
         hub: Arc<Fanout>,
         comment_heartbeats: bool,
     ) {
+        // However the task ends (a panic included), the shard stops taking members and gives
+        // back those waiting: none is left in `joining` holding its connection's slot.
+        let _closing = Closing { pass: &self, shard: i };
         // The shard's own epoll set (in tokio's as one descriptor): it reports only members'
         // clients closing. Without one the shard takes no member.
         let watched = mio::Poll::new().and_then(|poll| {
@@ -609,17 +628,20 @@ impl EnvPass {
                 continue;
             }
             let (frame, have) = frame_of(m);
-            let Some(frame) = frame else { continue };
-            started += 1;
-            bytes += frame.len() as u64;
-            let Some(n) = write_some(&m.socket, &frame) else {
-                leaving.push((key, Leave::Gone));
-                continue;
-            };
-            if n < frame.len() {
-                let rest = frame.slice(n..);
-                leaving.push((key, Leave::Back(Handoff { rest, seq: to, changes: changed.to_vec(), have, pulled: false })));
-                continue;
+            // No frame (a per-context member whose evaluation did not change, a thin-client
+            // change of hidden flags only) is a whole write of nothing: the member is at `to`.
+            if let Some(frame) = frame {
+                started += 1;
+                bytes += frame.len() as u64;
+                let Some(n) = write_some(&m.socket, &frame) else {
+                    leaving.push((key, Leave::Gone));
+                    continue;
+                };
+                if n < frame.len() {
+                    let rest = frame.slice(n..);
+                    leaving.push((key, Leave::Back(Handoff { rest, seq: to, changes: changed.to_vec(), have, pulled: false })));
+                    continue;
+                }
             }
             written += 1;
             m.seq = to;

@@ -4,7 +4,8 @@
 //! Invariants:
 //! - After shutdown is triggered no connection is accepted; idle keep-alive connections close at
 //!   once and in-flight requests finish (SSE bodies end themselves on shutdown);
-//!   [`Server::wait`] returns when every connection task has ended.
+//!   [`Server::wait`] returns when every connection has ended (one held by the writer pass has
+//!   no task, but holds its place through its [`ConnGuard`]).
 //! - At most `max_connections` connections are open (when set): one beyond it is accepted and
 //!   closed at once, counted ([`Refusal::Cap`]). A failed accept (EMFILE, ENFILE…) backs off
 //!   (5 ms doubling to 1 s) and is counted; the log says when accept starts failing and when it
